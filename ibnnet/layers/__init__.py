@@ -1,0 +1,12 @@
+"""Normalization layers: IBN, Switchable Normalization, ghost-batch BN and the norm factory."""
+from .batch_norm import GhostBatchNorm2d
+from .batch_stats import estimate_batch_average_stats
+from .ibn import IBN, IBNConcat, PartialInstanceNorm2d
+from .norm import NORM_KINDS, canonical_norm, create_norm, get_norm_layer
+from .se import SELayer
+from .switch_norm import SwitchNorm2d
+
+__all__ = [
+    "IBN", "IBNConcat", "PartialInstanceNorm2d", "SwitchNorm2d", "GhostBatchNorm2d", "SELayer",
+    "NORM_KINDS", "canonical_norm", "create_norm", "get_norm_layer", "estimate_batch_average_stats",
+]

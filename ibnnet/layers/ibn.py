@@ -1,0 +1,102 @@
+"""Instance-Batch Normalization (Pan et al., ECCV 2018)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .batch_norm import GhostBatchNorm2d, affine_from_moments, bn_moments
+from .moments import moment_normalize
+
+
+class IBN(nn.Module):
+    """The first ``int(channels * ratio)`` channels through affine InstanceNorm, the rest through ``bn_layer``.
+
+    state_dict keys are ``IN.*`` and ``BN.*`` as in the official checkpoints.  Any ratio in [0, 1] works
+    (the official ``torch.split`` version fails below 0.5); at 0 there is no ``IN`` and the layer is the
+    BN, at 1 there is no ``BN`` and the layer is the IN.
+
+    With the default BatchNorm2d (or ghost BN) the layer runs as one fused pass over the tensor: the
+    BN half's statistics are pooled from the same per-instance moments the IN half uses, so there is
+    no split/copy/concatenate.  Any other ``bn_layer`` (SyncBN, GroupNorm, ...) runs split-and-concat.
+    """
+
+    def __init__(self, channels: int, ratio: float = 0.5, bn_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+        super().__init__()
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"IBN ratio must be in [0, 1], got {ratio}")
+        self.channels = channels
+        self.ratio = ratio
+        self.half = int(channels * ratio)
+        self.IN = nn.InstanceNorm2d(self.half, affine=True) if self.half > 0 else None
+        self.BN = bn_layer(channels - self.half) if self.half < channels else None
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, in_channels={self.half}"
+
+    def _fusable(self) -> bool:
+        if self.IN is None or self.BN is None:
+            return False
+        bn_ok = type(self.BN) in (nn.BatchNorm2d, GhostBatchNorm2d) and self.BN.affine and self.BN.track_running_stats
+        in_ok = type(self.IN) is nn.InstanceNorm2d and self.IN.affine and not self.IN.track_running_stats
+        return bn_ok and in_ok
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.IN is None:
+            return self.BN(x)
+        if self.BN is None:
+            return self.IN(x)
+        if not self._fusable():
+            a, b = torch.split(x, (self.half, self.channels - self.half), dim=1)
+            return torch.cat((self.IN(a.contiguous()), self.BN(b.contiguous())), 1)
+        k, hw = self.half, x.shape[2] * x.shape[3]
+        group = getattr(self.BN, "ghost_batch_size", 0)
+
+        def stats(mean, var, w_in, b_in, w_bn, b_bn):
+            s_in, t_in = affine_from_moments(mean[:, :k], var[:, :k], self.IN.eps, w_in, b_in)
+            m_bn, v_bn = bn_moments(self.BN, mean[:, k:], var[:, k:], hw, group)
+            s_bn, t_bn = affine_from_moments(m_bn, v_bn, self.BN.eps, w_bn, b_bn)
+            n = mean.shape[0]
+            return (torch.cat((s_in, s_bn.expand(n, -1)), 1), torch.cat((t_in, t_bn.expand(n, -1)), 1))
+
+        params = (self.IN.weight, self.IN.bias, self.BN.weight, self.BN.bias)
+        return moment_normalize(x, stats, params, correction=0)
+
+
+class IBNConcat(nn.Module):
+    """IBN-c: the whole feature through IN *and* through BN, outputs concatenated (2x channels).
+
+    Our reading of the paper's section 3.2 ("feeds the feature to both IN and BN and concatenates"):
+    the following convolution sees twice the channels, hence IBN-c's extra parameters (docs/variants.md).
+    """
+
+    def __init__(self, channels: int, bn_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+        super().__init__()
+        self.channels = channels
+        self.IN = nn.InstanceNorm2d(channels, affine=True)
+        self.BN = bn_layer(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat((self.IN(x), self.BN(x)), 1)
+
+
+class PartialInstanceNorm2d(nn.InstanceNorm2d):
+    """Affine IN on the first ``int(channels * ratio)`` channels; the rest pass through unchanged (IBN-d).
+
+    Parameters are those of an ``InstanceNorm2d`` over the normalized channels, so an IBN-b
+    checkpoint's ``IN`` keys keep their meaning at ratio 1.
+    """
+
+    def __init__(self, channels: int, ratio: float = 0.5):
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"PartialInstanceNorm2d ratio must be in (0, 1], got {ratio}")
+        super().__init__(max(1, int(channels * ratio)), affine=True)
+        self.channels = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.num_features
+        if k == self.channels:
+            return super().forward(x)
+        head, tail = torch.split(x, (k, self.channels - k), dim=1)
+        return torch.cat((super().forward(head.contiguous()), tail), 1)

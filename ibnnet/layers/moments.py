@@ -1,0 +1,144 @@
+"""Normalization from per-instance moments: the math shared by IBN, SN and ghost-batch statistics.
+
+Every normalization in this package can be written as ``y = x * scale[n, c] + shift[n, c]`` where
+``scale``/``shift`` are a small function of the per-(sample, channel) mean and variance of ``x``
+(IN uses them directly, BN/LN average them over samples/channels, SN mixes all three; paper eq. 4).
+:func:`moment_normalize` computes the moments in one pass, lets an arbitrary differentiable
+``stats_fn`` turn them into ``scale``/``shift`` on tiny (N, C) tensors, and applies them in a
+second pass.  The backward pass is written by hand so that it also touches the big tensor only
+a few times (two reductions and one fused elementwise pass) instead of the dozen intermediate
+tensors plain autograd would keep alive.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+StatsFn = Callable[..., tuple[Tensor, Tensor]]
+
+
+def instance_moments(x: Tensor, correction: int) -> tuple[Tensor, Tensor]:
+    """Mean and variance over H*W for every (n, c); low-precision inputs are reduced in float32.
+
+    Exact two-pass (mean, then the norm of the centred tensor): on CPU this is ~10x faster than
+    ``torch.var_mean`` and has none of the cancellation of E[x^2] - mean^2.
+    """
+    xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    hw = x.shape[2] * x.shape[3]
+    mean = xs.mean(dim=(2, 3), keepdim=True)
+    # A single pixel has no unbiased variance; treat it as zero spread instead of NaN.
+    denom = hw - correction if hw > correction else hw
+    var = torch.linalg.vector_norm(xs - mean, dim=(2, 3)).square_().div_(denom)
+    return mean.view(mean.shape[:2]), var
+
+
+def _sum_hw(a: Tensor, b: Tensor | None = None) -> Tensor:
+    """sum over H, W of a (or of a * b) -> (N, C)."""
+    return (a if b is None else a * b).sum(dim=(2, 3))
+
+
+class _MomentNormalize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, stats_fn: StatsFn, correction: int, *params: Tensor) -> Tensor:
+        mean, var = instance_moments(x, correction)
+        with torch.enable_grad():
+            leaves = [mean.requires_grad_(), var.requires_grad_()]
+            leaves += [p.detach().requires_grad_(p.requires_grad) for p in params]
+            scale, shift = stats_fn(*leaves)
+        ctx.stats_fn_graph = (leaves, scale, shift)
+        ctx.correction = correction
+        ctx.save_for_backward(x)
+        s = scale.detach().to(x.dtype)[:, :, None, None]
+        t = shift.detach().to(x.dtype)[:, :, None, None]
+        return torch.addcmul(t, x, s)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy: Tensor):
+        (x,) = ctx.saved_tensors
+        leaves, scale, shift = ctx.stats_fn_graph
+        mean, var = leaves[0], leaves[1]
+        gscale = _sum_hw(gy, x).float()
+        gshift = _sum_hw(gy).float()
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        grads = torch.autograd.grad((scale, shift), wanted, (gscale, gshift), allow_unused=True)
+        grads = dict(zip(map(id, wanted), grads))
+        gmean = grads.get(id(mean))
+        gvar = grads.get(id(var))
+        gparams = [grads.get(id(leaf)) if leaf.requires_grad else None for leaf in leaves[2:]]
+        ctx.stats_fn_graph = None
+        if not ctx.needs_input_grad[0]:
+            return (None, None, None, *gparams)
+        hw = x.shape[2] * x.shape[3]
+        corr = ctx.correction if hw > ctx.correction else 0
+        # d mean/dx = 1/HW and d var/dx = 2 (x - mean) / (HW - corr): the moment gradients are an
+        # affine function of x per (n, c), fused with the direct term gy * scale.
+        c2 = torch.zeros_like(mean) if gvar is None else gvar * (2.0 / (hw - corr))
+        c1 = -c2 * mean
+        if gmean is not None:
+            c1 = c1 + gmean / hw
+        gx = torch.addcmul(c1.to(x.dtype)[:, :, None, None], x, c2.to(x.dtype)[:, :, None, None])
+        gx.addcmul_(gy, scale.detach().to(x.dtype)[:, :, None, None])
+        return (gx, None, None, *gparams)
+
+
+def moment_normalize(x: Tensor, stats_fn: StatsFn, params: Sequence[Tensor], correction: int = 0) -> Tensor:
+    """``x * scale + shift`` with ``scale, shift = stats_fn(mean_in, var_in, *params)``.
+
+    ``mean_in``/``var_in`` are (N, C) moments over H*W (``correction=1`` gives the unbiased variance);
+    ``stats_fn`` must return (N, C) tensors (or broadcastable to it) and may have side effects such as
+    running-statistics updates (it runs exactly once per forward).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4D (N, C, H, W) input, got shape {tuple(x.shape)}")
+    if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in params)):
+        mean, var = instance_moments(x, correction)
+        with torch.no_grad():
+            scale, shift = stats_fn(mean, var, *params)
+        n, c = x.shape[:2]
+        s = scale.expand(n, c).to(x.dtype)[:, :, None, None]
+        t = shift.expand(n, c).to(x.dtype)[:, :, None, None]
+        return torch.addcmul(t, x, s)
+
+    def full_stats(*args):
+        scale, shift = stats_fn(*args)
+        n, c = x.shape[:2]
+        return scale.expand(n, c), shift.expand(n, c)
+
+    return _MomentNormalize.apply(x, full_stats, correction, *params)
+
+
+def group_mean(t: Tensor, group_size: int) -> Tensor:
+    """Average (N, C) statistics over consecutive groups of ``group_size`` samples, broadcast back to (N, C).
+
+    ``group_size <= 0`` or ``>= N`` averages over the whole batch (ordinary batch statistics).  A last
+    group smaller than ``group_size`` gets its own statistics.
+    """
+    n = t.shape[0]
+    if group_size <= 0 or group_size >= n:
+        return t.mean(0, keepdim=True).expand_as(t)
+    full = (n // group_size) * group_size
+    head = t[:full].reshape(n // group_size, group_size, -1).mean(1, keepdim=True)
+    head = head.expand(-1, group_size, -1).reshape(full, -1)
+    if full == n:
+        return head
+    tail = t[full:].mean(0, keepdim=True).expand(n - full, -1)
+    return torch.cat([head, tail], 0)
+
+
+def pool_over_samples(mean: Tensor, var: Tensor, group_size: int = 0) -> tuple[Tensor, Tensor]:
+    """BN moments from IN moments (paper eq. 4), per (ghost) batch, broadcast to (N, C).
+
+    Written as mean-of-variances + variance-of-means rather than E[x^2] - mean^2, which is the same
+    number without the cancellation error when |mean| >> std.
+    """
+    m = group_mean(mean, group_size)
+    return m, group_mean(var, group_size) + group_mean((mean - m).square(), group_size)
+
+
+def pool_over_channels(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """LN moments from IN moments, (N, 1)."""
+    m = mean.mean(1, keepdim=True)
+    return m, var.mean(1, keepdim=True) + (mean - m).square().mean(1, keepdim=True)

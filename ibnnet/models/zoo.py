@@ -1,0 +1,202 @@
+"""Named models, their official weights, and their registration in timm's registry.
+
+``import ibnnet`` registers every name below, so ``timm.create_model('resnet50_ibn_a', pretrained=True)``
+and ``timm.list_models('*ibn*')`` work.  Official release files are verified against the sha256 prefix in
+their names before loading; see :mod:`ibnnet.models.weights` for the formats accepted from local files
+(``pretrained_cfg_overlay=dict(file=...)``).
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._registry import _model_default_cfgs, is_model
+
+from .resnet import ResNet
+from .weights import checkpoint_filter_fn, expected_hash_prefix
+
+IBN_RELEASE_URL = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
+IBN_ORIGIN = "https://github.com/XingangPan/IBN-Net"
+SN_ORIGIN = "https://github.com/switchablenorms/Switchable-Normalization"
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "resnet18": dict(block="basic", layers=(2, 2, 2, 2)),
+    "resnet34": dict(block="basic", layers=(3, 4, 6, 3)),
+    "resnet50": dict(block="bottleneck", layers=(3, 4, 6, 3)),
+    "resnet101": dict(block="bottleneck", layers=(3, 4, 23, 3)),
+    "resnet152": dict(block="bottleneck", layers=(3, 8, 36, 3)),
+    "resnext101": dict(block="bottleneck", layers=(3, 4, 23, 3), cardinality=32, base_width=4),
+    "se_resnet101": dict(block="bottleneck", layers=(3, 4, 23, 3), se_reduction=16),
+}
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "bn": dict(),
+    "gn": dict(norm="gn"),
+    # The official SN ResNet v1: SN everywhere, zero-initialised last gamma, dropout 0.5 before fc.
+    "sn": dict(norm="sn", zero_init_last=True, drop_rate=0.5),
+    "ibn_a": dict(ibn="a"),
+    "ibn_b": dict(ibn="b"),
+    "ibn_c": dict(ibn="c"),
+    "ibn_d": dict(ibn="d"),
+    "ibn_ad": dict(ibn="ad"),
+    "ibn_a2": dict(ibn="a2"),
+}
+
+MODELS: dict[str, tuple[str, str]] = {}
+for _depth in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+    for _v in ("bn", "gn", "sn", "ibn_a", "ibn_b"):
+        MODELS[f"{_depth}_{_v}"] = (_depth, _v)
+for _v in ("ibn_c", "ibn_d", "ibn_ad", "ibn_a2"):
+    MODELS[f"resnet50_{_v}"] = ("resnet50", _v)
+MODELS["resnext101_ibn_a"] = ("resnext101", "ibn_a")
+MODELS["se_resnet101_ibn_a"] = ("se_resnet101", "ibn_a")
+
+
+@dataclass(frozen=True)
+class Release:
+    """One published weight file."""
+    model: str
+    file: str
+    tag: str = "official_in1k"
+    top1: float | None = None  # published ImageNet val accuracy, %
+    top5: float | None = None
+    url_base: str | None = IBN_RELEASE_URL
+    origin: str = IBN_ORIGIN
+    note: str = ""
+
+    @property
+    def url(self) -> str | None:
+        return self.url_base + self.file if self.url_base else None
+
+    @property
+    def sha256_prefix(self) -> str | None:
+        return expected_hash_prefix(self.file)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}.{self.tag}"
+
+
+RELEASES: list[Release] = [
+    Release("resnet18_ibn_a", "resnet18_ibn_a-2f571257.pth"),
+    Release("resnet18_ibn_b", "resnet18_ibn_b-bc2f3c11.pth"),
+    Release("resnet34_ibn_a", "resnet34_ibn_a-94bc1577.pth"),
+    Release("resnet34_ibn_b", "resnet34_ibn_b-04134c37.pth"),
+    Release("resnet50_ibn_a", "resnet50_ibn_a-d9d0bb7b.pth", top1=77.46, top5=93.68),
+    Release("resnet50_ibn_b", "resnet50_ibn_b-9ca61e85.pth"),
+    Release("resnet101_ibn_a", "resnet101_ibn_a-59ea0ac6.pth", top1=78.61, top5=94.41),
+    Release("resnet101_ibn_b", "resnet101_ibn_b-c55f6dba.pth"),
+    Release("resnext101_ibn_a", "resnext101_ibn_a-6ace051d.pth", top1=79.12, top5=94.58),
+    Release("se_resnet101_ibn_a", "se_resnet101_ibn_a-fabed4e2.pth", top1=78.75, top5=94.49),
+    # SN's releases live on Google Drive only (no stable direct URL): download them by hand and pass
+    # pretrained_cfg_overlay=dict(file=...); the checkpoint_filter_fn converts their layout.
+    Release("resnet50_sn", "resnet50_sn_8x32_step.pth", tag="official_8x32_in1k", top1=76.92, url_base=None,
+            origin=SN_ORIGIN, note="(8,32), 100 epochs, step lr; manual download from the SN model zoo"),
+    Release("resnet101_sn", "resnet101_sn_8x32.pth", tag="official_8x32_in1k", top1=78.54, url_base=None,
+            origin=SN_ORIGIN, note="(8,32); manual download from the SN model zoo"),
+]
+
+
+def _cfg(url: str = "", **kwargs) -> dict[str, Any]:
+    # Official evaluation: resize 256, centre crop 224 (crop_pct 0.875), bilinear, ImageNet mean/std.
+    return {
+        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bilinear", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "conv1", "classifier": "fc", "custom_load": True, **kwargs,
+    }
+
+
+def _release_cfg(r: Release) -> dict[str, Any]:
+    license_ = "mit" if r.origin == IBN_ORIGIN else "cc-by-nc-4.0"
+    paper = "arXiv:1807.09441" if r.origin == IBN_ORIGIN else "arXiv:1806.10779"
+    notes = [n for n in (r.note, f"top1 {r.top1}" if r.top1 else "", f"top5 {r.top5}" if r.top5 else "") if n]
+    # A release without a URL is expected at its cache path, where the user saves the manual download.
+    file = "" if r.url else str(manual_weights_path(r))
+    return _cfg(url=r.url or "", file=file, license=license_, origin_url=r.origin, paper_ids=paper,
+                notes=tuple(notes))
+
+
+def manual_weights_path(r: Release) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / r.file
+
+
+def _build_default_cfgs() -> dict:
+    cfgs: dict[str, Any] = {}
+    for r in RELEASES:
+        cfgs[r.name] = _release_cfg(r)
+    for name in MODELS:
+        if not any(k.startswith(name + ".") for k in cfgs):
+            inherited = _timm_pretrained_cfgs(name)
+            if inherited:
+                cfgs.update(inherited)
+            else:
+                cfgs[name] = _cfg()
+    return generate_default_cfgs(cfgs)
+
+
+def _timm_pretrained_cfgs(name: str) -> dict[str, Any]:
+    """timm's own weights for a name we take over (``resnet50_gn``: same layout, so they load into ours)."""
+    if not is_model(name) or name not in _model_default_cfgs:
+        return {}
+    default = _model_default_cfgs[name]
+    # custom_load routes local files given through pretrained_cfg_overlay to our loader as well.
+    return {f"{name}.{tag}" if tag else name: dict(cfg.to_dict(), custom_load=True)
+            for tag, cfg in default.cfgs.items()}
+
+
+default_cfgs = _build_default_cfgs()
+
+
+def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if overlay and (overlay.get("file") or overlay.get("url")):
+        # timm resets custom_load for a new source; our loader reads every known format (and verifies
+        # hash-named files), so keep it for local files and mirrors too.
+        kwargs["pretrained_cfg_overlay"] = dict(overlay, custom_load=overlay.get("custom_load", True))
+    arch, flavour = MODELS[variant]
+    model_args = dict(ARCHS[arch], **VARIANTS[flavour])
+    return build_model_with_cfg(ResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                **dict(model_args, **kwargs))
+
+
+def _make_entrypoint(name: str) -> Callable[..., ResNet]:
+    arch, flavour = MODELS[name]
+
+    def entrypoint(pretrained: bool = False, **kwargs) -> ResNet:
+        return _create_resnet(name, pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"{arch} with {flavour.replace('_', '-').upper()} normalization ({VARIANTS[flavour]})."
+    return entrypoint
+
+
+def _register_all() -> None:
+    module = sys.modules[__name__]
+    for name in MODELS:
+        fn = _make_entrypoint(name)
+        setattr(module, name, fn)
+        with warnings.catch_warnings():
+            # resnet50_gn replaces timm's model of the same name on purpose: identical layout, and its
+            # pretrained tags are carried over above, so timm users lose nothing.
+            warnings.filterwarnings("ignore", message="Overwriting .* in registry")
+            register_model(fn)
+
+
+_register_all()
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names this package registers (a subset of ``timm.list_models``), optionally glob-filtered."""
+    import fnmatch
+    return sorted(n for n in MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def releases_for(name: str) -> list[Release]:
+    return [r for r in RELEASES if r.model == name]
