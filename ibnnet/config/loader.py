@@ -1,0 +1,196 @@
+"""Composing, validating and saving run configurations.
+
+A config file may start with ``defaults``: a list of parts, each ``group: name`` (the file
+``configs/<group>/<name>.yaml`` placed under ``group``) or a path to another full config.  The file's own
+keys come next, then ``key=value`` overrides.  Every error names the source (file or "command line"),
+the key and the value.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException, ValidationError
+
+from .schema import RunConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = PROJECT_ROOT / "configs"
+PART_GROUPS = ("model", "data", "optim", "trainer", "logger", "launcher", "segmentation", "paths")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file, key and value in the message."""
+
+
+@dataclass
+class Source:
+    label: str      # file path or "command line"
+    cfg: DictConfig  # rooted at the run config's top level
+
+
+def search_dirs(near: Path | None = None) -> list[Path]:
+    dirs = []
+    if near is not None:
+        dirs += [near / "configs", near.parent / "configs"]
+    dirs += [Path(p) for p in os.environ.get("IBNNET_CONFIG_PATH", "").split(os.pathsep) if p]
+    dirs.append(CONFIG_DIR)
+    seen, out = set(), []
+    for d in dirs:
+        if d.resolve() not in seen and d.is_dir():
+            seen.add(d.resolve())
+            out.append(d)
+    return out
+
+
+def load_yaml(path: str | Path) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def find_part(group: str, name: str, near: Path | None) -> Path:
+    for d in search_dirs(near):
+        candidate = d / group / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    available = sorted({p.stem for d in search_dirs(near) for p in (d / group).glob("*.yaml")})
+    hint = difflib.get_close_matches(name, available, n=3)
+    raise ConfigError(f"no config part {group}/{name}.yaml"
+                      + (f"; did you mean {', '.join(hint)}?" if hint else f"; available: {', '.join(available)}"))
+
+
+def file_sources(path: str | Path, _stack: tuple[Path, ...] = ()) -> list[Source]:
+    """The sources a config file contributes, its ``defaults`` first, in merge order."""
+    path = Path(path)
+    if path.resolve() in _stack:
+        raise ConfigError(f"{path}: includes itself through defaults ({' -> '.join(map(str, _stack))})")
+    cfg = load_yaml(path)
+    defaults = cfg.pop("defaults", None) if "defaults" in cfg else None
+    sources: list[Source] = []
+    if defaults is not None:
+        if not isinstance(defaults, ListConfig):
+            raise ConfigError(f"{path}: defaults must be a list of `group: name` entries or file paths")
+        for entry in defaults:
+            if isinstance(entry, str):
+                inc = (path.parent / entry) if not Path(entry).is_absolute() else Path(entry)
+                sources += file_sources(inc, _stack + (path.resolve(),))
+            elif isinstance(entry, DictConfig) and len(entry) == 1:
+                group, name = next(iter(entry.items()))
+                if group not in PART_GROUPS:
+                    raise ConfigError(f"{path}: defaults entry {group}: {name}: unknown group {group!r} "
+                                      f"(groups: {', '.join(PART_GROUPS)})")
+                part = find_part(group, str(name), path.parent)
+                part_sources = file_sources(part, _stack + (path.resolve(),))
+                sources += [Source(s.label, OmegaConf.create({group: s.cfg})) for s in part_sources]
+            else:
+                raise ConfigError(f"{path}: defaults entry {entry!r} must be `group: name` or a file path")
+    sources.append(Source(str(path), cfg))
+    return sources
+
+
+def override_source(overrides: Sequence[str], label: str = "command line") -> Source:
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"{label}: overrides must look like key=value, got {bad[0]!r}")
+    dotted = {}
+    for o in overrides:
+        key, value = o.split("=", 1)
+        try:
+            dotted[key.strip()] = yaml.safe_load(io.StringIO(value)) if value != "" else ""
+        except yaml.YAMLError:
+            dotted[key.strip()] = value
+    return Source(label, dotlist_to_config(dotted, label))
+
+
+def dotlist_to_config(dotted: Mapping[str, Any], label: str) -> DictConfig:
+    cfg = OmegaConf.create({})
+    for key, value in dotted.items():
+        try:
+            OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{label}: {key}={value!r}: {e}") from None
+    return cfg
+
+
+def merge_sources(sources: Iterable[Source]) -> DictConfig:
+    cfg = OmegaConf.structured(RunConfig)
+    for src in sources:
+        try:
+            cfg = OmegaConf.merge(cfg, src.cfg)
+        except (ConfigKeyError, ValidationError) as e:
+            raise ConfigError(_describe(src.label, e, src.cfg)) from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{src.label}: {e}") from None
+    return cfg
+
+
+def _describe(label: str, e: OmegaConfBaseException, src: DictConfig) -> str:
+    key = getattr(e, "full_key", None) or "?"
+    msg = str(e).split("\n")[0]
+    if isinstance(e, ConfigKeyError):
+        return f"{label}: unknown key '{key}' ({msg})"
+    value = OmegaConf.select(src, key, default=None, throw_on_missing=False) if key != "?" else None
+    return f"{label}: bad value for '{key}'" + (f" ({value!r})" if value is not None else "") + f": {msg}"
+
+
+def source_of(key: str, sources: Sequence[Source]) -> str:
+    """The last source that sets ``key`` (where a wrong value came from)."""
+    marker = object()
+    for src in reversed(sources):
+        if OmegaConf.select(src.cfg, key, default=marker, throw_on_missing=False) is not marker:
+            return src.label
+    return "built-in defaults"
+
+
+def compose(path: str | Path | None, overrides: Sequence[str] = (), extra: Sequence[Source] = ()) -> DictConfig:
+    """Compose, type-check, resolve and validate a run config; raises :class:`ConfigError`."""
+    from .validate import fill_defaults, validate
+
+    sources = (file_sources(path) if path is not None else []) + list(extra)
+    if overrides:
+        sources.append(override_source(overrides))
+    cfg = merge_sources(sources)
+    try:
+        OmegaConf.resolve(cfg)
+    except InterpolationResolutionError as e:
+        key = getattr(e, "full_key", "?")
+        raise ConfigError(f"{source_of(key, sources)}: cannot resolve '{key}': {str(e).splitlines()[0]}") from None
+    fill_defaults(cfg)
+    problems = validate(cfg)
+    if problems:
+        lines = [f"{source_of(k, sources)}: {k}={v!r}: {msg}" for k, v, msg in problems]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True, sort_keys=False)
+
+
+def load_run_config(path: str | Path) -> DictConfig:
+    """A resolved ``config.yaml`` from a run folder, re-validated against the current schema."""
+    return compose(path)
+
+
+def to_plain(cfg: DictConfig | ListConfig) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,181 @@
+"""Typed schemas of every run configuration.
+
+A YAML file or ``key=value`` override with a key that is not declared here, or a value of the wrong
+type, is an error naming the key (omegaconf's structured-config checks); :func:`validate` adds the
+range and choice checks.  Defaults are the ImageNet classification recipe of both papers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Union
+
+
+@dataclass
+class PathsConfig:
+    data: str = "${oc.env:IBNNET_DATA,data}"   # root of the dataset folders
+    runs: str = "${oc.env:IBNNET_RUNS,runs}"   # root of the run folders
+    results: str = "results"                    # rendered tables and plots
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet50_ibn_a"                 # a registered model (`ibnnet weights list`)
+    # Overrides of the named model's defaults; None keeps them.
+    ibn: Optional[str] = None                    # none | a | b | c | d | ad | a2
+    in_ratio: Optional[Union[float, str]] = None  # [0, 1] or "full" (every norm is IN)
+    ibn_groups: Optional[List[int]] = None       # residual groups with IN, e.g. [1, 2, 3]
+    norm: Optional[str] = None                   # bn | syncbn | gn | in | ln | sn | ghost_bn
+    gn_groups: int = 32
+    ghost_batch_size: int = 0                    # ghost_bn / sn: statistics over sub-batches of this size
+    sn_momentum: float = 0.1                     # PyTorch convention (official 0.9 = 0.1 here)
+    sn_using_bn: bool = True
+    sn_using_moving_average: bool = True         # False: batch-average inference (trainer.batch_average_batches)
+    zero_init_last: Optional[bool] = None
+    drop_rate: Optional[float] = None
+    pretrained: bool = False                     # the named model's official weights
+    pretrained_file: Optional[str] = None        # or any local weight file in a supported format
+    channels_last: bool = False
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset split; ``name`` labels its metrics (``val/<name>/top1_err``)."""
+    name: str = ""
+    dataset: str = "builtin_cls"       # builtin_cls | builtin_seg | imagenet | cityscapes | gta5 | image_folder
+    root: Optional[str] = None
+    split: str = "train"
+    domain: str = "synthetic"          # builtin datasets: synthetic | real
+    num_samples: int = 0               # builtin datasets: images (0 = the dataset's default)
+    fraction: float = 1.0              # keep this fraction of the split (seeded), e.g. GTA5's quarter
+    num_classes_subset: int = 0        # ImageNet: keep the first K classes (0 = all)
+    appearance: str = "none"           # none | rgb+50 | r+50 | std1.5 (IBN Table 1)
+    resize: Optional[List[int]] = None  # [W, H] applied before augmentation (GTA5: [1024, 563])
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    # classification
+    image_size: int = 224              # train crop (RandomResizedCrop) and eval crop
+    eval_resize: int = 256             # eval: resize shorter side, then centre crop image_size
+    # segmentation
+    crop_size: List[int] = field(default_factory=lambda: [512, 1024])   # [H, W]
+    scale_range: List[float] = field(default_factory=lambda: [0.5, 2.0])
+    aspect_range: List[float] = field(default_factory=lambda: [0.8, 1.25])
+    hflip: bool = True
+
+
+@dataclass
+class DataConfig:
+    train: DatasetSpec = field(default_factory=DatasetSpec)
+    val: List[DatasetSpec] = field(default_factory=list)
+    num_classes: int = 0               # 0 = the training dataset's own
+    batch_size: int = 32               # per device (GPU / process)
+    eval_batch_size: int = 0           # 0 = batch_size
+    num_workers: int = 4
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: Optional[float] = None         # absolute lr; None: base_lr * total_batch / base_batch
+    base_lr: float = 0.1
+    base_batch: int = 256
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_weight_decay_norm_bias: bool = False   # exempt norm weights, biases and SN control parameters
+    schedule: str = "step"             # step | cosine | poly | constant
+    milestones: List[float] = field(default_factory=lambda: [30.0, 60.0, 90.0])   # epochs
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    poly_power: float = 0.9
+    backbone_lr_mult: float = 1.0      # segmentation: lr multiplier of the pretrained backbone
+
+
+@dataclass
+class SegmentationConfig:
+    head: str = "fcn"                  # fcn (the authors': classifier on the backbone, bilinear up) | aspp
+    output_stride: int = 8
+    eval_mode: str = "whole"           # whole | slide
+    slide_crop: List[int] = field(default_factory=lambda: [512, 1024])
+    slide_stride: List[int] = field(default_factory=lambda: [341, 683])
+    ignore_index: int = 255
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 100
+    max_steps: int = -1
+    limit_train_batches: Optional[Union[int, float]] = None
+    limit_val_batches: Optional[Union[int, float]] = None
+    accelerator: str = "auto"
+    devices: Union[int, str] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"         # 32-true | bf16-mixed | 16-mixed
+    compile: bool = False
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 50
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    deterministic: bool = False
+    seed: int = 0
+    enable_progress_bar: bool = True
+    batch_average_batches: int = 0     # SN batch-average inference: re-estimate stats over K train batches
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "ibnnet"
+    entity: Optional[str] = None
+    mode: str = "auto"                 # auto (online with an API key, else offline) | online | offline | disabled
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    csv: bool = True
+
+
+@dataclass
+class SlurmConfig:
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    nodes: int = 1
+    gpus_per_node: int = 0             # 0: CPU tasks (gloo); else --gpus-per-node and one task per GPU
+    tasks_per_node: int = 0            # 0 = max(gpus_per_node, 1)
+    cpus_per_task: int = 4
+    mem: Optional[str] = None          # per node, e.g. "64G"
+    time: str = "24:00:00"
+    constraint: Optional[str] = None
+    array_parallelism: int = 0         # the `%N` throttle of the job array (0 = unlimited)
+    extra_sbatch: List[str] = field(default_factory=list)   # verbatim "#SBATCH ..." options
+    setup: str = ""                    # shell lines run before training (modules, env activation)
+    signal_seconds: int = 120          # warning signal this long before the time limit
+    max_requeues: int = 5              # preemptions / time limits tolerated per run
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "local"                # local | slurm
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+
+@dataclass
+class RunConfig:
+    task: str = "classification"       # classification | segmentation
+    experiment: str = "default"
+    run_name: str = ""                 # readable part of the run id (set by sweeps)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    grid: Any = None                   # axis label of each grid axis, set by sweeps (for tags and tables)

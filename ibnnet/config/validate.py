@@ -1,0 +1,152 @@
+"""Range and choice checks the type system cannot express."""
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from omegaconf import DictConfig
+
+TASKS = ("classification", "segmentation")
+SCHEDULES = ("step", "cosine", "poly", "constant")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+LAUNCHERS = ("local", "slurm")
+SEG_HEADS = ("fcn", "aspp")
+EVAL_MODES = ("whole", "slide")
+APPEARANCES = ("none", "rgb+50", "r+50", "std1.5")
+
+Problem = tuple[str, Any, str]
+
+
+def dataset_label(spec: DictConfig) -> str:
+    base = spec.dataset.replace("builtin_", "")
+    part = spec.domain if spec.dataset.startswith("builtin") else spec.split
+    label = f"{base}_{part}"
+    return label if spec.appearance == "none" else f"{label}_{spec.appearance}"
+
+
+def fill_defaults(cfg: DictConfig) -> None:
+    """Values derived from others: eval-set names, the eval batch size."""
+    for spec in cfg.data.val:
+        if not spec.name:
+            spec.name = dataset_label(spec)
+    if not cfg.data.train.name:
+        cfg.data.train.name = dataset_label(cfg.data.train)
+    if cfg.data.eval_batch_size == 0:
+        cfg.data.eval_batch_size = cfg.data.batch_size
+
+
+def validate(cfg: DictConfig) -> list[Problem]:
+    from ..data.registry import DATASETS
+    from ..layers import NORM_KINDS, canonical_norm
+    from ..models import MODELS, canonical_ibn
+
+    out: list[Problem] = []
+
+    def check(ok: bool, key: str, value: Any, msg: str) -> None:
+        if not ok:
+            out.append((key, value, msg))
+
+    def choice(key: str, value: Any, options) -> None:
+        if value not in options:
+            close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            out.append((key, value, f"must be one of {', '.join(map(str, options))}{hint}"))
+
+    choice("task", cfg.task, TASKS)
+    m = cfg.model
+    choice("model.name", m.name, sorted(MODELS))
+    if m.ibn is not None:
+        try:
+            canonical_ibn(m.ibn)
+        except ValueError as e:
+            out.append(("model.ibn", m.ibn, str(e)))
+    if m.norm is not None:
+        try:
+            canonical_norm(m.norm)
+        except ValueError:
+            choice("model.norm", m.norm, NORM_KINDS)
+    if m.in_ratio is not None:
+        r = m.in_ratio
+        check(r == "full" or (isinstance(r, (int, float)) and 0 <= r <= 1), "model.in_ratio", r,
+              "must be a number in [0, 1] or 'full'")
+    if m.ibn_groups is not None:
+        check(all(g in (1, 2, 3, 4) for g in m.ibn_groups), "model.ibn_groups", list(m.ibn_groups),
+              "must list residual groups among 1, 2, 3, 4")
+    check(m.gn_groups >= 1, "model.gn_groups", m.gn_groups, "must be >= 1")
+    check(m.ghost_batch_size >= 0, "model.ghost_batch_size", m.ghost_batch_size, "must be >= 0")
+    check(0 <= m.sn_momentum <= 1, "model.sn_momentum", m.sn_momentum, "must be in [0, 1]")
+    if m.drop_rate is not None:
+        check(0 <= m.drop_rate < 1, "model.drop_rate", m.drop_rate, "must be in [0, 1)")
+
+    d = cfg.data
+    specs = [("data.train", d.train)] + [(f"data.val[{i}]", s) for i, s in enumerate(d.val)]
+    for key, spec in specs:
+        choice(f"{key}.dataset", spec.dataset, sorted(DATASETS))
+        check(0 < spec.fraction <= 1, f"{key}.fraction", spec.fraction, "must be in (0, 1]")
+        check(spec.num_samples >= 0, f"{key}.num_samples", spec.num_samples, "must be >= 0")
+        check(spec.num_classes_subset >= 0, f"{key}.num_classes_subset", spec.num_classes_subset, "must be >= 0")
+        choice(f"{key}.appearance", spec.appearance, APPEARANCES)
+        choice(f"{key}.domain", spec.domain, ("synthetic", "real"))
+        if spec.resize is not None:
+            check(len(spec.resize) == 2 and all(v > 0 for v in spec.resize), f"{key}.resize", list(spec.resize),
+                  "must be [width, height] > 0")
+    names = [s.name for s in d.val]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    check(not dupes, "data.val", names, f"evaluation sets need distinct names (repeated: {dupes})")
+    check(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
+    check(d.eval_batch_size >= 0, "data.eval_batch_size", d.eval_batch_size, "must be >= 0")
+    check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    check(d.num_classes >= 0, "data.num_classes", d.num_classes, "must be >= 0")
+    a = d.augment
+    check(a.image_size >= 8, "data.augment.image_size", a.image_size, "must be >= 8")
+    check(a.eval_resize >= a.image_size, "data.augment.eval_resize", a.eval_resize, "must be >= image_size")
+    check(len(a.crop_size) == 2 and min(a.crop_size) >= 8, "data.augment.crop_size", list(a.crop_size),
+          "must be [height, width], each >= 8")
+    for key, rng in (("scale_range", a.scale_range), ("aspect_range", a.aspect_range)):
+        check(len(rng) == 2 and 0 < rng[0] <= rng[1], f"data.augment.{key}", list(rng), "must be [low, high], 0 < low <= high")
+
+    o = cfg.optim
+    if o.lr is not None:
+        check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    check(o.base_lr > 0, "optim.base_lr", o.base_lr, "must be > 0")
+    check(o.base_batch >= 1, "optim.base_batch", o.base_batch, "must be >= 1")
+    check(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
+    check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    choice("optim.schedule", o.schedule, SCHEDULES)
+    ms = list(o.milestones)
+    check(all(x > 0 for x in ms) and ms == sorted(ms), "optim.milestones", ms, "must be increasing positive epochs")
+    check(0 < o.gamma <= 1, "optim.gamma", o.gamma, "must be in (0, 1]")
+    check(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
+    check(o.poly_power > 0, "optim.poly_power", o.poly_power, "must be > 0")
+    check(o.backbone_lr_mult > 0, "optim.backbone_lr_mult", o.backbone_lr_mult, "must be > 0")
+
+    s = cfg.segmentation
+    choice("segmentation.head", s.head, SEG_HEADS)
+    choice("segmentation.output_stride", s.output_stride, (8, 16, 32))
+    choice("segmentation.eval_mode", s.eval_mode, EVAL_MODES)
+    for key in ("slide_crop", "slide_stride"):
+        v = list(s[key])
+        check(len(v) == 2 and min(v) >= 1, f"segmentation.{key}", v, "must be [height, width] >= 1")
+
+    t = cfg.trainer
+    check(t.max_epochs >= 1 or t.max_steps > 0, "trainer.max_epochs", t.max_epochs, "must be >= 1 (or set max_steps)")
+    check(t.devices == "auto" or (isinstance(t.devices, int) and t.devices >= 1), "trainer.devices", t.devices,
+          "must be a positive integer or 'auto'")
+    check(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "must be >= 1")
+    choice("trainer.precision", str(t.precision), PRECISIONS)
+    check(t.check_val_every_n_epoch >= 1, "trainer.check_val_every_n_epoch", t.check_val_every_n_epoch, "must be >= 1")
+    check(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1")
+    check(t.batch_average_batches >= 0, "trainer.batch_average_batches", t.batch_average_batches, "must be >= 0")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        v = t[key]
+        check(v is None or v > 0, f"trainer.{key}", v, "must be > 0 (a fraction or a number of batches)")
+
+    choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
+    choice("launcher.name", cfg.launcher.name, LAUNCHERS)
+    sl = cfg.launcher.slurm
+    for key in ("nodes", "cpus_per_task"):
+        check(sl[key] >= 1, f"launcher.slurm.{key}", sl[key], "must be >= 1")
+    for key in ("gpus_per_node", "tasks_per_node", "array_parallelism", "signal_seconds", "max_requeues"):
+        check(sl[key] >= 0, f"launcher.slurm.{key}", sl[key], "must be >= 0")
+    return out
