@@ -1,0 +1,100 @@
+"""The ``ibnnet`` command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+OVERRIDES_HELP = "config overrides as key=value (e.g. trainer.max_epochs=1 model.in_ratio=0.25)"
+
+
+def _add_experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment file, or its name under experiments/ (e.g. demo)")
+    p.add_argument("--scale", help="experiment scale (e.g. reduced, full); default: the file's first")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ibnnet", description="IBN-Net and Switchable Normalization, reproducible.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train and evaluate one configuration",
+                       description="Train one run config (resumes an unfinished run, skips a finished one).")
+    p.add_argument("config", help="run config YAML (e.g. configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--experiment", help="group the run under this experiment name (default: config's)")
+
+    p = sub.add_parser("sweep", help="run every pending cell of an experiment grid",
+                       description="Expand an experiment grid and run its pending cells, locally or as a SLURM "
+                                   "job array. Finished cells are skipped, unfinished ones resume.")
+    _add_experiment_args(p)
+    p.add_argument("--launcher", choices=("local", "slurm"), help="default: the config's launcher.name")
+    p.add_argument("--dry-run", action="store_true", help="list the runs (and the SLURM script) without running")
+    p.add_argument("--only", metavar="PATTERN", help="only cells whose name or run id matches (glob or substring)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="SLURM: resubmit failed or missing cells (never duplicates running or finished ones)")
+    p.add_argument("--stop-on-error", action="store_true", help="local: stop at the first failed run")
+    p.add_argument("--no-table", action="store_true", help="local: do not render the table afterwards")
+
+    p = sub.add_parser("status", help="done / running / failed / pending per cell",
+                       description="Show each cell's state (merging squeue/sacct for SLURM runs).")
+    _add_experiment_args(p)
+    p.add_argument("--lines", type=int, default=8, help="log lines shown for failed runs")
+
+    p = sub.add_parser("table", help="render the experiment's table (markdown, CSV, PNG) under results/",
+                       description="Collect finished runs into the paper's table layout with the paper's numbers.")
+    _add_experiment_args(p)
+    p.add_argument("--results", help="results root (default: paths.results of the config)")
+
+    p = sub.add_parser("demo", help="run experiments/demo.yaml on the built-in data and render its table",
+                       description="BN vs IBN-a vs IBN-b ResNets on the built-in two-domain data, in-domain and "
+                                   "cross-domain, on the CPU in minutes.")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+    p = sub.add_parser("run", help="execute one prepared run folder (used by the launchers)")
+    p.add_argument("run_dir")
+
+    p = sub.add_parser("weights", help="official pretrained weights: list, download, verify")
+    wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    w = wsub.add_parser("list", help="registered models and their official weight files")
+    w.add_argument("--all", action="store_true", help="also models without official weights")
+    w = wsub.add_parser("download", help="download and verify an official weight file into the torch hub cache")
+    w.add_argument("name", help="model name, e.g. resnet50_ibn_a (or name.tag)")
+    w.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
+    w = wsub.add_parser("verify", help="check a weight file: hash, readability, which models it fits")
+    w.add_argument("path")
+
+    from .commands.data import add_data_commands
+    add_data_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .models.weights import WeightsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, WeightsError, FileNotFoundError, ValueError) as e:
+        print(f"ibnnet: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    except KeyboardInterrupt:
+        print("ibnnet: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    if args.command == "weights":
+        from .commands import weights
+        return weights.run(args)
+    if args.command in ("data", "analyze", "evaluate"):
+        from .commands import data
+        return data.run(args)
+    from .commands import experiments
+    return getattr(experiments, f"cmd_{args.command}")(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

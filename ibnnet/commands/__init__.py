@@ -1,0 +1,1 @@
+"""Implementations of the CLI commands (parsing lives in ibnnet.cli)."""

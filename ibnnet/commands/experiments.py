@@ -1,0 +1,198 @@
+"""train, sweep, status, table, demo, run."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ..config import compose
+from ..config.loader import Source
+from ..launch.grid import Experiment, load_experiment, select
+from ..launch.rundir import DONE, FAILED, PENDING, REQUEUED, RUNNING, RunFolder, run_id
+
+
+def _summary_line(metrics: dict | None) -> str:
+    if not metrics:
+        return ""
+    parts = []
+    for name, values in (metrics.get("metrics") or {}).items():
+        shown = {k: v for k, v in values.items() if k in ("top1_err", "top5_err", "miou", "pixel_acc")}
+        parts.append(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in shown.items()))
+    return "; ".join(parts)
+
+
+def cmd_train(args) -> int:
+    from ..launch.runner import RequeueRequested, execute, prepare
+    extra = [Source("--experiment", OmegaConf.create({"experiment": args.experiment}))] if args.experiment else []
+    cfg = compose(args.config, args.overrides, extra=extra)
+    folder = prepare(cfg)
+    print(f"[ibnnet] run folder: {folder.path}", flush=True)
+    try:
+        metrics = execute(folder.path)
+    except RequeueRequested as e:
+        print(f"[ibnnet] stopped for requeue: {e}")
+        return 0
+    if metrics:
+        print(f"[ibnnet] {_summary_line(metrics)}")
+    return 0
+
+
+def _differing(exp: Experiment, cell) -> str:
+    return " ".join(f"{k}={v}" for k, v in cell.overrides.items()) or "(base config)"
+
+
+def live_status(folder: RunFolder, slurm_states: dict[str, str] | None = None) -> tuple[str, dict]:
+    """done / running / requeued / failed / pending, merging the scheduler's view when there is one."""
+    if folder.is_done():
+        return DONE, {}
+    state = folder.state()
+    status = state.get("status", PENDING)
+    attempts = state.get("attempts") or []
+    last = attempts[-1] if attempts else {}
+    job = state.get("slurm_job")
+    if slurm_states is not None and job:
+        sched = slurm_states.get(job)
+        if sched in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
+                     "REQUEUE_FED"):
+            return (RUNNING if sched in ("RUNNING", "COMPLETING", "CONFIGURING") else
+                    REQUEUED if "REQUEUE" in sched or status == REQUEUED else PENDING), {"job": job, "scheduler": sched}
+        if sched and status != DONE:
+            # Finished in the scheduler's eyes but no metrics.json: it failed, whatever state.json last said.
+            return FAILED, {"job": job, "scheduler": sched}
+    if status == RUNNING and last.get("host") == _host() and last.get("pid") and not _pid_alive(last["pid"]) \
+            and not last.get("SLURM_JOB_ID"):
+        return FAILED, {"note": "process gone"}
+    return status, {"job": job} if job else {}
+
+
+def _host() -> str:
+    import socket
+    return socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def cmd_sweep(args) -> int:
+    exp = load_experiment(args.experiment, args.scale)
+    triples = select(exp.folders(tuple(args.overrides)), args.only)
+    if not triples:
+        print(f"ibnnet: no cells of {exp.name} match --only {args.only!r}", file=sys.stderr)
+        return 1
+    launcher = args.launcher or triples[0][1].launcher.name
+    scale = f" (scale {exp.scale})" if exp.scale else ""
+    print(f"[ibnnet] experiment {exp.name}{scale}: {len(triples)} cells, launcher {launcher}")
+    if exp.scale and exp.scales[exp.scale].get("gpu_hours") is not None:
+        print(f"[ibnnet] expected cost: ~{exp.scales[exp.scale]['gpu_hours']} GPU-hours for the whole grid")
+    if launcher == "slurm":
+        from ..launch.slurm import sweep_slurm
+        return sweep_slurm(exp, triples, dry_run=args.dry_run, retry_failed=args.retry_failed)
+    if args.dry_run:
+        for cell, cfg, folder in triples:
+            status, _ = live_status(folder)
+            print(f"  {status:8s} {folder.path.name:50s} {_differing(exp, cell)}")
+        return 0
+    from ..launch.local import run_local
+    from ..launch.runner import prepare
+    folders = []
+    for cell, cfg, folder in triples:
+        if not folder.is_done():
+            prepare(cfg)
+        folders.append(folder)
+    summary = run_local(folders, stop_on_error=args.stop_on_error)
+    print(f"\n[ibnnet] {len(summary['done'])} finished, {len(summary['skipped'])} already done, "
+          f"{len(summary['failed'])} failed")
+    if not args.no_table:
+        _render_table(exp, tuple(args.overrides), triples[0][1].paths.results)
+    return 1 if summary["failed"] else 0
+
+
+def _render_table(exp: Experiment, overrides: tuple[str, ...], results_root: str) -> dict:
+    from ..results.table import write_table
+    paths = write_table(exp, results_root, overrides)
+    print(f"[ibnnet] table: {paths['markdown']}\n[ibnnet] csv:   {paths['csv']}\n[ibnnet] plot:  {paths['plot']}")
+    return paths
+
+
+def cmd_status(args) -> int:
+    exp = load_experiment(args.experiment, args.scale)
+    triples = exp.folders(tuple(args.overrides))
+    slurm_states = None
+    jobs = {f.state().get("slurm_job") for _, _, f in triples} - {None}
+    if jobs:
+        from ..launch.slurm import scheduler_states
+        slurm_states = scheduler_states(sorted(jobs))
+    counts: dict[str, int] = {}
+    rows = []
+    for cell, cfg, folder in triples:
+        status, info = live_status(folder, slurm_states)
+        counts[status] = counts.get(status, 0) + 1
+        extra = f"job {info['job']}" if info.get("job") else ""
+        if info.get("scheduler"):
+            extra += f" ({info['scheduler']})"
+        if status == DONE:
+            extra = _summary_line(folder.metrics())
+        rows.append((cell.name, status, folder.path.name, extra, folder))
+    width = max(len(r[0]) for r in rows)
+    for name, status, rid, extra, folder in rows:
+        print(f"{name:{width}s}  {status:9s} {rid}  {extra}")
+        if status == FAILED:
+            err = (folder.state().get("error") or "").strip().splitlines()
+            if err:
+                print(f"    error: {err[0]}")
+            tail = folder.log_tail(args.lines)
+            if tail:
+                print("    " + "\n    ".join(tail.splitlines()))
+    print("\n" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_table(args) -> int:
+    exp = load_experiment(args.experiment, args.scale)
+    overrides = tuple(args.overrides)
+    results_root = args.results or exp.compose_cell(exp.cells[0], overrides).paths.results
+    paths = _render_table(exp, overrides, results_root)
+    print()
+    print(paths["markdown"].read_text())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from types import SimpleNamespace
+    start = time.time()
+    sweep_args = SimpleNamespace(experiment="demo", scale=None, overrides=args.overrides, launcher="local",
+                                 dry_run=False, only=None, retry_failed=False, stop_on_error=False, no_table=False)
+    code = cmd_sweep(sweep_args)
+    exp = load_experiment("demo")
+    out = exp.results_dir(exp.compose_cell(exp.cells[0], tuple(args.overrides)).paths.results)
+    print(f"\n[ibnnet] demo finished in {time.time() - start:.0f} s. Outputs in {out}/ "
+          f"(table.md, table.csv, plot.png); run folders under "
+          f"{exp.compose_cell(exp.cells[0], tuple(args.overrides)).paths.runs}/demo/")
+    if (out / "table.md").is_file():
+        print()
+        print((out / "table.md").read_text())
+    return code
+
+
+def cmd_run(args) -> int:
+    from ..launch.runner import RequeueRequested, execute
+    try:
+        execute(args.run_dir)
+    except RequeueRequested as e:
+        print(f"[ibnnet] stopped for requeue: {e}", flush=True)
+        return 0
+    except Exception as e:
+        print(f"ibnnet: run failed: {type(e).__name__}: {e}", file=sys.stderr)
+        import traceback
+        traceback.print_exc()
+        return 1
+    return 0

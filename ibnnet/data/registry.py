@@ -1,0 +1,80 @@
+"""Dataset names usable in configs (``data.train.dataset``, ``data.val[i].dataset``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    task: str                                   # classification | segmentation
+    build: Callable[[Any, Path | None, int], Dataset]   # (spec, root, image_size) -> raw dataset
+    default_root: str | None                    # folder under paths.data; None: needs no files
+    augment: str                                # imagenet | light | segmentation
+    description: str
+
+
+def _builtin_cls(spec, root, image_size):
+    from .synthetic import SyntheticShapes
+    return SyntheticShapes(split=spec.split, domain=spec.domain, num_samples=spec.num_samples, seed=spec.seed,
+                           image_size=image_size)
+
+
+def _builtin_seg(spec, root, image_size):
+    from .synthetic import SyntheticScenes
+    return SyntheticScenes(split=spec.split, domain=spec.domain, num_samples=spec.num_samples, seed=spec.seed,
+                           image_size=image_size)
+
+
+def _imagenet(spec, root, image_size):
+    from .imagenet import ImageNet
+    return ImageNet(root, split=spec.split, num_classes_subset=spec.num_classes_subset, fraction=spec.fraction,
+                    seed=spec.seed)
+
+
+def _image_folder(spec, root, image_size):
+    # A folder of class folders (e.g. a CycleGAN/Monet-styled copy of ImageNet val): root/split/<wnid>/*.
+    from .imagenet import ImageNet
+    return ImageNet(root, split=spec.split, num_classes_subset=spec.num_classes_subset, fraction=spec.fraction,
+                    seed=spec.seed)
+
+
+def _cityscapes(spec, root, image_size):
+    from .cityscapes import Cityscapes
+    return Cityscapes(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
+
+
+def _gta5(spec, root, image_size):
+    from .gta5 import GTA5
+    return GTA5(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "builtin_cls": DatasetEntry("classification", _builtin_cls, None, "light",
+                                "procedural shapes in two appearance domains (no download)"),
+    "builtin_seg": DatasetEntry("segmentation", _builtin_seg, None, "segmentation",
+                                "procedural street scenes in two appearance domains (no download)"),
+    "imagenet": DatasetEntry("classification", _imagenet, "imagenet", "imagenet", "ILSVRC-2012 class folders"),
+    "image_folder": DatasetEntry("classification", _image_folder, None, "imagenet",
+                                 "class folders in ImageNet's layout, e.g. a Monet-styled copy of val"),
+    "cityscapes": DatasetEntry("segmentation", _cityscapes, "cityscapes", "segmentation", "Cityscapes gtFine"),
+    "gta5": DatasetEntry("segmentation", _gta5, "gta5", "segmentation", "GTA5 (Playing for Data)"),
+}
+
+
+def dataset_root(spec, data_root: str | Path) -> Path | None:
+    entry = DATASETS[spec.dataset]
+    if spec.root:
+        return Path(spec.root)
+    if entry.default_root is None:
+        if entry.build in (_image_folder,):
+            raise ValueError(f"dataset {spec.dataset!r} ({spec.name}) needs a root folder")
+        return None
+    return Path(data_root) / entry.default_root
+
+
+def build_dataset(spec, data_root: str | Path, image_size: int) -> Dataset:
+    return DATASETS[spec.dataset].build(spec, dataset_root(spec, data_root), image_size)

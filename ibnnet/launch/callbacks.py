@@ -1,0 +1,88 @@
+"""Callbacks and plugins every run uses: checkpoints, SN batch-average statistics, atomic saves."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from ..layers import estimate_batch_average_stats
+from .rundir import RunFolder
+
+log = logging.getLogger("ibnnet")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file beside the target, then rename: a kill mid-save keeps the old file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class BatchAverageStats(Callback):
+    """SN's batch-average inference: before each evaluation, re-estimate normalization statistics
+    from K training batches with the network frozen (paper appendix A)."""
+
+    def __init__(self, num_batches: int):
+        self.num_batches = num_batches
+
+    def _estimate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loader = trainer.datamodule.train_dataloader()
+        device = pl_module.device
+
+        def forward(module, batch):
+            return module(batch[0].to(device, non_blocking=True))
+
+        used = estimate_batch_average_stats(pl_module, loader, self.num_batches, forward_fn=forward)
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            # Each process saw different batches; average so that every process evaluates the same model.
+            for buf_name, buf in pl_module.named_buffers():
+                if buf_name.endswith(("running_mean", "running_var")):
+                    torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+                    buf.div_(trainer.world_size)
+        log.info("batch-average statistics from %d training batches", used)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._estimate(trainer, pl_module)
+
+
+def primary_metric(cfg) -> tuple[str, str] | None:
+    if not cfg.data.val:
+        return None
+    first = cfg.data.val[0].name
+    return (f"val/{first}/top1_err", "min") if cfg.task == "classification" else (f"val/{first}/miou", "max")
+
+
+def build_callbacks(cfg, folder: RunFolder) -> list[Callback]:
+    callbacks: list[Callback] = [
+        # last.ckpt after every training epoch, whether or not that epoch is evaluated
+        ModelCheckpoint(dirpath=folder.checkpoint_dir, save_top_k=0, save_last=True, save_on_train_epoch_end=True),
+    ]
+    primary = primary_metric(cfg)
+    if primary:
+        callbacks.append(ModelCheckpoint(dirpath=folder.checkpoint_dir, filename="best", monitor=primary[0],
+                                         mode=primary[1], save_top_k=1, auto_insert_metric_name=False,
+                                         enable_version_counter=False))
+    if cfg.trainer.batch_average_batches > 0:
+        callbacks.append(BatchAverageStats(cfg.trainer.batch_average_batches))
+    return callbacks
+
+
+def build_plugins(cfg) -> list:
+    return [AtomicCheckpointIO()]

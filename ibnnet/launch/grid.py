@@ -1,0 +1,230 @@
+"""Experiment files: a base config, grid axes and/or explicit cases, the paper's numbers, a table layout.
+
+```yaml
+experiment: ibn_table5              # default: the file name
+title: IBN-Net Table 5 - ratio of IN channels
+base: ../configs/imagenet.yaml      # a run config, relative to this file
+overrides: {model.name: resnet50_ibn_a}        # for every cell
+scales:                              # --scale NAME; the first is the default
+  reduced: {gpu_hours: 60, overrides: {data.train.num_classes_subset: 100}}
+  full: {gpu_hours: 1900}
+grid:                                # cartesian product of the axes
+  ratio:                             # axis name: a label -> value (axis is then the config key below) ...
+    key: model.in_ratio
+    values: {"0": 0.0, "0.25": 0.25, full: full}
+  model:                             # ... or label -> overrides
+    BN: {model.name: resnet50_bn}
+cases:                               # extra cells: axis labels + overrides
+  - {labels: {ratio: "1", model: IBN-a}, set: {model.in_ratio: 1.0}}
+exclude: [{model: BN, ratio: full}]  # cells of the product to drop
+patches: [{match: {model: BN}, set: {optim.warmup_epochs: 5}}]
+table: {rows: ratio, columns: eval, metrics: [top1_err, top5_err]}
+paper: [{ratio: "0.25", eval: val, top1_err: 22.49, top5_err: 6.39}]
+```
+A list instead of a mapping gives labels equal to the values (``values: [0, 0.25]`` or ``model.in_ratio: [0, 0.25]``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ..config.loader import PROJECT_ROOT, ConfigError, Source, compose, dotlist_to_config, load_yaml
+from .rundir import RunFolder, run_dir, run_id
+
+EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+_TOP_KEYS = {"experiment", "title", "description", "base", "overrides", "scales", "default_scale", "grid", "cases",
+             "exclude", "patches", "table", "paper", "notes"}
+_TABLE_KEYS = {"rows", "columns", "metrics", "format", "eval_labels", "row_title", "higher_is_better", "plot"}
+
+
+@dataclass
+class Cell:
+    labels: dict[str, str]            # axis -> label
+    overrides: dict[str, Any]         # dotted key -> value
+
+    @property
+    def name(self) -> str:
+        return "_".join(f"{axis}={label}" for axis, label in self.labels.items()) or "default"
+
+
+@dataclass
+class Experiment:
+    path: Path
+    name: str
+    title: str
+    base: Path
+    scale: str | None
+    scales: dict[str, Any]
+    cells: list[Cell]
+    common: dict[str, Any]
+    table: dict[str, Any]
+    paper: list[dict[str, Any]]
+    raw: DictConfig
+    axes: list[str] = field(default_factory=list)
+
+    def configs(self, overrides: tuple[str, ...] = ()) -> list[tuple[Cell, DictConfig]]:
+        """Compose and validate every cell's run config (all errors surface before anything runs)."""
+        out = []
+        for cell in self.cells:
+            out.append((cell, self.compose_cell(cell, overrides)))
+        return out
+
+    def compose_cell(self, cell: Cell, overrides: tuple[str, ...] = ()) -> DictConfig:
+        label = str(self.path)
+        extra = [Source(f"{label} (overrides)", dotlist_to_config(self.common, label))]
+        if self.scale:
+            scale_over = dict(self.scales[self.scale].get("overrides") or {})
+            extra.append(Source(f"{label} (scale {self.scale})", dotlist_to_config(scale_over, label)))
+        extra.append(Source(f"{label} (cell {cell.name})", dotlist_to_config(cell.overrides, label)))
+        identity = {"experiment": self.name, "run_name": cell.name, "grid": dict(cell.labels)}
+        extra.append(Source(label, OmegaConf.create(identity)))
+        return compose(self.base, overrides, extra=extra)
+
+    def folders(self, overrides: tuple[str, ...] = ()) -> list[tuple[Cell, DictConfig, RunFolder]]:
+        return [(cell, cfg, RunFolder(run_dir(cfg))) for cell, cfg in self.configs(overrides)]
+
+    def results_dir(self, results_root: str | Path) -> Path:
+        root = Path(results_root) / self.name
+        return root if not self.scale or len(self.scales) <= 1 else root / self.scale
+
+
+def resolve_experiment_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for candidate in (EXPERIMENTS_DIR / f"{name_or_path}.yaml", EXPERIMENTS_DIR / str(name_or_path)):
+        if candidate.is_file():
+            return candidate
+    known = sorted(x.stem for x in EXPERIMENTS_DIR.glob("*.yaml"))
+    raise ConfigError(f"{name_or_path}: no such experiment file (known: {', '.join(known)})")
+
+
+def _as_plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=False) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def _axis_cells(path: Path, axis: str, spec: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(label, overrides) for each value of one axis."""
+    where = f"{path}: grid.{axis}"
+    key = None
+    values = spec
+    if isinstance(spec, dict) and "values" in spec:
+        unknown = set(spec) - {"key", "values"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown entries {sorted(unknown)} (an axis has `key` and `values`)")
+        key, values = spec.get("key"), spec["values"]
+    elif "." in axis:
+        key = axis
+    if isinstance(values, list):
+        if key is None:
+            raise ConfigError(f"{where}: a list of values needs the config key to set (`key: ...` or a dotted "
+                              f"axis name such as model.in_ratio)")
+        return [(str(v), {key: v}) for v in values]
+    if not isinstance(values, dict) or not values:
+        raise ConfigError(f"{where}: must be a non-empty list or a mapping label -> value/overrides")
+    out = []
+    for label, value in values.items():
+        if isinstance(value, dict):
+            out.append((str(label), dict(value)))
+        elif key is not None:
+            out.append((str(label), {key: value}))
+        else:
+            raise ConfigError(f"{where}.{label}: {value!r} is a value but the axis names no config key; "
+                              f"give a mapping of overrides or `key:`")
+    return out
+
+
+def _matches(labels: dict[str, str], match: dict[str, Any]) -> bool:
+    return all(str(labels.get(k)) == str(v) or fnmatch.fnmatch(str(labels.get(k)), str(v)) for k, v in match.items())
+
+
+def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Experiment:
+    path = resolve_experiment_path(name_or_path)
+    raw = load_yaml(path)
+    data = _as_plain(raw)
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    if "base" not in data:
+        raise ConfigError(f"{path}: `base` (the run config every cell starts from) is required")
+    base = (path.parent / data["base"]).resolve()
+    if not base.is_file():
+        raise ConfigError(f"{path}: base config {data['base']} not found (looked at {base})")
+    scales = data.get("scales") or {}
+    if scales and not isinstance(scales, dict):
+        raise ConfigError(f"{path}: scales must be a mapping name -> {{gpu_hours, overrides}}")
+    for sname, sval in scales.items():
+        bad = set(sval or {}) - {"gpu_hours", "overrides", "description"}
+        if bad:
+            raise ConfigError(f"{path}: scales.{sname}: unknown keys {sorted(bad)}")
+    if scale is None and scales:
+        scale = data.get("default_scale") or next(iter(scales))
+    if scale is not None and scale not in scales:
+        raise ConfigError(f"{path}: no scale {scale!r} (scales: {', '.join(scales) or 'none'})")
+
+    grid = data.get("grid") or {}
+    axes = list(grid)
+    per_axis = [_axis_cells(path, axis, spec) for axis, spec in grid.items()]
+    cells: list[Cell] = []
+    if per_axis:
+        for combo in itertools.product(*per_axis):
+            labels = {axis: label for axis, (label, _) in zip(axes, combo)}
+            overrides: dict[str, Any] = {}
+            for _, over in combo:
+                overrides.update(over)
+            cells.append(Cell(labels, overrides))
+    for i, case in enumerate(data.get("cases") or []):
+        if not isinstance(case, dict) or set(case) - {"labels", "set"} or "labels" not in case:
+            raise ConfigError(f"{path}: cases[{i}] must be {{labels: {{axis: label}}, set: {{key: value}}}}")
+        labels = {str(k): str(v) for k, v in case["labels"].items()}
+        for axis in labels:
+            if axis not in axes:
+                axes.append(axis)
+        cells.append(Cell(labels, dict(case.get("set") or {})))
+    if not cells:
+        cells = [Cell({}, {})]
+    for i, ex in enumerate(data.get("exclude") or []):
+        unknown_axes = set(ex) - set(axes)
+        if unknown_axes:
+            raise ConfigError(f"{path}: exclude[{i}] names unknown axes {sorted(unknown_axes)}")
+        cells = [c for c in cells if not _matches(c.labels, ex)]
+    for i, patch in enumerate(data.get("patches") or []):
+        if not isinstance(patch, dict) or set(patch) != {"match", "set"}:
+            raise ConfigError(f"{path}: patches[{i}] must be {{match: {{axis: label}}, set: {{key: value}}}}")
+        for c in cells:
+            if _matches(c.labels, patch["match"]):
+                c.overrides.update(patch["set"])
+    names = [c.name for c in cells]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{path}: cells with identical labels: {dupes}")
+
+    table = dict(data.get("table") or {})
+    bad = set(table) - _TABLE_KEYS
+    if bad:
+        raise ConfigError(f"{path}: table: unknown keys {sorted(bad)} (allowed: {', '.join(sorted(_TABLE_KEYS))})")
+    for k in ("rows", "columns"):
+        if table.get(k) is not None and table[k] not in axes + ["eval"]:
+            raise ConfigError(f"{path}: table.{k}={table[k]!r} is neither a grid axis ({', '.join(axes)}) nor 'eval'")
+    paper = list(data.get("paper") or [])
+    for i, entry in enumerate(paper):
+        unknown_axes = {k for k in entry if k in axes + ["eval"]}
+        if not isinstance(entry, dict) or not unknown_axes and axes:
+            raise ConfigError(f"{path}: paper[{i}] must name the cell by its axis labels (axes: {', '.join(axes)})")
+
+    return Experiment(path=path, name=str(data.get("experiment") or path.stem), title=str(data.get("title") or ""),
+                      base=base, scale=scale, scales=scales, cells=cells, common=dict(data.get("overrides") or {}),
+                      table=table, paper=paper, raw=raw, axes=axes)
+
+
+def select(cells_with: list[tuple], pattern: str | None) -> list[tuple]:
+    """Keep cells whose name or run id matches the glob ``pattern`` (substring match without wildcards)."""
+    if not pattern:
+        return cells_with
+    glob = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
+    return [t for t in cells_with if fnmatch.fnmatch(t[0].name, glob) or fnmatch.fnmatch(run_id(t[1]), glob)]

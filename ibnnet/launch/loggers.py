@@ -1,0 +1,89 @@
+"""Loggers of a run: a CSV log always, wandb unless disabled (offline without an API key).
+
+A wandb failure (no network, a broken install, a full disk) is reported once and then ignored: it
+must never end a training run.
+"""
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+from .rundir import RunFolder, sanitize
+
+log = logging.getLogger("ibnnet")
+
+
+def has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
+        return bool(netrc.netrc(path).authenticators(os.environ.get("WANDB_BASE_URL_HOST", "api.wandb.ai")))
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode(w) -> str:
+    if not w.enabled or w.mode == "disabled":
+        return "disabled"
+    if w.mode != "auto":
+        return w.mode
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled", "dryrun"):
+        return "offline" if env == "dryrun" else env
+    return "online" if has_wandb_key() else "offline"
+
+
+def wandb_run_id(cfg, run_id: str) -> str:
+    # wandb ids must be unique per project and free of '/', so the experiment goes in front.
+    return sanitize(f"{cfg.experiment}-{run_id}", 128).replace("=", "-").replace(".", "_").replace("+", "p")
+
+
+class FailSafeWandbLogger(WandbLogger):
+    """WandbLogger whose every call is guarded: the first error disables it with a warning."""
+
+    _guarded = ("log_metrics", "log_hyperparams", "finalize", "after_save_checkpoint", "log_graph", "save")
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._broken = False
+        for name in self._guarded:
+            setattr(self, name, self._guard(getattr(self, name)))
+
+    def _guard(self, fn):
+        @wraps(fn)
+        def call(*args, **kwargs):
+            if self._broken:
+                return None
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # any wandb problem: keep training, keep the CSV log
+                self._broken = True
+                log.warning("wandb failed (%s: %s); continuing without wandb, the CSV log is complete",
+                            type(e).__name__, e)
+                return None
+        return call
+
+
+def build_loggers(cfg, folder: RunFolder, run_id: str) -> list[Logger]:
+    loggers: list[Logger] = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(folder.path), name="logs", version=""))
+    mode = wandb_mode(cfg.logger.wandb)
+    if mode != "disabled":
+        w = cfg.logger.wandb
+        tags = [sanitize(f"{k}={v}", 64) for k, v in (cfg.grid or {}).items()] + list(w.tags)
+        try:
+            loggers.append(FailSafeWandbLogger(
+                project=w.project, entity=w.entity, name=run_id, id=wandb_run_id(cfg, run_id), resume="allow",
+                group=cfg.experiment, job_type=cfg.task, tags=tags, save_dir=str(folder.path), mode=mode,
+                config={"run_id": run_id}))
+        except Exception as e:
+            log.warning("wandb logger unavailable (%s: %s); logging to CSV only", type(e).__name__, e)
+    return loggers

@@ -1,0 +1,144 @@
+"""Run folders: stable ids, the resolved config, state, checkpoints and the final metrics.
+
+``<paths.runs>/<experiment>/<run id>/``
+    config.yaml        the resolved, validated configuration
+    state.json         pending/running/failed/done, attempts (host, job id, start/end), last error
+    metrics.json       written once, atomically, when the run has finished: it marks the run done
+    checkpoints/       last.ckpt, best.ckpt (and hpc_ckpt_*.ckpt written on a SLURM warning signal)
+    logs/metrics.csv   Lightning's CSV log;  wandb/  the wandb run (offline or synced)
+    train.log          the run's own log
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .files import atomic_write_json, atomic_write_text, read_json
+
+# Settings that do not change what a run computes: changing them must not change its id.
+_NOT_HASHED = ("paths", "logger", "launcher", "experiment", "run_name", "grid", "trainer.enable_progress_bar",
+               "trainer.log_every_n_steps", "data.num_workers")
+_NOT_HASHED_DATASET_KEYS = ("root",)   # moving a dataset does not change results
+
+DONE, RUNNING, FAILED, PENDING, REQUEUED = "done", "running", "failed", "pending", "requeued"
+
+
+def hashed_content(cfg: DictConfig) -> dict[str, Any]:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in _NOT_HASHED:
+        parts = dotted.split(".")
+        node = plain
+        for p in parts[:-1]:
+            node = node.get(p, {})
+        node.pop(parts[-1], None)
+    specs = [plain["data"]["train"]] + list(plain["data"]["val"])
+    for spec in specs:
+        for k in _NOT_HASHED_DATASET_KEYS:
+            spec.pop(k, None)
+    return plain
+
+
+def config_hash(cfg: DictConfig) -> str:
+    canonical = json.dumps(hashed_content(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:8]
+
+
+def sanitize(text: str, max_len: int = 80) -> str:
+    text = re.sub(r"[^A-Za-z0-9._=+-]+", "-", str(text)).strip("-.")
+    return text[:max_len] or "run"
+
+
+def run_id(cfg: DictConfig) -> str:
+    readable = cfg.run_name or cfg.model.name
+    return f"{sanitize(readable)}-{config_hash(cfg)}"
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.runs) / sanitize(cfg.experiment) / run_id(cfg)
+
+
+@dataclass
+class RunFolder:
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
+
+    def is_done(self) -> bool:
+        return self.metrics_path.is_file()
+
+    def metrics(self) -> dict | None:
+        return read_json(self.metrics_path)
+
+    def state(self) -> dict:
+        return read_json(self.state_path) or {"status": PENDING, "attempts": []}
+
+    def write_config(self, cfg: DictConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, OmegaConf.to_yaml(cfg, resolve=True, sort_keys=False))
+
+    def update_state(self, **changes: Any) -> dict:
+        state = self.state()
+        state.update(changes)
+        state["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_json(self.state_path, state)
+        return state
+
+    def start_attempt(self, info: dict) -> dict:
+        state = self.state()
+        attempts = state.get("attempts", [])
+        attempts.append(dict(info, start=time.time()))
+        return self.update_state(status=RUNNING, attempts=attempts, error=None)
+
+    def end_attempt(self, status: str, error: str | None = None) -> dict:
+        state = self.state()
+        attempts = state.get("attempts", [])
+        if attempts and "end" not in attempts[-1]:
+            attempts[-1]["end"] = time.time()
+            attempts[-1]["status"] = status
+        return self.update_state(status=status, attempts=attempts, error=error)
+
+    def wall_time(self) -> float:
+        total = 0.0
+        for a in self.state().get("attempts", []):
+            total += a.get("end", time.time()) - a.get("start", time.time())
+        return total
+
+    def resume_checkpoint(self) -> Path | None:
+        """The newest of last.ckpt and the SLURM-signal checkpoints (hpc_ckpt_N.ckpt)."""
+        candidates = [p for p in self.checkpoint_dir.glob("*.ckpt")
+                      if p.name == "last.ckpt" or p.name.startswith("hpc_ckpt")]
+        return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+    def log_tail(self, lines: int = 15) -> str:
+        candidates = [self.log_path] + sorted(self.path.glob("slurm-*.out"), key=lambda p: p.stat().st_mtime)
+        existing = [p for p in candidates if p.is_file()]
+        if not existing:
+            return ""
+        newest = max(existing, key=lambda p: p.stat().st_mtime)
+        text = newest.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])

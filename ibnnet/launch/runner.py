@@ -1,0 +1,169 @@
+"""Executing one prepared run folder: train (or resume), evaluate, write ``metrics.json``.
+
+Every launcher ends here: ``ibnnet train`` in-process, the local sweep launcher in a subprocess per
+run, and each SLURM array task through ``srun ibnnet run RUN_DIR``.  Under DDP every process runs this
+code; only rank 0 writes state and results.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import compose, to_plain
+from .env import git_state, host, is_rank_zero, package_versions, slurm_job
+from .files import atomic_write_json
+from .rundir import DONE, FAILED, REQUEUED, RunFolder, config_hash, run_id
+
+log = logging.getLogger("ibnnet")
+
+
+class RequeueRequested(Exception):
+    """Training stopped to be requeued (SLURM time limit or preemption); the run is not finished."""
+
+
+def prepare(cfg, root_override: str | None = None) -> RunFolder:
+    """Create (or refresh) the folder of ``cfg`` and write its resolved config."""
+    from .rundir import run_dir
+    folder = RunFolder(run_dir(cfg) if root_override is None else Path(root_override))
+    if is_rank_zero():
+        folder.write_config(cfg)
+    return folder
+
+
+def _file_logging(folder: RunFolder) -> logging.Handler:
+    handler = logging.FileHandler(folder.log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ibnnet", "pytorch_lightning", "lightning.pytorch"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("ibnnet").setLevel(logging.INFO)
+    return handler
+
+
+def execute(path: str | Path) -> dict[str, Any] | None:
+    """Run the folder at ``path``; returns its metrics (None on non-zero ranks). Finished runs are skipped."""
+    folder = RunFolder(Path(path))
+    if not folder.config_path.is_file():
+        raise FileNotFoundError(f"{folder.path}: not a run folder (no config.yaml)")
+    cfg = compose(folder.config_path)
+    rank0 = is_rank_zero()
+    if folder.is_done():
+        if rank0:
+            print(f"[ibnnet] {folder.path}: already done, skipping")
+        return folder.metrics()
+    handler = _file_logging(folder) if rank0 else None
+    if rank0:
+        resume = folder.resume_checkpoint()
+        folder.start_attempt({"host": host(), "pid": os.getpid(), **slurm_job(),
+                              "resume_from": resume.name if resume else None})
+        log.info("run %s (%s)", folder.path, "resuming from " + resume.name if resume else "fresh start")
+    try:
+        result = train_and_evaluate(cfg, folder)
+    except RequeueRequested as e:
+        if rank0:
+            folder.end_attempt(REQUEUED, error=str(e))
+        raise
+    except BaseException as e:
+        if rank0:
+            tail = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
+            folder.end_attempt(FAILED, error=f"{type(e).__name__}: {e}\n{tail}")
+            log.error("run failed: %s: %s", type(e).__name__, e)
+        raise
+    finally:
+        if handler is not None:
+            for name in ("ibnnet", "pytorch_lightning", "lightning.pytorch"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
+    if not rank0:
+        return None
+    folder.end_attempt(DONE)
+    metrics = {
+        "run_id": folder.path.name,
+        "experiment": cfg.experiment,
+        "task": cfg.task,
+        "grid": to_plain(cfg.grid) if cfg.grid is not None else {},
+        "metrics": result["metrics"],
+        "epochs": result["epoch"],
+        "global_step": result["global_step"],
+        "world_size": result["world_size"],
+        "num_nodes": cfg.trainer.num_nodes,
+        "config_hash": config_hash(cfg),
+        "git": git_state(),
+        "versions": package_versions(),
+        "wall_time_s": round(folder.wall_time(), 1),
+        "host": host(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({"class_names": result["class_names"]} if result.get("class_names") else {}),
+    }
+    atomic_write_json(folder.metrics_path, metrics)
+    print(f"[ibnnet] {folder.path}: done -> {folder.metrics_path}")
+    return metrics
+
+
+def train_and_evaluate(cfg, folder: RunFolder) -> dict[str, Any]:
+    import pytorch_lightning as pl
+
+    from ..data.datamodule import DataModule
+    from ..tasks import TASKS
+    from .callbacks import build_callbacks, build_plugins
+    from .loggers import build_loggers
+
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    dm = DataModule(cfg)
+    task = TASKS[cfg.task](to_plain(cfg), dm.num_classes, dm.val_names)
+    if cfg.trainer.compile:
+        task.compile_model()
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        default_root_dir=str(folder.path),
+        max_epochs=t.max_epochs, max_steps=t.max_steps,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, check_val_every_n_epoch=t.check_val_every_n_epoch,
+        log_every_n_steps=t.log_every_n_steps, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar, use_distributed_sampler=False,
+        logger=build_loggers(cfg, folder, folder.path.name), callbacks=build_callbacks(cfg, folder),
+        plugins=build_plugins(cfg),
+    )
+    resume = folder.resume_checkpoint()
+    trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    requeue = getattr(trainer, "ibnnet_requeue_reason", None)
+    if requeue:
+        raise RequeueRequested(requeue)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted")
+    if dm.val_names and task.last_val_epoch != trainer.current_epoch - 1:
+        trainer.validate(task, datamodule=dm, verbose=False)
+    class_names = getattr(dm.raw_train_dataset(), "classes", None)
+    return {
+        "metrics": task.last_val,
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "world_size": trainer.world_size,
+        "class_names": list(class_names) if class_names is not None and len(class_names) <= 100 else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ibnnet.launch.runner RUN_DIR``: what each launched process executes."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m ibnnet.launch.runner RUN_DIR", file=sys.stderr)
+        return 2
+    try:
+        execute(args[0])
+    except RequeueRequested:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_float32_matmul_precision("high")
+    sys.exit(main())

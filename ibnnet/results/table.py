@@ -1,0 +1,209 @@
+"""Experiment tables: our numbers beside the paper's, rendered from the run folders alone.
+
+Records are long-form: one per (cell, evaluation set), holding the cell's axis labels, the eval-set
+name, the run's status and its metrics.  A table pivots them into the paper's layout: ``rows`` and
+``columns`` are grid axes or ``eval``; each shown cell holds ``metrics`` joined by "/" as the papers do
+(e.g. top-1/top-5 error), next to the paper's value and the difference.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..launch.files import atomic_write_text
+from ..launch.grid import Experiment
+from ..launch.rundir import DONE, PENDING, RunFolder
+
+METRIC_LABELS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc", "top5_acc": "top-5 acc",
+                 "miou": "mIoU", "pixel_acc": "pixel acc"}
+
+
+@dataclass
+class Record:
+    labels: dict[str, str]
+    eval: str
+    status: str
+    run_id: str
+    metrics: dict[str, float]
+
+
+def collect(exp: Experiment, overrides: tuple[str, ...] = ()) -> list[Record]:
+    records = []
+    for cell, cfg, folder in exp.folders(overrides):
+        metrics = folder.metrics() or {}
+        per_eval = metrics.get("metrics") or {}
+        status = DONE if folder.is_done() else folder.state().get("status", PENDING)
+        for spec in cfg.data.val:
+            values = per_eval.get(spec.name) or {}
+            records.append(Record(dict(cell.labels), spec.name, status, folder.path.name,
+                                  {k: v for k, v in values.items() if isinstance(v, (int, float))}))
+    return records
+
+
+def paper_value(exp: Experiment, labels: dict[str, str], eval_name: str, metric: str) -> float | None:
+    for entry in exp.paper:
+        keys = {k: v for k, v in entry.items() if k in exp.axes or k == "eval"}
+        if all(str(labels.get(k)) == str(v) for k, v in keys.items() if k != "eval") and \
+                ("eval" not in keys or str(keys["eval"]) == eval_name) and metric in entry:
+            value = entry[metric]
+            return None if value in (None, "-", "") else float(value)
+    return None
+
+
+def _fmt(values: list[float | None], fmt: str) -> str:
+    if all(v is None for v in values):
+        return "–"
+    return "/".join("–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v) for v in values)
+
+
+def _delta(ours: list[float | None], paper: list[float | None], fmt: str) -> str:
+    pairs = [(a, b) for a, b in zip(ours, paper)]
+    if any(a is None or b is None for a, b in pairs):
+        return ""
+    return "/".join(("+" if a - b >= 0 else "") + fmt.format(a - b) for a, b in pairs)
+
+
+def _ordered(values: list[str]) -> list[str]:
+    seen: list[str] = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def build_table(exp: Experiment, records: list[Record]) -> dict[str, Any]:
+    t = exp.table
+    rows_key = t.get("rows") or (exp.axes[0] if exp.axes else "eval")
+    cols_key = t.get("columns")
+    metrics = list(t.get("metrics") or (["top1_err", "top5_err"] if _is_cls(records) else ["miou", "pixel_acc"]))
+    fmt = t.get("format", "{:.2f}")
+    eval_labels = t.get("eval_labels") or {}
+
+    def key_of(rec: Record, key: str | None) -> str:
+        if key is None:
+            return ""
+        return rec.eval if key == "eval" else rec.labels.get(key, "")
+
+    row_values = _ordered([key_of(r, rows_key) for r in records])
+    col_values = _ordered([key_of(r, cols_key) for r in records]) if cols_key else [""]
+    grid: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        grid.setdefault((key_of(r, rows_key), key_of(r, cols_key)), []).append(r)
+
+    def show(v: str, key: str | None) -> str:
+        return eval_labels.get(v, v) if key == "eval" else v
+
+    cells = {}
+    for rv in row_values:
+        for cv in col_values:
+            recs = grid.get((rv, cv), [])
+            if len(recs) > 1:
+                # Axes not shown in the table must be fixed per (row, column); several runs would be ambiguous.
+                hidden = sorted({k for r in recs for k in r.labels if k not in (rows_key, cols_key)})
+                raise ValueError(f"{exp.path}: table cell ({rv}, {cv}) has {len(recs)} runs; put axis "
+                                 f"{', '.join(hidden) or 'eval'} in rows or columns")
+            rec = recs[0] if recs else None
+            ours = [rec.metrics.get(m) if rec else None for m in metrics]
+            paper = [paper_value(exp, rec.labels, rec.eval, m) if rec else None for m in metrics]
+            cells[(rv, cv)] = {"ours": ours, "paper": paper, "status": rec.status if rec else "",
+                               "run_id": rec.run_id if rec else ""}
+    return {"rows_key": rows_key, "cols_key": cols_key, "rows": row_values, "cols": col_values,
+            "metrics": metrics, "fmt": fmt, "cells": cells, "show": show}
+
+
+def _is_cls(records: list[Record]) -> bool:
+    return any("top1_err" in r.metrics for r in records) or not any("miou" in r.metrics for r in records)
+
+
+def render_markdown(exp: Experiment, tab: dict[str, Any]) -> str:
+    metric_names = "/".join(METRIC_LABELS.get(m, m) for m in tab["metrics"])
+    show = tab["show"]
+    header = [exp.table.get("row_title") or tab["rows_key"]]
+    for cv in tab["cols"]:
+        prefix = f"{show(cv, tab['cols_key'])} " if cv else ""
+        header += [f"{prefix}ours", f"{prefix}paper", f"{prefix}Δ"]
+    lines = []
+    title = exp.title or exp.name
+    lines.append(f"# {title}\n")
+    scale = f", scale `{exp.scale}`" if exp.scale else ""
+    lines.append(f"Values: {metric_names} (%){scale}. Δ = ours − paper. – = not run / not finished / not in the paper.\n")
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    fmt = tab["fmt"]
+    for rv in tab["rows"]:
+        row = [show(rv, tab["rows_key"])]
+        for cv in tab["cols"]:
+            c = tab["cells"][(rv, cv)]
+            ours = _fmt(c["ours"], fmt)
+            if c["status"] and c["status"] != DONE:
+                ours = f"({c['status']})"
+            row += [ours, _fmt(c["paper"], fmt), _delta(c["ours"], c["paper"], fmt)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(exp: Experiment, tab: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([tab["rows_key"], tab["cols_key"] or "", "metric", "ours", "paper", "delta", "status", "run_id"])
+    for rv in tab["rows"]:
+        for cv in tab["cols"]:
+            c = tab["cells"][(rv, cv)]
+            for m, ours, paper in zip(tab["metrics"], c["ours"], c["paper"]):
+                delta = ours - paper if ours is not None and paper is not None else None
+                w.writerow([rv, cv, m, _num(ours), _num(paper), _num(delta), c["status"], c["run_id"]])
+    return buf.getvalue()
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
+def render_plot(exp: Experiment, tab: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metric = tab["metrics"][0]
+    rows, cols, show = tab["rows"], tab["cols"], tab["show"]
+    x = np.arange(len(rows))
+    width = 0.8 / max(1, len(cols))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) * max(1, len(cols)) ** 0.5 + 2), 3.8))
+    for j, cv in enumerate(cols):
+        ours = [tab["cells"][(rv, cv)]["ours"][0] for rv in rows]
+        paper = [tab["cells"][(rv, cv)]["paper"][0] for rv in rows]
+        pos = x - 0.4 + width * (j + 0.5)
+        label = show(cv, tab["cols_key"]) if cv else "ours"
+        bars = ax.bar(pos, [np.nan if v is None else v for v in ours], width * 0.9, label=label)
+        if any(v is not None for v in paper):
+            ax.scatter(pos, [np.nan if v is None else v for v in paper], marker="_", s=300, color="black",
+                       zorder=3, label="paper" if j == 0 else None)
+        for b, v in zip(bars, ours):
+            if v is not None:
+                ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [show(rv, tab["rows_key"]) for rv in rows], rotation=20 if len(rows) > 4 else 0)
+    ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (%)")
+    ax.set_title(exp.title or exp.name, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_table(exp: Experiment, results_root: str | Path, overrides: tuple[str, ...] = ()) -> dict[str, Path]:
+    records = collect(exp, overrides)
+    tab = build_table(exp, records)
+    out = exp.results_dir(results_root)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "table.md", "csv": out / "table.csv", "plot": out / "plot.png"}
+    atomic_write_text(paths["markdown"], render_markdown(exp, tab))
+    atomic_write_text(paths["csv"], render_csv(exp, tab))
+    render_plot(exp, tab, paths["plot"])
+    return paths

@@ -1,0 +1,104 @@
+"""Semantic segmentation: dilated IBN/SN ResNet + the authors' head (or DeepLabV3's ASPP).
+
+The IBN authors describe their (unreleased) segmentation network as PSPNet without the pyramid
+pooling module (issue 14 of their repository): a dilated ResNet-50 at output stride 8, a classifier
+on the backbone output, bilinear upsampling to the input size.  ``head=fcn`` is that classifier
+(3x3 conv to C/4 channels, BN, ReLU, dropout 0.1, 1x1 conv: torchvision's FCNHead); ``head=aspp`` is
+torchvision's DeepLabV3 head.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+from torchvision.models.segmentation.fcn import FCNHead
+
+from .base import TaskBase
+from .common import build_model
+from .metrics import ConfusionMatrix
+from .optim import param_groups
+
+
+class SegmentationNet(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "fcn"):
+        super().__init__()
+        self.backbone = backbone
+        ch = backbone.num_features
+        self.head = FCNHead(ch, num_classes) if head == "fcn" else DeepLabHead(ch, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.backbone.forward_features(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def slide_inference(net: nn.Module, image: torch.Tensor, num_classes: int, crop: tuple[int, int],
+                    stride: tuple[int, int]) -> torch.Tensor:
+    """Average the logits of overlapping crops covering the whole (padded) image."""
+    n, _, h, w = image.shape
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    sh, sw = stride
+    rows = max(1, math.ceil((h - ch) / sh) + 1)
+    cols = max(1, math.ceil((w - cw) / sw) + 1)
+    logits = image.new_zeros(n, num_classes, h, w)
+    count = image.new_zeros(1, 1, h, w)
+    for r in range(rows):
+        for c in range(cols):
+            y0 = min(r * sh, h - ch)
+            x0 = min(c * sw, w - cw)
+            logits[:, :, y0:y0 + ch, x0:x0 + cw] += net(image[:, :, y0:y0 + ch, x0:x0 + cw])
+            count[:, :, y0:y0 + ch, x0:x0 + cw] += 1
+    return logits / count
+
+
+class SegmentationTask(TaskBase):
+    def __init__(self, cfg: dict, num_classes: int, val_names: list[str]):
+        super().__init__(cfg, num_classes, val_names)
+        s = self.cfg.segmentation
+        backbone = build_model(self.cfg.model, num_classes=0, output_stride=s.output_stride)
+        self.net = SegmentationNet(backbone, num_classes, s.head)
+        self.criterion = nn.CrossEntropyLoss(ignore_index=s.ignore_index)
+        self.val_metrics = nn.ModuleDict({name: ConfusionMatrix(num_classes, s.ignore_index)
+                                          for name in self.val_names})
+
+    def parameter_groups(self) -> list[dict]:
+        o = self.cfg.optim
+        return (param_groups(self.net.backbone.named_parameters(), o.weight_decay, o.no_weight_decay_norm_bias,
+                             lr_mult=o.backbone_lr_mult)
+                + param_groups(self.net.head.named_parameters(), o.weight_decay, o.no_weight_decay_norm_bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.criterion(self(x), y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.cfg.segmentation
+        if s.eval_mode == "slide":
+            return slide_inference(self, x, self.num_classes, tuple(s.slide_crop), tuple(s.slide_stride))
+        return self(x)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        x, y = batch
+        self.val_metrics[self.val_names[dataloader_idx]].update(self.predict_logits(x).argmax(1), y)
+
+    def on_validation_epoch_end(self) -> None:
+        results = {}
+        for name, metric in self.val_metrics.items():
+            scores = metric.compute()
+            res = {"miou": self.as_float(scores["miou"]), "pixel_acc": self.as_float(scores["pixel_acc"])}
+            res.update({f"iou_{i}": self.as_float(v) for i, v in enumerate(scores["iou"])})
+            res["confmat"] = scores["confmat"].cpu().tolist()
+            results[name] = res
+            metric.reset()
+        self.log_eval_results(results)
