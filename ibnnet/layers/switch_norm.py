@@ -91,7 +91,8 @@ class SwitchNorm2d(nn.Module):
     def _track(self, mean_bn: Tensor, var_bn: Tensor) -> None:
         # mean_bn/var_bn are per-sample (N, C) copies of their (ghost) batch's BN moments; running
         # statistics average them, and like the official layer the variance gets no N/(N-1) correction.
-        mean_bn, var_bn = mean_bn.detach().float(), var_bn.detach().float()
+        dtype = self.running_mean.dtype
+        mean_bn, var_bn = mean_bn.detach().to(dtype), var_bn.detach().to(dtype)
         batch_mean, batch_var = mean_bn.mean(0), var_bn.mean(0)
         if self.stats_accumulator is not None:
             self.stats_accumulator.add(batch_mean, (var_bn + mean_bn.square()).mean(0))

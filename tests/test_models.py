@@ -1,0 +1,161 @@
+"""The configurable ResNet: official layouts, parameter counts, variants, official outputs."""
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import ibnnet
+from ibnnet.layers import IBN, IBNConcat, PartialInstanceNorm2d, SwitchNorm2d
+from ibnnet.models import MODELS, ResNet
+from reference import RefResNetIBN, randomize_, read_key_list
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+OFFICIAL_PARAMS = {"resnet50_ibn_a": 25_557_032, "resnet50_ibn_b": 25_558_568, "resnet101_ibn_a": 44_549_160,
+                   "resnext101_ibn_a": 44_177_704, "se_resnet101_ibn_a": 49_292_328, "resnet50_sn": 25_557_350}
+
+
+def meta_model(name, **kw):
+    with torch.device("meta"):
+        return timm.create_model(name, **kw)
+
+
+def test_registered_in_timm():
+    names = set(timm.list_models("*ibn*"))
+    expected = {f"resnet{d}_ibn_{v}" for d in (18, 34, 50, 101, 152) for v in "ab"}
+    expected |= {"resnext101_ibn_a", "se_resnet101_ibn_a", "resnet50_ibn_c", "resnet50_ibn_d", "resnet50_ibn_ad",
+                 "resnet50_ibn_a2"}
+    assert expected <= names
+    assert {"resnet50_sn", "resnet101_sn", "resnet50_gn"} <= set(timm.list_models())
+    assert "resnet50_ibn_a.official_in1k" in timm.list_models(pretrained=True)
+
+
+@pytest.mark.parametrize("name,count", sorted(OFFICIAL_PARAMS.items()))
+def test_parameter_counts_equal_official(name, count):
+    assert sum(p.numel() for p in meta_model(name).parameters()) == count
+
+
+@pytest.mark.parametrize("path", sorted(SHARED.glob("ibn_keys_*.txt")), ids=lambda p: p.stem)
+def test_state_dict_layout_equals_official(path):
+    name = path.stem[len("ibn_keys_"):]
+    ref = read_key_list(path)
+    own = {k: list(v.shape) for k, v in meta_model(name).state_dict().items()}
+    assert sorted(own) == sorted(ref)
+    assert own == ref
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_model_runs(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 40, 48))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+def test_resnet50_ibn_a_and_b_give_the_official_outputs():
+    # float64: random weights amplify float32 rounding to ~1e-3 over 50 layers; in float64 the two
+    # implementations agree to ~1e-11, so any real difference would show.
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    for name, cfg in (("resnet50_ibn_a", ("a", "a", "a", None)), ("resnet50_ibn_b", ("b", "b", None, None))):
+        ref = randomize_(RefResNetIBN(cfg)).double().eval()
+        ours = timm.create_model(name).double().eval()
+        ours.load_state_dict(ref.state_dict(), strict=True)  # the official layout, key for key
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), atol=1e-8, rtol=1e-8)
+        # and in training mode (batch statistics, running-stat updates)
+        ref.train(), ours.train()
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), atol=1e-8, rtol=1e-8)
+        torch.testing.assert_close(ours.layer1[0].bn1.BN.running_mean if name.endswith("a") else ours.bn1.weight,
+                                   ref.layer1[0].bn1.BN.running_mean if name.endswith("a") else ref.bn1.weight)
+
+
+def test_ibn_b_stem_in_cancels_input_scale_but_plain_resnet_does_not():
+    torch.manual_seed(0)
+    bn, ibn_b = (randomize_(timm.create_model(n, num_classes=10)).eval() for n in ("resnet18_bn", "resnet18_ibn_b"))
+    x = torch.rand(2, 3, 64, 64) + 0.1
+    with torch.no_grad():
+        diff_b = (ibn_b(x) - ibn_b(3.0 * x)).abs().max() / ibn_b(x).abs().max()
+        diff_bn = (bn(x) - bn(3.0 * x)).abs().max() / bn(x).abs().max()
+    assert diff_b < 1e-3  # only the IN epsilon differs
+    assert diff_bn > 0.05
+
+
+def test_variants_place_instance_norm_as_documented():
+    def kinds(model):
+        return {n: type(m).__name__ for n, m in model.named_modules()
+                if isinstance(m, (IBN, IBNConcat, PartialInstanceNorm2d, nn.InstanceNorm2d))}
+    a = kinds(meta_model("resnet50_ibn_a"))
+    assert sum(v == "IBN" for v in a.values()) == 13 and not any(k.startswith("layer4") for k in a)
+    b = kinds(meta_model("resnet50_ibn_b"))
+    assert b == {"bn1": "InstanceNorm2d", "layer1.2.IN": "InstanceNorm2d", "layer2.3.IN": "InstanceNorm2d"}
+    c = meta_model("resnet50_ibn_c")
+    assert isinstance(c.layer1[0].bn1, IBNConcat) and c.layer1[0].conv2.in_channels == 128
+    d = kinds(meta_model("resnet50_ibn_d"))
+    assert d["bn1"] == "IBN" and d["layer1.2.IN"] == "PartialInstanceNorm2d" and "layer3.5.IN" not in d
+    ad = kinds(meta_model("resnet50_ibn_ad"))
+    assert ad["layer3.0.bn1"] == "IBN" and ad["layer2.3.IN"] == "PartialInstanceNorm2d"
+    a2 = kinds(meta_model("resnet50_ibn_a2"))
+    assert a2["layer2.1.bn2"] == "IBN" and "layer4.0.bn2" not in a2
+    groups = kinds(meta_model("resnet50_ibn_a", ibn_groups=(1,)))
+    assert all(k.startswith("layer1.") for k in groups)
+    assert kinds(meta_model("resnet50_ibn_a", ibn_groups=())) == {}
+    full = meta_model("resnet50_bn", in_ratio="full")
+    assert all(not isinstance(m, nn.BatchNorm2d) for m in full.modules())
+    assert meta_model("resnet50_ibn_a", in_ratio=0.25).layer1[0].bn1.IN.num_features == 16
+
+
+def test_sn_resnet50_matches_official_options():
+    model = meta_model("resnet50_sn")
+    sns = [m for m in model.modules() if isinstance(m, SwitchNorm2d)]
+    assert len(sns) == 53 and model.drop_rate == 0.5
+    real = timm.create_model("resnet50_sn")
+    zeroed = [n for n, m in real.named_modules() if isinstance(m, SwitchNorm2d) and not m.weight.any()]
+    assert len(zeroed) == 16 and all(n.endswith("bn3") for n in zeroed)
+    assert not meta_model("resnet50_sn", norm_kwargs=dict(sn_using_bn=False)).bn1.using_bn
+
+
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_output_stride_and_features(stride):
+    model = timm.create_model("resnet50_ibn_a", features_only=True, output_stride=stride, out_indices=(1, 2, 3, 4))
+    feats = model(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == [256, 512, 1024, 2048]
+    assert feats[-1].shape[-1] == 64 // stride
+    assert model.feature_info.reduction()[-1] == stride
+
+
+def test_adaptive_pool_equals_fixed_pool_at_224_and_accepts_other_sizes():
+    model = timm.create_model("resnet18_ibn_a").eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        f = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(f, pre_logits=True), nn.AvgPool2d(7)(f).flatten(1))
+        assert model(torch.randn(1, 3, 97, 131)).shape == (1, 1000)
+
+
+def test_configuration_errors_are_clear():
+    with pytest.raises(ValueError, match="unknown IBN variant"):
+        ResNet(ibn="e")
+    with pytest.raises(ValueError, match="in_ratio"):
+        ResNet(in_ratio=1.5)
+    with pytest.raises(ValueError, match="ibn_groups"):
+        ResNet(ibn="a", ibn_groups=(5,))
+    with pytest.raises(ValueError, match="did you mean resnet50_ibn_a"):
+        ibnnet.create_model("resnet50_ibn_aa")
+
+
+def test_ghost_and_sn_options_reach_every_layer():
+    model = meta_model("resnet50_bn", norm="ghost_bn", norm_kwargs=dict(ghost_batch_size=2))
+    ghosts = [m for m in model.modules() if getattr(m, "ghost_batch_size", 0) == 2]
+    assert len(ghosts) == 53
+    sn = meta_model("resnet50_sn", norm_kwargs=dict(sn_momentum=0.003, ghost_batch_size=4))
+    assert all(m.momentum == 0.003 and m.ghost_batch_size == 4 for m in sn.modules() if isinstance(m, SwitchNorm2d))
+
+
+def test_torch_hub_entry_points(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    model = torch.hub.load(str(repo), "resnet18_ibn_b", source="local", num_classes=5)
+    assert isinstance(model, ResNet) and model.fc.out_features == 5

@@ -1,0 +1,195 @@
+"""Weight files in every format found in the wild, downloads with hash checks, and bad files."""
+import functools
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from ibnnet.commands.weights import cmd_verify, download
+from ibnnet.models import Release, WeightsError, load_weights
+from reference import randomize_, read_key_list
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+@pytest.fixture(scope="module")
+def trained_r18():
+    """A resnet18_ibn_a with random weights and statistics, and its reference output."""
+    torch.manual_seed(0)
+    model = randomize_(timm.create_model("resnet18_ibn_a")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        return model, x, model(x)
+
+
+def hashed_file(tmp_path: Path, stem: str, obj) -> Path:
+    """Save ``obj`` and rename it torch.hub-style with its real sha256 prefix."""
+    raw = tmp_path / f"{stem}.pth"
+    torch.save(obj, raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    return raw.rename(tmp_path / f"{stem}-{digest[:8]}.pth")
+
+
+def assert_same_outputs(path, trained_r18, **kw):
+    _, x, expected = trained_r18
+    model = timm.create_model("resnet18_ibn_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              **kw).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_bare_state_dict(tmp_path, trained_r18):
+    assert_same_outputs(hashed_file(tmp_path, "bare", trained_r18[0].state_dict()), trained_r18)
+
+
+def test_wrapped_state_dict_with_module_prefix(tmp_path, trained_r18):
+    sd = {f"module.{k}": v for k, v in trained_r18[0].state_dict().items()}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 100, "arch": "resnet18_ibn_a", "state_dict": sd, "best_prec1": 77.4}, path)
+    assert_same_outputs(path, trained_r18)
+
+
+def test_oldest_files_with_instance_norm_running_stats(tmp_path, trained_r18):
+    sd = dict(trained_r18[0].state_dict())
+    for k in [k for k in sd if ".IN.weight" in k]:
+        base = k[: -len("weight")]
+        sd[base + "running_mean"] = torch.zeros(sd[k].shape)
+        sd[base + "running_var"] = torch.ones(sd[k].shape)
+    path = tmp_path / "old.pth"
+    torch.save(sd, path)
+    assert_same_outputs(path, trained_r18)
+
+
+def test_lightning_checkpoint_with_model_prefix(tmp_path, trained_r18):
+    sd = {f"model.{k}": v for k, v in trained_r18[0].state_dict().items()}
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": sd, "epoch": 3, "global_step": 12, "hyper_parameters": {"lr": 0.1}}, path)
+    assert_same_outputs(path, trained_r18)
+
+
+def test_official_sn_checkpoint_layout(tmp_path):
+    ref = read_key_list(SHARED / "sn_keys_resnet50.txt")
+    g = torch.Generator().manual_seed(0)
+    sd = {f"module.{k}": torch.rand(shape, generator=g) + 0.5 for k, shape in ref.items()}
+    path = tmp_path / "sn_8x32.pth"
+    torch.save({"state_dict": sd, "epoch": 100}, path)
+    model = timm.create_model("resnet50_sn", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(model.layer2[1].bn3.running_var, sd["module.layer2.1.sn3.running_var"].flatten())
+    torch.testing.assert_close(model.bn1.weight, sd["module.sn1.weight"].flatten())
+
+
+def test_timm_resnet50_gn_weights_fit_ours(tmp_path):
+    from timm.models.resnet import Bottleneck, ResNet as TimmResNet
+    theirs = randomize_(TimmResNet(block=Bottleneck, layers=(3, 4, 6, 3), norm_layer="groupnorm")).eval()
+    ours = timm.create_model("resnet50_gn").eval()
+    load_weights(ours, theirs.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_new_head_keeps_backbone(tmp_path, trained_r18):
+    path = hashed_file(tmp_path, "bare", trained_r18[0].state_dict())
+    model = timm.create_model("resnet18_ibn_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              num_classes=3)
+    torch.testing.assert_close(model.conv1.weight, trained_r18[0].conv1.weight)
+    assert model.fc.out_features == 3
+
+
+def test_hash_mismatch_names_file(tmp_path, trained_r18):
+    path = hashed_file(tmp_path, "bare", trained_r18[0].state_dict())
+    bad = path.with_name("resnet18_ibn_a-deadbeef.pth")
+    path.rename(bad)
+    with pytest.raises(WeightsError, match=r"resnet18_ibn_a-deadbeef\.pth: sha256 .* does not match .*deadbeef"):
+        timm.create_model("resnet18_ibn_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(bad)))
+
+
+def test_truncated_file_names_file(tmp_path, trained_r18):
+    path = tmp_path / "cut.pth"
+    torch.save(trained_r18[0].state_dict(), path)
+    path.write_bytes(path.read_bytes()[: 50_000])
+    with pytest.raises(WeightsError, match=r"cut\.pth: not a readable PyTorch checkpoint"):
+        load_weights(timm.create_model("resnet18_ibn_a"), path)
+
+
+def test_other_architecture_names_first_mismatching_keys(tmp_path):
+    path = tmp_path / "r18b.pth"
+    torch.save(timm.create_model("resnet18_ibn_b").state_dict(), path)
+    with pytest.raises(WeightsError) as err:
+        timm.create_model("resnet18_ibn_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    msg = str(err.value)
+    assert "r18b.pth: does not fit resnet18_ibn_a: missing: bn1.running_mean" in msg
+    assert "unexpected: layer1.0.bn1.weight" in msg and "(+" in msg  # the first few, then a count
+
+
+def test_code_in_a_checkpoint_is_never_executed(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "x": Payload()}, path)
+    with pytest.raises(WeightsError, match="evil.pth: refused to load"):
+        load_weights(timm.create_model("resnet18_ibn_a"), path)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.fixture()
+def http_server(tmp_path):
+    """A local HTTP server standing in for the GitHub release host."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_download_verifies_hash_and_caches(tmp_path, http_server, monkeypatch, trained_r18):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    root, url = http_server
+    path = hashed_file(root, "resnet18_ibn_a", trained_r18[0].state_dict())
+    model = timm.create_model("resnet18_ibn_a", pretrained=True,
+                              pretrained_cfg_overlay=dict(url=url + path.name)).eval()
+    _, x, expected = trained_r18
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / path.name
+    assert cached.is_file()
+    # the CLI path: torch.hub checks the prefix while downloading
+    release = Release("resnet18_ibn_a", path.name, url_base=url)
+    assert download(release).read_bytes() == path.read_bytes()
+    wrong = Release("resnet18_ibn_a", path.name.replace(path.name[-12:-4], "00000000"), url_base=url)
+    (root / wrong.file).write_bytes(path.read_bytes())
+    with pytest.raises(WeightsError, match="invalid hash value"):
+        download(wrong)
+    assert not (tmp_path / "torch" / "hub" / "checkpoints" / wrong.file).exists()
+
+
+def test_a_corrupt_cached_download_fails_its_check(tmp_path, http_server, monkeypatch, trained_r18):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    root, url = http_server
+    path = hashed_file(root, "resnet18_ibn_a", trained_r18[0].state_dict())
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / path.name).write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match="does not match"):
+        timm.create_model("resnet18_ibn_a", pretrained=True, pretrained_cfg_overlay=dict(url=url + path.name))
+
+
+def test_verify_command(tmp_path, capsys, trained_r18):
+    path = hashed_file(tmp_path, "resnet18_ibn_a", trained_r18[0].state_dict())
+    assert cmd_verify(str(path)) == 0
+    out = capsys.readouterr().out
+    assert "matches" in out and "fits: resnet18_ibn_a" in out
+    bad = path.with_name("resnet18_ibn_a-0badbad0.pth")
+    bad.write_bytes(path.read_bytes())
+    assert cmd_verify(str(bad)) == 1
+    assert "MISMATCH" in capsys.readouterr().out
