@@ -71,8 +71,10 @@ def primary_metric(cfg) -> tuple[str, str] | None:
 
 def build_callbacks(cfg, folder: RunFolder) -> list[Callback]:
     callbacks: list[Callback] = [
-        # last.ckpt after every training epoch, whether or not that epoch is evaluated
-        ModelCheckpoint(dirpath=folder.checkpoint_dir, save_top_k=0, save_last=True, save_on_train_epoch_end=True),
+        # last.ckpt after every training epoch, whether or not that epoch is evaluated. (save_last would not
+        # do: Lightning writes it only in steps where a top-k checkpoint was written too.)
+        ModelCheckpoint(dirpath=folder.checkpoint_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                        save_on_train_epoch_end=True, enable_version_counter=False),
     ]
     primary = primary_metric(cfg)
     if primary:

@@ -5,6 +5,7 @@ must never end a training run.
 """
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from .rundir import RunFolder, sanitize
 
@@ -71,10 +73,51 @@ class FailSafeWandbLogger(WandbLogger):
         return call
 
 
-def build_loggers(cfg, folder: RunFolder, run_id: str) -> list[Logger]:
+class _ResumingWriter(ExperimentWriter):
+    """Appends to an existing metrics.csv instead of deleting it (Lightning's default on restart).
+
+    Rows logged after the checkpoint we resume from are dropped: those steps are trained again and
+    would otherwise appear twice.
+    """
+
+    def __init__(self, log_dir: str, resume_step: int | None):
+        self._resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = list(reader.fieldnames or []), list(reader)
+        if self._resume_step is None:
+            rows = []  # a fresh start: the old log belongs to a run that is being redone
+        else:
+            rows = [r for r in rows if r.get("step", "") == "" or int(float(r["step"])) <= self._resume_step]
+        with open(self.metrics_file_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = sorted(header)
+
+
+class ResumingCSVLogger(CSVLogger):
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._resume_step = resume_step
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumingWriter(log_dir=self.log_dir, resume_step=self._resume_step)
+        return self._experiment
+
+
+def build_loggers(cfg, folder: RunFolder, run_id: str, resume_step: int | None = None) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(folder.path), name="logs", version=""))
+        loggers.append(ResumingCSVLogger(save_dir=str(folder.path), name="logs", version="", resume_step=resume_step))
     mode = wandb_mode(cfg.logger.wandb)
     if mode != "disabled":
         w = cfg.logger.wandb

@@ -115,6 +115,7 @@ def train_and_evaluate(cfg, folder: RunFolder) -> dict[str, Any]:
     from .loggers import build_loggers
 
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    resume = folder.resume_checkpoint()
     dm = DataModule(cfg)
     task = TASKS[cfg.task](to_plain(cfg), dm.num_classes, dm.val_names)
     if cfg.trainer.compile:
@@ -129,10 +130,9 @@ def train_and_evaluate(cfg, folder: RunFolder) -> dict[str, Any]:
         log_every_n_steps=t.log_every_n_steps, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar, use_distributed_sampler=False,
-        logger=build_loggers(cfg, folder, folder.path.name), callbacks=build_callbacks(cfg, folder),
-        plugins=build_plugins(cfg),
+        logger=build_loggers(cfg, folder, folder.path.name, _checkpoint_step(resume)),
+        callbacks=build_callbacks(cfg, folder), plugins=build_plugins(cfg),
     )
-    resume = folder.resume_checkpoint()
     trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
     requeue = getattr(trainer, "ibnnet_requeue_reason", None)
     if requeue:
@@ -149,6 +149,17 @@ def train_and_evaluate(cfg, folder: RunFolder) -> dict[str, Any]:
         "world_size": trainer.world_size,
         "class_names": list(class_names) if class_names is not None and len(class_names) <= 100 else None,
     }
+
+
+def _checkpoint_step(path: Path | None) -> int | None:
+    """The global step a checkpoint was saved at (memory-mapped: the tensors are not read)."""
+    if path is None:
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception as e:
+        raise RuntimeError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: {e}); "
+                           f"delete it to restart the run from scratch") from e
 
 
 def main(argv: list[str] | None = None) -> int:

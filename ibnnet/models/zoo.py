@@ -24,6 +24,10 @@ from .weights import checkpoint_filter_fn, expected_hash_prefix
 IBN_RELEASE_URL = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
 IBN_ORIGIN = "https://github.com/XingangPan/IBN-Net"
 SN_ORIGIN = "https://github.com/switchablenorms/Switchable-Normalization"
+TV_URL = "https://download.pytorch.org/models/"
+TV_ORIGIN = "https://github.com/pytorch/vision"
+_LICENSES = {IBN_ORIGIN: "mit", SN_ORIGIN: "cc-by-nc-4.0", TV_ORIGIN: "bsd-3-clause"}
+_PAPERS = {IBN_ORIGIN: "arXiv:1807.09441", SN_ORIGIN: "arXiv:1806.10779", TV_ORIGIN: "arXiv:1512.03385"}
 
 ARCHS: dict[str, dict[str, Any]] = {
     "resnet18": dict(block="basic", layers=(2, 2, 2, 2)),
@@ -100,6 +104,17 @@ RELEASES: list[Release] = [
             origin=SN_ORIGIN, note="(8,32), 100 epochs, step lr; manual download from the SN model zoo"),
     Release("resnet101_sn", "resnet101_sn_8x32.pth", tag="official_8x32_in1k", top1=78.54, url_base=None,
             origin=SN_ORIGIN, note="(8,32); manual download from the SN model zoo"),
+    # The plain-BN baselines: torchvision's original ImageNet weights have our *_bn layout key for key.
+    Release("resnet18_bn", "resnet18-f37072fd.pth", tag="tv_in1k", top1=69.758, top5=89.078, url_base=TV_URL,
+            origin=TV_ORIGIN),
+    Release("resnet34_bn", "resnet34-b627a593.pth", tag="tv_in1k", top1=73.314, top5=91.42, url_base=TV_URL,
+            origin=TV_ORIGIN),
+    Release("resnet50_bn", "resnet50-0676ba61.pth", tag="tv_in1k", top1=76.13, top5=92.862, url_base=TV_URL,
+            origin=TV_ORIGIN),
+    Release("resnet101_bn", "resnet101-63fe2227.pth", tag="tv_in1k", top1=77.374, top5=93.546, url_base=TV_URL,
+            origin=TV_ORIGIN),
+    Release("resnet152_bn", "resnet152-394f9c45.pth", tag="tv_in1k", top1=78.312, top5=94.046, url_base=TV_URL,
+            origin=TV_ORIGIN),
 ]
 
 
@@ -113,8 +128,7 @@ def _cfg(url: str = "", **kwargs) -> dict[str, Any]:
 
 
 def _release_cfg(r: Release) -> dict[str, Any]:
-    license_ = "mit" if r.origin == IBN_ORIGIN else "cc-by-nc-4.0"
-    paper = "arXiv:1807.09441" if r.origin == IBN_ORIGIN else "arXiv:1806.10779"
+    license_, paper = _LICENSES[r.origin], _PAPERS[r.origin]
     notes = [n for n in (r.note, f"top1 {r.top1}" if r.top1 else "", f"top5 {r.top5}" if r.top5 else "") if n]
     # A release without a URL is expected at its cache path, where the user saves the manual download.
     file = "" if r.url else str(manual_weights_path(r))
