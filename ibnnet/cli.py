@@ -70,11 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _console_logging() -> None:
+    import logging
+    log = logging.getLogger("ibnnet")
+    if not any(getattr(h, "_ibnnet_console", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[ibnnet] %(levelname)s: %(message)s"))
+        handler._ibnnet_console = True
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .models.weights import WeightsError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (`sweep demo --dry-run trainer.max_epochs=1`), which a
+    # plain nargs="*" positional cannot take; anything else unknown is still an error.
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    unknown = [e for e in extra if e not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = list(args.overrides) + overrides
+    _console_logging()
     try:
         return _dispatch(args)
     except (ConfigError, WeightsError, FileNotFoundError, ValueError) as e:

@@ -1,8 +1,6 @@
 """train, sweep, status, table, demo, run."""
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,7 +10,8 @@ from omegaconf import OmegaConf
 from ..config import compose
 from ..config.loader import Source
 from ..launch.grid import Experiment, load_experiment, select
-from ..launch.rundir import DONE, FAILED, PENDING, REQUEUED, RUNNING, RunFolder, run_id
+from ..launch.rundir import DONE, FAILED, RunFolder
+from ..launch.status import live_status
 
 
 def _summary_line(metrics: dict | None) -> str:
@@ -43,43 +42,6 @@ def cmd_train(args) -> int:
 
 def _differing(exp: Experiment, cell) -> str:
     return " ".join(f"{k}={v}" for k, v in cell.overrides.items()) or "(base config)"
-
-
-def live_status(folder: RunFolder, slurm_states: dict[str, str] | None = None) -> tuple[str, dict]:
-    """done / running / requeued / failed / pending, merging the scheduler's view when there is one."""
-    if folder.is_done():
-        return DONE, {}
-    state = folder.state()
-    status = state.get("status", PENDING)
-    attempts = state.get("attempts") or []
-    last = attempts[-1] if attempts else {}
-    job = state.get("slurm_job")
-    if slurm_states is not None and job:
-        sched = slurm_states.get(job)
-        if sched in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD",
-                     "REQUEUE_FED"):
-            return (RUNNING if sched in ("RUNNING", "COMPLETING", "CONFIGURING") else
-                    REQUEUED if "REQUEUE" in sched or status == REQUEUED else PENDING), {"job": job, "scheduler": sched}
-        if sched and status != DONE:
-            # Finished in the scheduler's eyes but no metrics.json: it failed, whatever state.json last said.
-            return FAILED, {"job": job, "scheduler": sched}
-    if status == RUNNING and last.get("host") == _host() and last.get("pid") and not _pid_alive(last["pid"]) \
-            and not last.get("SLURM_JOB_ID"):
-        return FAILED, {"note": "process gone"}
-    return status, {"job": job} if job else {}
-
-
-def _host() -> str:
-    import socket
-    return socket.gethostname()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 def cmd_sweep(args) -> int:

@@ -142,21 +142,21 @@ class LoggerConfig:
 
 @dataclass
 class SlurmConfig:
+    """SLURM resources of one run. Nodes and tasks per node are trainer.num_nodes and trainer.devices."""
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
-    nodes: int = 1
-    gpus_per_node: int = 0             # 0: CPU tasks (gloo); else --gpus-per-node and one task per GPU
-    tasks_per_node: int = 0            # 0 = max(gpus_per_node, 1)
+    gpus_per_node: int = 0             # 0: CPU tasks (gloo); else --gpus-per-node, must equal trainer.devices
     cpus_per_task: int = 4
     mem: Optional[str] = None          # per node, e.g. "64G"
     time: str = "24:00:00"
     constraint: Optional[str] = None
     array_parallelism: int = 0         # the `%N` throttle of the job array (0 = unlimited)
-    extra_sbatch: List[str] = field(default_factory=list)   # verbatim "#SBATCH ..." options
+    extra_sbatch: List[str] = field(default_factory=list)   # verbatim sbatch options, e.g. "--exclusive"
     setup: str = ""                    # shell lines run before training (modules, env activation)
-    signal_seconds: int = 120          # warning signal this long before the time limit
-    max_requeues: int = 5              # preemptions / time limits tolerated per run
+    python: Optional[str] = None       # interpreter on the compute nodes (default: the one submitting)
+    signal_seconds: int = 120          # SIGUSR1 this long before the time limit (>= checkpoint time + 30 s)
+    max_requeues: int = 5              # time-limit requeues tolerated per run
 
 
 @dataclass

@@ -145,8 +145,13 @@ def validate(cfg: DictConfig) -> list[Problem]:
     choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
     choice("launcher.name", cfg.launcher.name, LAUNCHERS)
     sl = cfg.launcher.slurm
-    for key in ("nodes", "cpus_per_task"):
-        check(sl[key] >= 1, f"launcher.slurm.{key}", sl[key], "must be >= 1")
-    for key in ("gpus_per_node", "tasks_per_node", "array_parallelism", "signal_seconds", "max_requeues"):
+    check(sl.cpus_per_task >= 1, "launcher.slurm.cpus_per_task", sl.cpus_per_task, "must be >= 1")
+    for key in ("gpus_per_node", "array_parallelism", "signal_seconds", "max_requeues"):
         check(sl[key] >= 0, f"launcher.slurm.{key}", sl[key], "must be >= 0")
+    if cfg.launcher.name == "slurm":
+        check(isinstance(t.devices, int), "trainer.devices", t.devices,
+              "must be a number under SLURM (one task per device, --ntasks-per-node)")
+        if sl.gpus_per_node and isinstance(t.devices, int):
+            check(sl.gpus_per_node == t.devices, "launcher.slurm.gpus_per_node", sl.gpus_per_node,
+                  f"must equal trainer.devices={t.devices} (one process per GPU)")
     return out

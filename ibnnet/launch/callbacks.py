@@ -87,4 +87,10 @@ def build_callbacks(cfg, folder: RunFolder) -> list[Callback]:
 
 
 def build_plugins(cfg) -> list:
-    return [AtomicCheckpointIO()]
+    plugins: list = [AtomicCheckpointIO()]
+    from .preemption import under_slurm_step
+    if under_slurm_step():
+        from lightning_fabric.plugins.environments import SLURMEnvironment
+        # Requeueing is ours (ibnnet.launch.preemption); Lightning's would save mid-batch and double-handle.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins

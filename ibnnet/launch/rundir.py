@@ -4,7 +4,7 @@
     config.yaml        the resolved, validated configuration
     state.json         pending/running/failed/done, attempts (host, job id, start/end), last error
     metrics.json       written once, atomically, when the run has finished: it marks the run done
-    checkpoints/       last.ckpt, best.ckpt (and hpc_ckpt_*.ckpt written on a SLURM warning signal)
+    checkpoints/       last.ckpt, best.ckpt (and preempt.ckpt, written on a SLURM signal until the run ends)
     logs/metrics.csv   Lightning's CSV log;  wandb/  the wandb run (offline or synced)
     train.log          the run's own log
 """
@@ -129,9 +129,8 @@ class RunFolder:
         return total
 
     def resume_checkpoint(self) -> Path | None:
-        """The newest of last.ckpt and the SLURM-signal checkpoints (hpc_ckpt_N.ckpt)."""
-        candidates = [p for p in self.checkpoint_dir.glob("*.ckpt")
-                      if p.name == "last.ckpt" or p.name.startswith("hpc_ckpt")]
+        """The newest of last.ckpt (end of epoch) and preempt.ckpt (saved on a scheduler signal)."""
+        candidates = [p for p in self.checkpoint_dir.glob("*.ckpt") if p.name in ("last.ckpt", "preempt.ckpt")]
         return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
     def log_tail(self, lines: int = 15) -> str:

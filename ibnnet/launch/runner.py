@@ -19,13 +19,18 @@ import torch
 from ..config import compose, to_plain
 from .env import git_state, host, is_rank_zero, package_versions, slurm_job
 from .files import atomic_write_json
-from .rundir import DONE, FAILED, REQUEUED, RunFolder, config_hash, run_id
+from .preemption import TIME_LIMIT, Preempted, PreemptionCheckpoint, SignalFlag, requeue_self, under_slurm_step
+from .rundir import DONE, FAILED, REQUEUED, RunFolder, config_hash
 
 log = logging.getLogger("ibnnet")
 
 
 class RequeueRequested(Exception):
     """Training stopped to be requeued (SLURM time limit or preemption); the run is not finished."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
 
 
 def prepare(cfg, root_override: str | None = None) -> RunFolder:
@@ -49,6 +54,8 @@ def _file_logging(folder: RunFolder) -> logging.Handler:
 def execute(path: str | Path) -> dict[str, Any] | None:
     """Run the folder at ``path``; returns its metrics (None on non-zero ranks). Finished runs are skipped."""
     folder = RunFolder(Path(path))
+    # First thing under SLURM: the default action of SIGUSR1 is to terminate the process.
+    flag = SignalFlag().install() if under_slurm_step() else None
     if not folder.config_path.is_file():
         raise FileNotFoundError(f"{folder.path}: not a run folder (no config.yaml)")
     cfg = compose(folder.config_path)
@@ -64,10 +71,10 @@ def execute(path: str | Path) -> dict[str, Any] | None:
                               "resume_from": resume.name if resume else None})
         log.info("run %s (%s)", folder.path, "resuming from " + resume.name if resume else "fresh start")
     try:
-        result = train_and_evaluate(cfg, folder)
+        result = train_and_evaluate(cfg, folder, flag)
     except RequeueRequested as e:
         if rank0:
-            folder.end_attempt(REQUEUED, error=str(e))
+            _handle_requeue(cfg, folder, e)
         raise
     except BaseException as e:
         if rank0:
@@ -76,12 +83,15 @@ def execute(path: str | Path) -> dict[str, Any] | None:
             log.error("run failed: %s: %s", type(e).__name__, e)
         raise
     finally:
+        if flag is not None:
+            flag.restore()
         if handler is not None:
             for name in ("ibnnet", "pytorch_lightning", "lightning.pytorch"):
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
     if not rank0:
         return None
+    (folder.checkpoint_dir / "preempt.ckpt").unlink(missing_ok=True)  # finished: only needed to resume
     folder.end_attempt(DONE)
     metrics = {
         "run_id": folder.path.name,
@@ -106,7 +116,20 @@ def execute(path: str | Path) -> dict[str, Any] | None:
     return metrics
 
 
-def train_and_evaluate(cfg, folder: RunFolder) -> dict[str, Any]:
+def _handle_requeue(cfg, folder: RunFolder, e: RequeueRequested) -> None:
+    """Rank 0 after a scheduler signal: record the state first, then (time limit) requeue ourselves."""
+    if e.reason != TIME_LIMIT:
+        folder.end_attempt(REQUEUED, error=f"{e.reason}: checkpointed; the scheduler requeues the job")
+        return
+    folder.end_attempt(REQUEUED, error="time limit: checkpointed, requeueing")
+    requeued, detail = requeue_self(cfg.launcher.slurm.max_requeues)
+    log.warning(detail)
+    if not requeued:
+        folder.update_state(status=FAILED, error=detail)
+        raise RuntimeError(detail)
+
+
+def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     from ..data.datamodule import DataModule
@@ -131,12 +154,13 @@ def train_and_evaluate(cfg, folder: RunFolder) -> dict[str, Any]:
         gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar, use_distributed_sampler=False,
         logger=build_loggers(cfg, folder, folder.path.name, _checkpoint_step(resume)),
-        callbacks=build_callbacks(cfg, folder), plugins=build_plugins(cfg),
+        callbacks=build_callbacks(cfg, folder) + ([PreemptionCheckpoint(flag, folder.checkpoint_dir)] if flag else []),
+        plugins=build_plugins(cfg),
     )
-    trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
-    requeue = getattr(trainer, "ibnnet_requeue_reason", None)
-    if requeue:
-        raise RequeueRequested(requeue)
+    try:
+        trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    except Preempted as e:
+        raise RequeueRequested(e.reason) from None
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted")
     if dm.val_names and task.last_val_epoch != trainer.current_epoch - 1:
@@ -172,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         execute(args[0])
     except RequeueRequested:
         return 0
-    return 0
+    return 0  # errors propagate as exceptions (non-zero exit)
 
 
 if __name__ == "__main__":

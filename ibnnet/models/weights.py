@@ -47,6 +47,8 @@ def expected_hash_prefix(path: str | os.PathLike) -> str | None:
 def verify_hash(path: str | os.PathLike, prefix: str | None = None) -> str:
     """Check the file against ``prefix`` (default: the one in its name); returns the full sha256."""
     prefix = prefix or expected_hash_prefix(path)
+    if not Path(path).is_file():
+        raise WeightsError(f"{path}: no such weight file")
     digest = sha256_file(path)
     if prefix and not digest.startswith(prefix):
         raise WeightsError(

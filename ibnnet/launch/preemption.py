@@ -1,0 +1,110 @@
+"""Preemption-safe training under SLURM: checkpoint on the warning signal, requeue, resume.
+
+ibnnet owns requeueing alone (Lightning's ``SLURMEnvironment(auto_requeue=False)``):
+
+- ``#SBATCH --signal=USR1@N`` sends SIGUSR1 to every training process N seconds before the time limit.
+- Preemption and ``scontrol requeue`` send SIGTERM, and SIGKILL ``KillWait`` seconds later.
+
+Either signal only sets a flag. At the start of the next training batch all processes agree on it (one
+all-reduce), save ``checkpoints/preempt.ckpt`` and stop. Saving there, between two batches, means the
+checkpoint counts every finished batch as finished and none as started, so the resumed run trains
+exactly the remaining optimizer steps: no batch twice, none skipped. After SIGUSR1 rank 0 requeues
+the job itself (at most ``launcher.slurm.max_requeues`` times, counted by ``SLURM_RESTART_COUNT``);
+after SIGTERM the scheduler already does. A run that fails with an error exits non-zero and is
+never requeued.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+log = logging.getLogger("ibnnet")
+
+PREEMPT_CHECKPOINT = "preempt.ckpt"
+TIME_LIMIT, PREEMPTED = "time limit", "preempted"
+
+
+class Preempted(Exception):
+    """Training stopped after saving a checkpoint because the scheduler is about to end the job."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def under_slurm_step() -> bool:
+    """True inside a SLURM job step (srun): the scheduler, not a person, sends our signals."""
+    return "SLURM_JOB_ID" in os.environ and "SLURM_STEP_ID" in os.environ
+
+
+class SignalFlag:
+    """Records the first scheduler signal; installed before anything slow so USR1 never kills us."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> "SignalFlag":
+        for signum, reason in ((signal.SIGUSR1, TIME_LIMIT), (signal.SIGTERM, PREEMPTED)):
+            self._previous[signum] = signal.signal(signum, self._handler(reason))
+        return self
+
+    def _handler(self, reason: str):
+        def handle(signum, frame):
+            if self.reason is None:
+                self.reason = reason
+                log.warning("received %s (%s): will checkpoint and stop at the next batch",
+                            signal.Signals(signum).name, reason)
+        return handle
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+class PreemptionCheckpoint(Callback):
+    def __init__(self, flag: SignalFlag, checkpoint_dir):
+        self.flag = flag
+        self.path = os.path.join(str(checkpoint_dir), PREEMPT_CHECKPOINT)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning installs its own SIGTERM handler (exit without a checkpoint) when fit starts; ours must win.
+        signal.signal(signal.SIGTERM, self.flag._handler(PREEMPTED))
+
+    def _agreed_reason(self, trainer: pl.Trainer) -> str | None:
+        code = {None: 0, PREEMPTED: 1, TIME_LIMIT: 2}[self.flag.reason]
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            t = torch.tensor([code], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            code = int(t.item())
+        return {0: None, 1: PREEMPTED, 2: TIME_LIMIT}[code]
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        reason = self._agreed_reason(trainer)
+        if reason is None:
+            return
+        trainer.save_checkpoint(self.path)
+        log.warning("saved %s at step %d; stopping (%s)", self.path, trainer.global_step, reason)
+        raise Preempted(reason)
+
+
+def requeue_self(max_requeues: int) -> tuple[bool, str]:
+    """Ask SLURM to requeue this job (array task). Returns (requeued, explanation)."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if restarts >= max_requeues:
+        return False, (f"reached the time limit after {restarts} requeues (launcher.slurm.max_requeues="
+                       f"{max_requeues}); give the job more time or raise the limit")
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False, "not a SLURM job: nothing to requeue"
+    proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return False, f"scontrol requeue {job} failed: {proc.stderr.strip() or proc.stdout.strip()}"
+    return True, f"requeued job {job} (restart {restarts + 1} of at most {max_requeues})"

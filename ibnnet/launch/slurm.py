@@ -1,0 +1,182 @@
+"""Sweeps as SLURM job arrays: one array task per run, ``srun`` for multi-GPU / multi-node DDP.
+
+We write the batch scripts ourselves rather than using submitit: a job array is one ``sbatch``, the
+script is plain text next to the runs for anyone to read or resubmit by hand, and ``srun`` starts one
+process per device so that Lightning's SLURM environment sets up DDP (NCCL on GPUs, gloo on CPUs).
+Requeueing is ibnnet's alone (see :mod:`ibnnet.launch.preemption`); Lightning's auto-requeue is off.
+
+Layout: ``<paths.runs>/<experiment>/_slurm/<time>-<k>/job.sbatch`` with ``runs.txt`` (array index ->
+run folder) and the batch shells' output; each run's training output goes to
+``<run folder>/slurm-<array job>_<task>.out``.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ..config import ConfigError, PROJECT_ROOT
+from .files import atomic_write_text
+from .rundir import DONE, FAILED, PENDING, REQUEUED, RUNNING, RunFolder
+from .runner import prepare
+from .status import SUBMITTED, live_status
+
+
+def check_slurm_config(cfg: DictConfig, where: str) -> None:
+    t, sl = cfg.trainer, cfg.launcher.slurm
+    if not isinstance(t.devices, int):
+        raise ConfigError(f"{where}: trainer.devices={t.devices!r}: must be a number under SLURM "
+                          f"(one task per device, --ntasks-per-node)")
+    if sl.gpus_per_node and sl.gpus_per_node != t.devices:
+        raise ConfigError(f"{where}: launcher.slurm.gpus_per_node={sl.gpus_per_node} must equal "
+                          f"trainer.devices={t.devices} (one process per GPU)")
+    if not sl.gpus_per_node and t.accelerator in ("gpu", "cuda"):
+        raise ConfigError(f"{where}: trainer.accelerator={t.accelerator} but launcher.slurm.gpus_per_node=0; "
+                          f"request GPUs with launcher.slurm.gpus_per_node")
+
+
+def resources_key(cfg: DictConfig) -> str:
+    """Cells with equal keys can share one job array."""
+    from omegaconf import OmegaConf
+    sl = OmegaConf.to_container(cfg.launcher.slurm, resolve=True)
+    return json.dumps({"nodes": cfg.trainer.num_nodes, "devices": cfg.trainer.devices, **sl}, sort_keys=True)
+
+
+def render_script(cfg: DictConfig, experiment: str, runs_file: Path, out_dir: Path, n_tasks: int) -> str:
+    t, sl = cfg.trainer, cfg.launcher.slurm
+    throttle = f"%{sl.array_parallelism}" if sl.array_parallelism else ""
+    opts = [
+        f"--job-name=ibnnet-{experiment}",
+        f"--array=0-{n_tasks - 1}{throttle}",
+        f"--nodes={t.num_nodes}",
+        f"--ntasks-per-node={t.devices}",
+        f"--cpus-per-task={sl.cpus_per_task}",
+        f"--time={sl.time}",
+        f"--signal=USR1@{sl.signal_seconds}",   # to the srun tasks: checkpoint and requeue
+        "--requeue",
+        "--open-mode=append",                    # keep the output of earlier attempts after a requeue
+        f"--output={out_dir}/%A_%a.out",
+    ]
+    if sl.gpus_per_node:
+        opts.append(f"--gpus-per-node={sl.gpus_per_node}")
+    for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("mem", "mem"),
+                      ("constraint", "constraint")):
+        if sl[key]:
+            opts.append(f"--{flag}={sl[key]}")
+    opts += [o if o.startswith("-") else f"--{o}" for o in sl.extra_sbatch]
+    python = sl.python or sys.executable
+    lines = ["#!/bin/bash", f"# ibnnet sweep of {experiment}: {n_tasks} runs, written {time.strftime('%Y-%m-%d %H:%M:%S')}"]
+    lines += [f"#SBATCH {o}" for o in opts]
+    lines += ["", "set -euo pipefail"]
+    if sl.setup.strip():
+        lines += ["# setup (launcher.slurm.setup)", sl.setup.rstrip()]
+    lines += [
+        "",
+        f'RUN_DIR=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(runs_file))})',
+        'echo "[ibnnet] $(date -Is) job ${SLURM_JOB_ID} (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}, '
+        'restart ${SLURM_RESTART_COUNT:-0}) on $(hostname): ${RUN_DIR}"',
+        f"cd {shlex.quote(str(PROJECT_ROOT))}",
+        "export PYTHONUNBUFFERED=1",
+        "# one process per device; Lightning reads the SLURM environment for ranks and the master address",
+        f'srun --kill-on-bad-exit=1 {shlex.quote(python)} -m ibnnet run "$RUN_DIR" \\',
+        '    >> "${RUN_DIR}/slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" 2>&1',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sbatch(script: Path) -> str:
+    proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def scheduler_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM state of each ``<array job>_<task>`` (or plain job id), from squeue, sacct, then scontrol."""
+    if not job_ids:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    states: dict[str, str] = {}
+    out = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)])
+    for line in (out or "").splitlines():
+        jid, _, state = line.strip().partition("|")
+        states[jid] = state
+    missing = [j for j in job_ids if j not in states]
+    if missing:
+        out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)])
+        for line in (out or "").splitlines():
+            jid, _, state = line.strip().partition("|")
+            if jid in missing:
+                states[jid] = state.split()[0] if state else state
+    missing = [j for j in job_ids if j not in states]
+    for array in sorted({j.split("_")[0] for j in missing}):
+        out = _run(["scontrol", "-o", "show", "job", array])
+        for line in (out or "").splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            jid = (f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}" if "ArrayTaskId" in fields
+                   else fields.get("JobId", ""))
+            if jid in missing:
+                states[jid] = fields.get("JobState", "")
+    return states
+
+
+def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False) -> int:
+    """Submit the cells that need it as one job array per resource group; never duplicate a live or done cell."""
+    jobs = sorted({f.state().get("slurm_job") for _, _, f in triples} - {None})
+    sched = scheduler_states(jobs) if jobs else {}
+    todo, skipped = [], []
+    for cell, cfg, folder in triples:
+        status, info = live_status(folder, sched if jobs else None)
+        check_slurm_config(cfg, f"{exp.path} (cell {cell.name})")
+        never_ran = status == PENDING and not info.get("job")
+        if status == FAILED and retry_failed or never_ran:
+            todo.append((cell, cfg, folder))
+        else:
+            note = " (use --retry-failed)" if status == FAILED else ""
+            skipped.append(f"  {status:9s} {folder.path.name}{note}")
+    if skipped:
+        print("[ibnnet] not submitted:")
+        print("\n".join(skipped))
+    if not todo:
+        print("[ibnnet] nothing to submit")
+        return 0
+    groups: dict[str, list] = {}
+    for item in todo:
+        groups.setdefault(resources_key(item[1]), []).append(item)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    root = Path(todo[0][1].paths.runs) / todo[0][1].experiment / "_slurm"
+    for k, members in enumerate(groups.values()):
+        out_dir = root / f"{stamp}-{k}"
+        runs_file = out_dir / "runs.txt"
+        script = render_script(members[0][1], exp.name, runs_file, out_dir, len(members))
+        if dry_run:
+            print(f"\n# --- array {k}: {len(members)} runs (dry run: nothing written or submitted) ---")
+            for i, (cell, _, folder) in enumerate(members):
+                print(f"#   [{i}] {folder.path}")
+            print(script)
+            continue
+        for _, cfg, _ in members:
+            prepare(cfg)
+        atomic_write_text(runs_file, "".join(f"{f.path.resolve()}\n" for _, _, f in members))
+        atomic_write_text(out_dir / "job.sbatch", script)
+        array_job = sbatch(out_dir / "job.sbatch")
+        for i, (_, _, folder) in enumerate(members):
+            folder.update_state(status=SUBMITTED, slurm_job=f"{array_job}_{i}", submitted_at=time.time(),
+                                submission=str(out_dir / "job.sbatch"))
+        print(f"[ibnnet] submitted job array {array_job} ({len(members)} runs): {out_dir / 'job.sbatch'}")
+    if not dry_run:
+        print(f"[ibnnet] follow it with: ibnnet status {exp.path}")
+    return 0

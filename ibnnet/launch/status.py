@@ -1,0 +1,53 @@
+"""The state of a cell: its run folder, merged with the scheduler's view when it was submitted to SLURM."""
+from __future__ import annotations
+
+import os
+import socket
+
+from .rundir import DONE, FAILED, PENDING, REQUEUED, RUNNING, RunFolder
+
+SUBMITTED = "submitted"
+_ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+_RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
+
+
+def live_status(folder: RunFolder, scheduler: dict[str, str] | None = None) -> tuple[str, dict]:
+    """(done | running | requeued | pending | failed, details).
+
+    ``scheduler`` maps SLURM job ids ("123_4") to states; a job the scheduler has finished that left
+    no metrics.json failed, whatever the run's own state file last said (a killed process cannot
+    write it), and a job it still holds is pending, running or requeued.
+    """
+    if folder.is_done():
+        return DONE, {}
+    state = folder.state()
+    status = state.get("status", PENDING)
+    job = state.get("slurm_job")
+    info: dict = {"job": job} if job else {}
+    if job and scheduler is not None:
+        sched = scheduler.get(job)
+        info["scheduler"] = sched or "unknown"
+        if sched in _ACTIVE:
+            if sched in _RUNNING:
+                return RUNNING, info
+            return (REQUEUED if status == REQUEUED or "REQUEUE" in sched else PENDING), info
+        if sched is not None or status in (SUBMITTED, RUNNING, REQUEUED):
+            # finished (or forgotten) by the scheduler without a result
+            return FAILED, info
+    if status == SUBMITTED:
+        return PENDING, info
+    attempts = state.get("attempts") or []
+    last = attempts[-1] if attempts else {}
+    if status == RUNNING and not job and last.get("host") == socket.gethostname() and not _alive(last.get("pid")):
+        info["note"] = "its process is gone"
+        return FAILED, info
+    return status, info
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False

@@ -1,0 +1,154 @@
+"""Sweeps on a real SLURM cluster (tests/conftest.py starts one): arrays, DDP, requeue, retry."""
+import csv
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import CLS, REPO, config, ibnnet
+from ibnnet.launch.grid import load_experiment
+
+pytestmark = pytest.mark.slurm
+
+SLURM = """
+launcher:
+  name: slurm
+  slurm: {cpus_per_task: 1, time: "00:20:00", signal_seconds: 60}
+"""
+
+
+def env_for(cluster):
+    return dict(cluster.env, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
+
+
+def wait_done(exp_path, folders, env, timeout=420):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(f.is_done() or f.state().get("status") == "failed" for f in folders):
+            # a failed run's job may still be finishing: let the scheduler catch up
+            return
+        time.sleep(2)
+    status = ibnnet("status", exp_path, env=env, check=False).stdout
+    raise AssertionError(f"runs did not finish in {timeout} s:\n{status}")
+
+
+def make_experiment(tmp_path, name, base, grid):
+    path = tmp_path / "experiments" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(f"""
+        experiment: {name}
+        base: {base}
+        grid: {grid}
+        table: {{rows: model, columns: eval, metrics: [top1_err]}}
+    """))
+    return path
+
+
+def test_demo_sweep_runs_as_a_job_array_and_its_table_renders(slurm_cluster, tmp_path):
+    env = env_for(slurm_cluster)
+    overrides = [f"paths.runs={tmp_path / 'runs'}", f"paths.results={tmp_path / 'results'}",
+                 "trainer.max_epochs=1", "data.train.num_samples=64", "data.augment.image_size=32",
+                 "data.augment.eval_resize=32", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+                 "launcher.slurm.cpus_per_task=1", "launcher.slurm.time=00:20:00"]
+    demo = REPO / "experiments" / "demo.yaml"
+    dry = ibnnet("sweep", demo, "--launcher", "slurm", "--dry-run", *overrides, env=env).stdout
+    assert "#SBATCH --array=0-2" in dry and "srun --kill-on-bad-exit=1" in dry and "nothing written" in dry
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    out = ibnnet("sweep", demo, "--launcher", "slurm", *overrides, env=env).stdout
+    assert "submitted job array" in out and "(3 runs)" in out
+    # submitting again while the array is queued or running starts nothing new
+    again = ibnnet("sweep", demo, "--launcher", "slurm", *overrides, env=env).stdout
+    assert "nothing to submit" in again
+    folders = [f for _, _, f in load_experiment(demo).folders(tuple(overrides))]
+    script = next((tmp_path / "runs" / "demo" / "_slurm").glob("*/job.sbatch")).read_text()
+    assert "#SBATCH --signal=USR1@120" in script and "--ntasks-per-node=1" in script
+    wait_done(demo, folders, env)
+    assert all(f.is_done() for f in folders), ibnnet("status", demo, *overrides, env=env).stdout
+    jobs = {f.state()["slurm_job"].split("_")[0] for f in folders}
+    assert len(jobs) == 1  # one array
+    status = ibnnet("status", demo, *overrides, env=env).stdout
+    assert status.count(" done ") == 3
+    table = ibnnet("table", demo, *overrides, env=env).stdout
+    assert "| IBN-b |" in table and (tmp_path / "results" / "demo" / "plot.png").is_file()
+
+
+def test_two_task_ddp_job_records_world_size_two(slurm_cluster, tmp_path):
+    env = env_for(slurm_cluster)
+    body = CLS.replace("trainer: {max_epochs: 8,", "trainer: {devices: 2, strategy: ddp, max_epochs: 1,")
+    base = config(tmp_path, body + SLURM, "base.yaml")
+    path = make_experiment(tmp_path, "ddp", base, "{model: {key: model.name, values: {IBN-a: resnet18_ibn_a}}}")
+    out = ibnnet("sweep", path, "--launcher", "slurm", env=env).stdout
+    assert "(1 runs)" in out
+    (_, cfg, folder), = load_experiment(path).folders()
+    assert cfg.trainer.devices == 2
+    script = next((tmp_path / "runs" / "ddp" / "_slurm").glob("*/job.sbatch")).read_text()
+    assert "--ntasks-per-node=2" in script
+    wait_done(path, [folder], env)
+    metrics = folder.metrics()
+    assert metrics is not None, folder.log_tail(40)
+    assert metrics["world_size"] == 2
+
+
+def test_requeue_on_the_time_limit_signal_resumes_with_the_same_number_of_steps(slurm_cluster, tmp_path):
+    env = env_for(slurm_cluster)
+    body = CLS.replace("max_epochs: 8", "max_epochs: 10").replace("image_size: 48, eval_resize: 48",
+                                                                  "image_size: 32, eval_resize: 32")
+    base = config(tmp_path, body + SLURM, "base.yaml")
+    path = make_experiment(tmp_path, "requeue", base, "{model: {key: model.name, values: {BN: resnet18_bn}}}")
+    ibnnet("sweep", path, "--launcher", "slurm", env=env)
+    (_, cfg, folder), = load_experiment(path).folders()
+    deadline = time.time() + 300
+    while not (folder.checkpoint_dir / "last.ckpt").exists():
+        assert time.time() < deadline, folder.log_tail(40)
+        assert not folder.is_done(), "finished before it could be interrupted; make the run longer"
+        time.sleep(0.2)
+    job = folder.state()["slurm_job"]
+    # what SLURM sends --signal=USR1@N seconds before the time limit, now
+    slurm_cluster.run("scancel", "--signal=USR1", job)
+    wait_done(path, [folder], env, timeout=480)
+    m = folder.metrics()
+    assert m is not None, folder.log_tail(60)
+    attempts = folder.state()["attempts"]
+    assert len(attempts) == 2, attempts
+    assert attempts[0]["status"] == "requeued" and attempts[1]["resume_from"] == "preempt.ckpt"
+    assert attempts[1].get("SLURM_RESTART_COUNT") == "1"
+    steps_per_epoch = 96 // 16
+    assert m["epochs"] == 10 and m["global_step"] == 10 * steps_per_epoch
+    with open(folder.path / "logs" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+    assert sorted(steps) == list(range(len(steps))) or len(set(steps)) == 10 * steps_per_epoch
+    assert not (folder.checkpoint_dir / "preempt.ckpt").exists()  # removed once the run finished
+    log = "".join(p.read_text() for p in folder.path.glob("slurm-*.out"))
+    assert "saved" in log and "preempt.ckpt" in log and "requeued job" in log
+
+
+def test_a_failing_cell_is_reported_and_retried_alone(slurm_cluster, tmp_path):
+    env = env_for(slurm_cluster)
+    body = CLS.replace("max_epochs: 8", "max_epochs: 1").replace("image_size: 48, eval_resize: 48",
+                                                                 "image_size: 32, eval_resize: 32")
+    base = config(tmp_path, body + SLURM, "base.yaml")
+    weights = tmp_path / "later.pth"
+    path = make_experiment(tmp_path, "retry", base, "{model: {OK: {model.name: resnet18_bn}, "
+                           f"BROKEN: {{model.name: resnet18_bn, model.pretrained_file: {weights}}}}}}}")
+    ibnnet("sweep", path, "--launcher", "slurm", env=env)
+    (_, _, ok), (_, _, broken) = load_experiment(path).folders()
+    wait_done(path, [ok, broken], env)
+    time.sleep(3)
+    status = ibnnet("status", path, env=env).stdout
+    assert ok.is_done() and not broken.is_done()
+    assert "model=BROKEN" in status and "failed" in status and "no such weight file" in status
+    again = ibnnet("sweep", path, "--launcher", "slurm", env=env).stdout
+    assert "nothing to submit" in again and "--retry-failed" in again
+    torch.save(torch.nn.Module.state_dict(__import__("timm").create_model("resnet18_bn")), weights)
+    ok_mtime = ok.metrics_path.stat().st_mtime
+    retry = ibnnet("sweep", path, "--launcher", "slurm", "--retry-failed", env=env).stdout
+    assert "(1 runs)" in retry
+    wait_done(path, [broken], env)
+    for _ in range(30):
+        if broken.is_done():
+            break
+        time.sleep(2)
+    assert broken.is_done(), broken.log_tail(40)
+    assert ok.metrics_path.stat().st_mtime == ok_mtime  # the finished cell was not run again
