@@ -193,3 +193,19 @@ def test_verify_command(tmp_path, capsys, trained_r18):
     bad.write_bytes(path.read_bytes())
     assert cmd_verify(str(bad)) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_torchvision_releases_are_the_bn_baselines():
+    import torchvision.models as tvm
+    from ibnnet.models import RELEASES
+    tv = {r.model: r for r in RELEASES if "pytorch.org" in (r.url or "")}
+    assert set(tv) == {f"resnet{d}_bn" for d in (18, 34, 50, 101, 152)}
+    weights = {"resnet50_bn": tvm.ResNet50_Weights.IMAGENET1K_V1, "resnet18_bn": tvm.ResNet18_Weights.IMAGENET1K_V1}
+    for name, w in weights.items():
+        assert tv[name].url == w.url and tv[name].top1 == w.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    theirs = randomize_(tvm.resnet18()).eval()
+    ours = timm.create_model("resnet18_bn").eval()
+    load_weights(ours, theirs.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
