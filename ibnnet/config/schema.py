@@ -78,6 +78,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "sgd"                  # sgd (both papers) | adamw (quick CPU runs on the built-in data)
     lr: Optional[float] = None         # absolute lr; None: base_lr * total_batch / base_batch
     base_lr: float = 0.1
     base_batch: int = 256

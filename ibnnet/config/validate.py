@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 TASKS = ("classification", "segmentation")
 SCHEDULES = ("step", "cosine", "poly", "constant")
+OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 LAUNCHERS = ("local", "slurm")
@@ -107,6 +108,7 @@ def validate(cfg: DictConfig) -> list[Problem]:
         check(len(rng) == 2 and 0 < rng[0] <= rng[1], f"data.augment.{key}", list(rng), "must be [low, high], 0 < low <= high")
 
     o = cfg.optim
+    choice("optim.name", o.name, OPTIMIZERS)
     if o.lr is not None:
         check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     check(o.base_lr > 0, "optim.base_lr", o.base_lr, "must be > 0")

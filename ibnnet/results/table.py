@@ -16,7 +16,7 @@ from typing import Any
 
 from ..launch.files import atomic_write_text
 from ..launch.grid import Experiment
-from ..launch.rundir import DONE, PENDING, RunFolder
+from ..launch.rundir import DONE, PENDING
 
 METRIC_LABELS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc", "top5_acc": "top-5 acc",
                  "miou": "mIoU", "pixel_acc": "pixel acc"}
@@ -122,15 +122,17 @@ def _is_cls(records: list[Record]) -> bool:
 def render_markdown(exp: Experiment, tab: dict[str, Any]) -> str:
     metric_names = "/".join(METRIC_LABELS.get(m, m) for m in tab["metrics"])
     show = tab["show"]
+    with_paper = bool(exp.paper)  # an experiment of our own (the demo) has no paper columns
     header = [exp.table.get("row_title") or tab["rows_key"]]
     for cv in tab["cols"]:
         prefix = f"{show(cv, tab['cols_key'])} " if cv else ""
-        header += [f"{prefix}ours", f"{prefix}paper", f"{prefix}Δ"]
+        header += [f"{prefix}ours", f"{prefix}paper", f"{prefix}Δ"] if with_paper else [prefix.strip() or "ours"]
     lines = []
     title = exp.title or exp.name
     lines.append(f"# {title}\n")
     scale = f", scale `{exp.scale}`" if exp.scale else ""
-    lines.append(f"Values: {metric_names} (%){scale}. Δ = ours − paper. – = not run / not finished / not in the paper.\n")
+    legend = " Δ = ours − paper. – = not run / not finished / not in the paper." if with_paper else ""
+    lines.append(f"Values: {metric_names} (%){scale}.{legend}\n")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     fmt = tab["fmt"]
@@ -141,7 +143,7 @@ def render_markdown(exp: Experiment, tab: dict[str, Any]) -> str:
             ours = _fmt(c["ours"], fmt)
             if c["status"] and c["status"] != DONE:
                 ours = f"({c['status']})"
-            row += [ours, _fmt(c["paper"], fmt), _delta(c["ours"], c["paper"], fmt)]
+            row += [ours, _fmt(c["paper"], fmt), _delta(c["ours"], c["paper"], fmt)] if with_paper else [ours]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,4 @@
-"""SGD with the papers' schedules, as one per-step multiplier (so resuming mid-epoch is exact)."""
+"""SGD (or AdamW) with the papers' schedules, as one per-step multiplier (so resuming mid-epoch is exact)."""
 from __future__ import annotations
 
 import math
@@ -50,6 +50,9 @@ def lr_multiplier(o, steps_per_epoch: float, total_steps: int) -> Callable[[int]
 def build_optimizer(o, groups: list[dict], peak_lr: float, steps_per_epoch: float, total_steps: int):
     for g in groups:
         g["lr"] = peak_lr * g.pop("lr_mult", 1.0)
-    opt = torch.optim.SGD(groups, lr=peak_lr, momentum=o.momentum, nesterov=o.nesterov)
+    if o.name == "adamw":
+        opt = torch.optim.AdamW(groups, lr=peak_lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=peak_lr, momentum=o.momentum, nesterov=o.nesterov)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(o, steps_per_epoch, total_steps))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
