@@ -33,7 +33,9 @@ class ModelConfig:
     zero_init_last: Optional[bool] = None
     drop_rate: Optional[float] = None
     pretrained: bool = False                     # the named model's official weights
-    pretrained_file: Optional[str] = None        # or any local weight file in a supported format
+    # Or weights from a file in any supported format, or "run:<experiment>/<cell>" for the last checkpoint
+    # of another experiment's finished cell (e.g. fine-tuning GTA5-trained models, IBN Table 8).
+    pretrained_file: Optional[str] = None
     channels_last: bool = False
 
 
@@ -47,10 +49,12 @@ class DatasetSpec:
     domain: str = "synthetic"          # builtin datasets: synthetic | real
     num_samples: int = 0               # builtin datasets: images (0 = the dataset's default)
     fraction: float = 1.0              # keep this fraction of the split (seeded), e.g. GTA5's quarter
-    num_classes_subset: int = 0        # ImageNet: keep the first K classes (0 = all)
     appearance: str = "none"           # none | rgb+50 | r+50 | std1.5 (IBN Table 1)
     resize: Optional[List[int]] = None  # [W, H] applied before augmentation (GTA5: [1024, 563])
     seed: int = 0
+    optional: bool = False             # evaluation sets: skip with a warning when the folder is missing
+    scales: List[float] = field(default_factory=lambda: [1.0])  # segmentation eval: multi-scale testing
+    flip: bool = False                 # segmentation eval: also average the mirrored prediction
 
 
 @dataclass
@@ -70,6 +74,7 @@ class DataConfig:
     train: DatasetSpec = field(default_factory=DatasetSpec)
     val: List[DatasetSpec] = field(default_factory=list)
     num_classes: int = 0               # 0 = the training dataset's own
+    class_subset: int = 0              # ImageNet-style sets (train and eval): keep the first K classes (0 = all)
     batch_size: int = 32               # per device (GPU / process)
     eval_batch_size: int = 0           # 0 = batch_size
     num_workers: int = 4
@@ -112,6 +117,9 @@ class TrainerConfig:
     limit_val_batches: Optional[Union[int, float]] = None
     accelerator: str = "auto"
     devices: Union[int, str] = 1
+    # Run the devices x data.batch_size batch on fewer processes (per node) with BN/SN statistics still
+    # over data.batch_size images (ghost batches): the SN paper's (8 GPUs, 2/GPU) on 1 GPU. 0 = devices.
+    physical_devices: int = 0
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"         # 32-true | bf16-mixed | 16-mixed
@@ -170,6 +178,7 @@ class LauncherConfig:
 class RunConfig:
     task: str = "classification"       # classification | segmentation
     experiment: str = "default"
+    scale: str = ""                    # the experiment scale this run belongs to (set by sweeps)
     run_name: str = ""                 # readable part of the run id (set by sweeps)
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

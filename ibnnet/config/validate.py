@@ -86,9 +86,13 @@ def validate(cfg: DictConfig) -> list[Problem]:
         choice(f"{key}.dataset", spec.dataset, sorted(DATASETS))
         check(0 < spec.fraction <= 1, f"{key}.fraction", spec.fraction, "must be in (0, 1]")
         check(spec.num_samples >= 0, f"{key}.num_samples", spec.num_samples, "must be >= 0")
-        check(spec.num_classes_subset >= 0, f"{key}.num_classes_subset", spec.num_classes_subset, "must be >= 0")
         choice(f"{key}.appearance", spec.appearance, APPEARANCES)
         choice(f"{key}.domain", spec.domain, ("synthetic", "real"))
+        check(len(spec.scales) >= 1 and all(x > 0 for x in spec.scales), f"{key}.scales", list(spec.scales),
+              "must be a non-empty list of positive scales")
+        if cfg.task == "classification":
+            check(list(spec.scales) == [1.0] and not spec.flip, f"{key}.scales", list(spec.scales),
+                  "multi-scale/flip testing is for segmentation")
         if spec.resize is not None:
             check(len(spec.resize) == 2 and all(v > 0 for v in spec.resize), f"{key}.resize", list(spec.resize),
                   "must be [width, height] > 0")
@@ -99,6 +103,7 @@ def validate(cfg: DictConfig) -> list[Problem]:
     check(d.eval_batch_size >= 0, "data.eval_batch_size", d.eval_batch_size, "must be >= 0")
     check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
     check(d.num_classes >= 0, "data.num_classes", d.num_classes, "must be >= 0")
+    check(d.class_subset >= 0, "data.class_subset", d.class_subset, "must be >= 0")
     a = d.augment
     check(a.image_size >= 8, "data.augment.image_size", a.image_size, "must be >= 8")
     check(a.eval_resize >= a.image_size, "data.augment.eval_resize", a.eval_resize, "must be >= image_size")
@@ -136,6 +141,12 @@ def validate(cfg: DictConfig) -> list[Problem]:
     check(t.devices == "auto" or (isinstance(t.devices, int) and t.devices >= 1), "trainer.devices", t.devices,
           "must be a positive integer or 'auto'")
     check(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "must be >= 1")
+    if t.physical_devices:
+        logical = t.devices if isinstance(t.devices, int) else 0
+        check(0 < t.physical_devices <= logical and logical % t.physical_devices == 0, "trainer.physical_devices",
+              t.physical_devices, f"must divide trainer.devices={t.devices}")
+        check(m.norm != "syncbn", "trainer.physical_devices", t.physical_devices,
+              "cannot emulate SyncBN statistics; use norm bn (ghost batches) or run on real devices")
     choice("trainer.precision", str(t.precision), PRECISIONS)
     check(t.check_val_every_n_epoch >= 1, "trainer.check_val_every_n_epoch", t.check_val_every_n_epoch, "must be >= 1")
     check(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1")
@@ -154,6 +165,7 @@ def validate(cfg: DictConfig) -> list[Problem]:
         check(isinstance(t.devices, int), "trainer.devices", t.devices,
               "must be a number under SLURM (one task per device, --ntasks-per-node)")
         if sl.gpus_per_node and isinstance(t.devices, int):
-            check(sl.gpus_per_node == t.devices, "launcher.slurm.gpus_per_node", sl.gpus_per_node,
-                  f"must equal trainer.devices={t.devices} (one process per GPU)")
+            procs = t.physical_devices or t.devices
+            check(sl.gpus_per_node == procs, "launcher.slurm.gpus_per_node", sl.gpus_per_node,
+                  f"must equal the processes per node, {procs} (trainer.physical_devices or trainer.devices)")
     return out

@@ -11,8 +11,12 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from .registry import DATASETS, build_dataset
+import logging
+
+from .registry import DATASETS, build_dataset, dataset_root
 from .transforms import TransformedDataset, build_transform
+
+log = logging.getLogger("ibnnet")
 
 
 class DataModule(pl.LightningDataModule):
@@ -24,9 +28,20 @@ class DataModule(pl.LightningDataModule):
         self.val_sets: dict[str, TransformedDataset] = {}
         self._raw_train = None
 
+    def val_specs(self) -> list:
+        """The evaluation sets to use: optional ones whose folder is missing are skipped, with a warning."""
+        specs = []
+        for spec in self.cfg.data.val:
+            root = dataset_root(spec, self.cfg.paths.data) if spec.optional else None
+            if root is not None and not root.exists():
+                log.warning("evaluation set %s skipped: %s does not exist (optional)", spec.name, root)
+                continue
+            specs.append(spec)
+        return specs
+
     @property
     def val_names(self) -> list[str]:
-        return [s.name for s in self.cfg.data.val]
+        return [s.name for s in self.val_specs()]
 
     def _make(self, spec, train: bool):
         entry = DATASETS[spec.dataset]
@@ -34,8 +49,7 @@ class DataModule(pl.LightningDataModule):
             raise ValueError(f"dataset {spec.dataset!r} ({spec.name}) is for {entry.task}, "
                              f"but this run's task is {self.task}")
         d = self.cfg.data
-        size = d.augment.crop_size[0] if entry.task == "segmentation" else d.augment.image_size
-        raw = build_dataset(spec, self.cfg.paths.data, size)
+        raw = build_dataset(spec, self.cfg.paths.data, d)
         return raw, TransformedDataset(raw, build_transform(spec, entry.augment, d.augment, train))
 
     def raw_train_dataset(self):
@@ -51,7 +65,7 @@ class DataModule(pl.LightningDataModule):
         if stage in (None, "fit"):
             self.raw_train_dataset()
         if not self.val_sets:
-            self.val_sets = {spec.name: self._make(spec, train=False)[1] for spec in self.cfg.data.val}
+            self.val_sets = {spec.name: self._make(spec, train=False)[1] for spec in self.val_specs()}
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

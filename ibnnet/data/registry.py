@@ -11,43 +11,43 @@ from torch.utils.data import Dataset
 @dataclass(frozen=True)
 class DatasetEntry:
     task: str                                   # classification | segmentation
-    build: Callable[[Any, Path | None, int], Dataset]   # (spec, root, image_size) -> raw dataset
+    build: Callable[[Any, Path | None, Any], Dataset]   # (spec, root, data config) -> raw dataset
     default_root: str | None                    # folder under paths.data; None: needs no files
     augment: str                                # imagenet | light | segmentation
     description: str
 
 
-def _builtin_cls(spec, root, image_size):
+def _builtin_cls(spec, root, data):
     from .synthetic import SyntheticShapes
     return SyntheticShapes(split=spec.split, domain=spec.domain, num_samples=spec.num_samples, seed=spec.seed,
-                           image_size=image_size)
+                           image_size=data.augment.image_size)
 
 
-def _builtin_seg(spec, root, image_size):
+def _builtin_seg(spec, root, data):
     from .synthetic import SyntheticScenes
     return SyntheticScenes(split=spec.split, domain=spec.domain, num_samples=spec.num_samples, seed=spec.seed,
-                           image_size=image_size)
+                           image_size=data.augment.crop_size[0])
 
 
-def _imagenet(spec, root, image_size):
+def _imagenet(spec, root, data):
     from .imagenet import ImageNet
-    return ImageNet(root, split=spec.split, num_classes_subset=spec.num_classes_subset, fraction=spec.fraction,
+    return ImageNet(root, split=spec.split, num_classes_subset=data.class_subset, fraction=spec.fraction,
                     seed=spec.seed)
 
 
-def _image_folder(spec, root, image_size):
+def _image_folder(spec, root, data):
     # A folder of class folders (e.g. a CycleGAN/Monet-styled copy of ImageNet val): root/split/<wnid>/*.
     from .imagenet import ImageNet
-    return ImageNet(root, split=spec.split, num_classes_subset=spec.num_classes_subset, fraction=spec.fraction,
+    return ImageNet(root, split=spec.split, num_classes_subset=data.class_subset, fraction=spec.fraction,
                     seed=spec.seed)
 
 
-def _cityscapes(spec, root, image_size):
+def _cityscapes(spec, root, data):
     from .cityscapes import Cityscapes
     return Cityscapes(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
 
 
-def _gta5(spec, root, image_size):
+def _gta5(spec, root, data):
     from .gta5 import GTA5
     return GTA5(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
 
@@ -76,5 +76,6 @@ def dataset_root(spec, data_root: str | Path) -> Path | None:
     return Path(data_root) / entry.default_root
 
 
-def build_dataset(spec, data_root: str | Path, image_size: int) -> Dataset:
-    return DATASETS[spec.dataset].build(spec, dataset_root(spec, data_root), image_size)
+def build_dataset(spec, data_root: str | Path, data) -> Dataset:
+    """The raw dataset of ``spec``; ``data`` is the run's data config (image size, class subset)."""
+    return DATASETS[spec.dataset].build(spec, dataset_root(spec, data_root), data)

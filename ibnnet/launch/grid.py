@@ -6,7 +6,7 @@ title: IBN-Net Table 5 - ratio of IN channels
 base: ../configs/imagenet.yaml      # a run config, relative to this file
 overrides: {model.name: resnet50_ibn_a}        # for every cell
 scales:                              # --scale NAME; the first is the default
-  reduced: {gpu_hours: 60, overrides: {data.train.num_classes_subset: 100}}
+  reduced: {gpu_hours: 60, overrides: {data.class_subset: 100}}
   full: {gpu_hours: 1900}
 grid:                                # cartesian product of the axes
   ratio:                             # axis name: a label -> value (axis is then the config key below) ...
@@ -39,7 +39,7 @@ from .rundir import RunFolder, run_dir, run_id
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 _TOP_KEYS = {"experiment", "title", "description", "base", "overrides", "scales", "default_scale", "grid", "cases",
              "exclude", "patches", "table", "paper", "notes"}
-_TABLE_KEYS = {"rows", "columns", "metrics", "format", "eval_labels", "row_title", "higher_is_better", "plot"}
+_TABLE_KEYS = {"rows", "columns", "metrics", "format", "eval_labels", "row_title", "join"}
 
 
 @dataclass
@@ -81,7 +81,8 @@ class Experiment:
             scale_over = dict(self.scales[self.scale].get("overrides") or {})
             extra.append(Source(f"{label} (scale {self.scale})", dotlist_to_config(scale_over, label)))
         extra.append(Source(f"{label} (cell {cell.name})", dotlist_to_config(cell.overrides, label)))
-        identity = {"experiment": self.name, "run_name": cell.name, "grid": dict(cell.labels)}
+        identity = {"experiment": self.name, "scale": self.scale or "", "run_name": cell.name,
+                    "grid": dict(cell.labels)}
         extra.append(Source(label, OmegaConf.create(identity)))
         return compose(self.base, overrides, extra=extra)
 
@@ -209,8 +210,10 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
     if bad:
         raise ConfigError(f"{path}: table: unknown keys {sorted(bad)} (allowed: {', '.join(sorted(_TABLE_KEYS))})")
     for k in ("rows", "columns"):
-        if table.get(k) is not None and table[k] not in axes + ["eval"]:
-            raise ConfigError(f"{path}: table.{k}={table[k]!r} is neither a grid axis ({', '.join(axes)}) nor 'eval'")
+        keys = table.get(k)
+        for key in keys if isinstance(keys, list) else [keys]:
+            if key is not None and key not in axes + ["eval"]:
+                raise ConfigError(f"{path}: table.{k}={key!r} is neither a grid axis ({', '.join(axes)}) nor 'eval'")
     paper = list(data.get("paper") or [])
     for i, entry in enumerate(paper):
         unknown_axes = {k for k in entry if k in axes + ["eval"]}

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from .files import atomic_write_json, atomic_write_text, read_json
 
 # Settings that do not change what a run computes: changing them must not change its id.
-_NOT_HASHED = ("paths", "logger", "launcher", "experiment", "run_name", "grid", "trainer.enable_progress_bar",
+_NOT_HASHED = ("paths", "logger", "launcher", "experiment", "scale", "run_name", "grid", "trainer.enable_progress_bar",
                "trainer.log_every_n_steps", "data.num_workers")
 _NOT_HASHED_DATASET_KEYS = ("root",)   # moving a dataset does not change results
 

@@ -102,6 +102,7 @@ def execute(path: str | Path) -> dict[str, Any] | None:
         "epochs": result["epoch"],
         "global_step": result["global_step"],
         "world_size": result["world_size"],
+        **({"emulated_devices": cfg.trainer.devices} if cfg.trainer.physical_devices else {}),
         "num_nodes": cfg.trainer.num_nodes,
         "config_hash": config_hash(cfg),
         "git": git_state(),
@@ -137,6 +138,8 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None) -
     from .callbacks import build_callbacks, build_plugins
     from .loggers import build_loggers
 
+    from .emulation import physical_config
+    cfg = physical_config(cfg)  # what the processes run: fewer devices with ghost batches, if emulating
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     resume = folder.resume_checkpoint()
     dm = DataModule(cfg)

@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..config import ConfigError, PROJECT_ROOT
+from .emulation import physical_config
 from .files import atomic_write_text
 from .rundir import DONE, FAILED, PENDING, REQUEUED, RUNNING, RunFolder
 from .runner import prepare
@@ -28,6 +29,7 @@ from .status import SUBMITTED, live_status
 
 
 def check_slurm_config(cfg: DictConfig, where: str) -> None:
+    cfg = physical_config(cfg)
     t, sl = cfg.trainer, cfg.launcher.slurm
     if not isinstance(t.devices, int):
         raise ConfigError(f"{where}: trainer.devices={t.devices!r}: must be a number under SLURM "
@@ -43,11 +45,13 @@ def check_slurm_config(cfg: DictConfig, where: str) -> None:
 def resources_key(cfg: DictConfig) -> str:
     """Cells with equal keys can share one job array."""
     from omegaconf import OmegaConf
+    cfg = physical_config(cfg)
     sl = OmegaConf.to_container(cfg.launcher.slurm, resolve=True)
     return json.dumps({"nodes": cfg.trainer.num_nodes, "devices": cfg.trainer.devices, **sl}, sort_keys=True)
 
 
 def render_script(cfg: DictConfig, experiment: str, runs_file: Path, out_dir: Path, n_tasks: int) -> str:
+    cfg = physical_config(cfg)
     t, sl = cfg.trainer, cfg.launcher.slurm
     throttle = f"%{sl.array_parallelism}" if sl.array_parallelism else ""
     opts = [

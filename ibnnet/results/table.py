@@ -83,9 +83,14 @@ def build_table(exp: Experiment, records: list[Record]) -> dict[str, Any]:
     fmt = t.get("format", "{:.2f}")
     eval_labels = t.get("eval_labels") or {}
 
-    def key_of(rec: Record, key: str | None) -> str:
+    join = t.get("join", " / ")
+
+    def key_of(rec: Record, key) -> str:
         if key is None:
             return ""
+        if isinstance(key, list):  # a composite key, e.g. IBN Table 6's "train -> test" rows
+            return join.join(eval_labels.get(rec.eval, rec.eval) if k == "eval" else rec.labels.get(k, "")
+                             for k in key)
         return rec.eval if key == "eval" else rec.labels.get(key, "")
 
     row_values = _ordered([key_of(r, rows_key) for r in records])
@@ -94,7 +99,7 @@ def build_table(exp: Experiment, records: list[Record]) -> dict[str, Any]:
     for r in records:
         grid.setdefault((key_of(r, rows_key), key_of(r, cols_key)), []).append(r)
 
-    def show(v: str, key: str | None) -> str:
+    def show(v: str, key) -> str:
         return eval_labels.get(v, v) if key == "eval" else v
 
     cells = {}
@@ -103,7 +108,9 @@ def build_table(exp: Experiment, records: list[Record]) -> dict[str, Any]:
             recs = grid.get((rv, cv), [])
             if len(recs) > 1:
                 # Axes not shown in the table must be fixed per (row, column); several runs would be ambiguous.
-                hidden = sorted({k for r in recs for k in r.labels if k not in (rows_key, cols_key)})
+                shown = set(rows_key if isinstance(rows_key, list) else [rows_key])
+                shown |= set(cols_key if isinstance(cols_key, list) else [cols_key])
+                hidden = sorted({k for r in recs for k in r.labels if k not in shown})
                 raise ValueError(f"{exp.path}: table cell ({rv}, {cv}) has {len(recs)} runs; put axis "
                                  f"{', '.join(hidden) or 'eval'} in rows or columns")
             rec = recs[0] if recs else None
@@ -123,7 +130,8 @@ def render_markdown(exp: Experiment, tab: dict[str, Any]) -> str:
     metric_names = "/".join(METRIC_LABELS.get(m, m) for m in tab["metrics"])
     show = tab["show"]
     with_paper = bool(exp.paper)  # an experiment of our own (the demo) has no paper columns
-    header = [exp.table.get("row_title") or tab["rows_key"]]
+    rows_key = tab["rows_key"]
+    header = [exp.table.get("row_title") or (" / ".join(rows_key) if isinstance(rows_key, list) else rows_key)]
     for cv in tab["cols"]:
         prefix = f"{show(cv, tab['cols_key'])} " if cv else ""
         header += [f"{prefix}ours", f"{prefix}paper", f"{prefix}Δ"] if with_paper else [prefix.strip() or "ours"]
@@ -151,7 +159,9 @@ def render_markdown(exp: Experiment, tab: dict[str, Any]) -> str:
 def render_csv(exp: Experiment, tab: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow([tab["rows_key"], tab["cols_key"] or "", "metric", "ours", "paper", "delta", "status", "run_id"])
+    def name(key) -> str:
+        return "/".join(key) if isinstance(key, list) else (key or "")
+    w.writerow([name(tab["rows_key"]), name(tab["cols_key"]), "metric", "ours", "paper", "delta", "status", "run_id"])
     for rv in tab["rows"]:
         for cv in tab["cols"]:
             c = tab["cells"][(rv, cv)]

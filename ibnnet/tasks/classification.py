@@ -13,7 +13,7 @@ from .common import build_model
 class ClassificationTask(TaskBase):
     def __init__(self, cfg: dict, num_classes: int, val_names: list[str]):
         super().__init__(cfg, num_classes, val_names)
-        self.model = build_model(self.cfg.model, num_classes)
+        self.model = build_model(self.cfg.model, num_classes, runs_root=self.cfg.paths.runs)
         self.criterion = nn.CrossEntropyLoss()
         top5 = min(5, num_classes)
         self.val_metrics = nn.ModuleDict({

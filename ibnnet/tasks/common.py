@@ -1,12 +1,19 @@
-"""Building models from the ``model`` config section."""
+"""Building models from the ``model`` config section, and finding the weights they start from."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
+from ..launch.rundir import sanitize
 from ..models import create_model, load_weights
+from ..models.weights import WeightsError, describe_mismatch, read_checkpoint, unwrap_state_dict, verify_hash
+
+log = logging.getLogger("ibnnet")
 
 
 def model_kwargs(m) -> dict[str, Any]:
@@ -22,12 +29,52 @@ def model_kwargs(m) -> dict[str, Any]:
     return kw
 
 
-def build_model(m, num_classes: int, **extra) -> nn.Module:
-    """A model from the config: official weights (``pretrained``) or a local file (``pretrained_file``)."""
+def resolve_weights_path(value: str, runs_root: str | Path) -> Path:
+    """A weight file path, or ``run:<experiment>/<cell>[:best|last][@scale]`` -> that finished run's checkpoint."""
+    if not value.startswith("run:"):
+        return Path(value)
+    ref = value[len("run:"):]
+    ref, _, scale = ref.partition("@")
+    experiment, _, cell = ref.partition("/")
+    cell, _, which = cell.partition(":")
+    which = which or "last"
+    if not experiment or not cell or which not in ("last", "best"):
+        raise WeightsError(f"{value}: expected run:<experiment>/<cell>[:last|best][@scale]")
+    folder = Path(runs_root) / sanitize(experiment)
+    done = [p.parent for p in folder.glob(f"{sanitize(cell)}-*/metrics.json")]
+    if scale:
+        done = [d for d in done if (yaml.safe_load((d / "config.yaml").read_text()) or {}).get("scale") == scale]
+    if not done:
+        where = f" at scale {scale}" if scale else ""
+        raise WeightsError(f"{value}: no finished run of cell {cell!r}{where} under {folder}; "
+                           f"run `ibnnet sweep {experiment}` first")
+    newest = max(done, key=lambda d: (d / "metrics.json").stat().st_mtime)
+    if len(done) > 1:
+        log.warning("%s: %d finished runs match; using the newest, %s", value, len(done), newest.name)
+    return newest / "checkpoints" / f"{which}.ckpt"
+
+
+def build_model(m, num_classes: int, runs_root: str | Path = "runs", load_file: bool = True, **extra) -> nn.Module:
+    """A model from the config: official weights (``pretrained``) or ``pretrained_file``."""
     model = create_model(m.name, pretrained=bool(m.pretrained and not m.pretrained_file), num_classes=num_classes,
                          **model_kwargs(m), **extra)
-    if m.pretrained_file:
-        load_weights(model, m.pretrained_file)
+    if m.pretrained_file and load_file:
+        load_weights(model, resolve_weights_path(m.pretrained_file, runs_root))
     if m.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def load_segmentation_weights(net: nn.Module, path: Path) -> None:
+    """A segmentation checkpoint (backbone + head) into the whole net, else a classification one into the backbone."""
+    verify_hash(path)
+    sd = unwrap_state_dict(read_checkpoint(path), str(path))
+    if all(k.startswith("net.") for k in sd):
+        sd = {k[len("net."):]: v for k, v in sd.items()}
+    if not any(k.startswith("head.") for k in sd):
+        load_weights(net.backbone, path)
+        return
+    problem = describe_mismatch(sd, net)
+    if problem:
+        raise WeightsError(f"{path}: does not fit this segmentation network: {problem}")
+    net.load_state_dict(sd)

@@ -17,7 +17,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
 from .base import TaskBase
-from .common import build_model
+from .common import build_model, load_segmentation_weights, resolve_weights_path
 from .metrics import ConfusionMatrix
 from .optim import param_groups
 
@@ -58,8 +58,12 @@ class SegmentationTask(TaskBase):
     def __init__(self, cfg: dict, num_classes: int, val_names: list[str]):
         super().__init__(cfg, num_classes, val_names)
         s = self.cfg.segmentation
-        backbone = build_model(self.cfg.model, num_classes=0, output_stride=s.output_stride)
+        m = self.cfg.model
+        backbone = build_model(m, num_classes=0, load_file=False, output_stride=s.output_stride)
         self.net = SegmentationNet(backbone, num_classes, s.head)
+        if m.pretrained_file:
+            load_segmentation_weights(self.net, resolve_weights_path(m.pretrained_file, self.cfg.paths.runs))
+        self.eval_specs = {spec.name: spec for spec in self.cfg.data.val}
         self.criterion = nn.CrossEntropyLoss(ignore_index=s.ignore_index)
         self.val_metrics = nn.ModuleDict({name: ConfusionMatrix(num_classes, s.ignore_index)
                                           for name in self.val_names})
@@ -82,15 +86,36 @@ class SegmentationTask(TaskBase):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
-    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
         s = self.cfg.segmentation
         if s.eval_mode == "slide":
             return slide_inference(self, x, self.num_classes, tuple(s.slide_crop), tuple(s.slide_stride))
         return self(x)
 
+    def predict_scores(self, x: torch.Tensor, scales=(1.0,), flip: bool = False) -> torch.Tensor:
+        """Class probabilities at the input size, averaged over test scales (and mirrored copies)."""
+        if list(scales) == [1.0] and not flip:
+            return self._infer(x)
+        h, w = x.shape[-2:]
+        total = None
+        for scale in scales:
+            xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+            for mirrored in ((False, True) if flip else (False,)):
+                logits = self._infer(xs.flip(-1) if mirrored else xs)
+                if mirrored:
+                    logits = logits.flip(-1)
+                if logits.shape[-2:] != (h, w):
+                    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                probs = logits.softmax(1)
+                total = probs if total is None else total + probs
+        return total
+
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
-        self.val_metrics[self.val_names[dataloader_idx]].update(self.predict_logits(x).argmax(1), y)
+        name = self.val_names[dataloader_idx]
+        spec = self.eval_specs.get(name)
+        scores = self.predict_scores(x, spec.scales, spec.flip) if spec is not None else self._infer(x)
+        self.val_metrics[name].update(scores.argmax(1), y)
 
     def on_validation_epoch_end(self) -> None:
         results = {}

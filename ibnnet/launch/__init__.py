@@ -1,0 +1,1 @@
+"""Running experiments: run folders, the runner, local and SLURM launchers, status."""

@@ -1,0 +1,1 @@
+"""Experiment tables and plots from run folders."""
