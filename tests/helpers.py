@@ -20,7 +20,7 @@ data:
   batch_size: 16
   num_workers: 0
   augment: {image_size: 48, eval_resize: 48}
-optim: {lr: 0.01, schedule: constant, warmup_epochs: 0}
+optim: {name: sgd, lr: 0.01, schedule: constant, warmup_epochs: 0}
 trainer: {max_epochs: 8, enable_progress_bar: false, log_every_n_steps: 1}
 """
 
@@ -37,7 +37,7 @@ data:
   eval_batch_size: 3
   num_workers: 0
   augment: {crop_size: [32, 32], scale_range: [0.9, 1.1]}
-optim: {lr: 0.01, schedule: constant, warmup_epochs: 0}
+optim: {name: sgd, lr: 0.01, schedule: constant, warmup_epochs: 0}
 trainer: {max_epochs: 3, enable_progress_bar: false, log_every_n_steps: 1}
 """
 
@@ -46,6 +46,32 @@ def config(tmp_path: Path, body: str, name: str = "run.yaml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(body) + f"paths: {{runs: {tmp_path / 'runs'}, results: {tmp_path / 'results'}}}\n")
     return path
+
+
+def cli(*args, env: dict | None = None) -> str:
+    """Run a non-training ``ibnnet`` command in this process (no 10 s interpreter start-up); its stdout.
+
+    Raises AssertionError with the output on a non-zero exit code.
+    """
+    import contextlib
+    import io
+
+    from ibnnet.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if code != 0:
+        raise AssertionError(f"ibnnet {' '.join(map(str, args))} exited {code}:\n{out.getvalue()}\n{err.getvalue()}")
+    return out.getvalue()
 
 
 def ibnnet(*args, check=True, timeout=600, env=None):

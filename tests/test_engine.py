@@ -110,7 +110,7 @@ def test_grid_expansion_counts_cases_exclude_patches(tmp_path):
     assert len(names) == 2 * 3 - 1 + 1 and "model=BN_model.in_ratio=0.75" not in names
     cfgs = dict((c.name, cfg) for c, cfg in exp.configs())
     assert cfgs["model=IBN-a_model.in_ratio=0.25"].optim.warmup_epochs == 2
-    assert cfgs["model=BN_model.in_ratio=0.5"].optim.warmup_epochs == 0.5
+    assert cfgs["model=BN_model.in_ratio=0.5"].optim.warmup_epochs == compose(DEMO).optim.warmup_epochs
     assert cfgs["model=IBN-a_model.in_ratio=0.75"].model.in_ratio == 0.75
     assert cfgs["model=IBN-b_model.in_ratio=-"].model.name == "resnet18_ibn_b"
     assert dict(cfgs["model=BN_model.in_ratio=0.25"].grid) == {"model": "BN", "model.in_ratio": "0.25"}

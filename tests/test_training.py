@@ -13,7 +13,7 @@ import torch
 from ibnnet.config import compose
 from ibnnet.launch.grid import load_experiment
 from ibnnet.launch.rundir import RunFolder, run_dir
-from helpers import CLS, ENV, REPO, SEG, config, ibnnet
+from helpers import CLS, ENV, REPO, SEG, cli, config, ibnnet
 
 def losses(folder: RunFolder) -> list[float]:
     with open(folder.path / "logs" / "metrics.csv") as f:
@@ -42,8 +42,8 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path, body):
     offline = list((folder.path / "wandb").glob("offline-run-*"))
     assert offline and folder.path.name.replace("=", "-").replace(".", "_") in offline[0].name
     # a finished run is skipped, not trained again
-    again = ibnnet("train", path)
-    assert "already done, skipping" in again.stdout
+    again = cli("train", path)
+    assert "already done, skipping" in again
     ckpt = torch.load(folder.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["cfg"]["model"]["name"] == compose(path).model.name
 
@@ -64,7 +64,7 @@ def test_half_finished_sweep_skips_done_and_resumes_unfinished(tmp_path):
         table: {{rows: model, columns: eval, metrics: [top1_err]}}
     """))
     (bn_cell, bn_cfg, bn), (ibn_cell, ibn_cfg, ibn) = load_experiment(exp_path).folders()
-    ibnnet("sweep", exp_path, "--only", "model=BN", "--no-table")
+    cli("sweep", exp_path, "--only", "model=BN", "--no-table")
     assert bn.is_done() and not ibn.is_done()
     # start the second cell and kill it hard once its first epoch is checkpointed
     from ibnnet.launch.runner import prepare
@@ -79,10 +79,10 @@ def test_half_finished_sweep_skips_done_and_resumes_unfinished(tmp_path):
     assert not ibn.is_done()
     killed_at = torch.load(ibn.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
     assert 0 < killed_at["epoch"] + 1 < 6
-    status = ibnnet("status", exp_path).stdout
+    status = cli("status", exp_path)
     assert "done" in status and "failed" in status  # the killed run: its process is gone
     bn_mtime = bn.metrics_path.stat().st_mtime
-    out = ibnnet("sweep", exp_path).stdout
+    out = cli("sweep", exp_path)
     assert "1 finished, 1 already done, 0 failed" in out
     assert bn.metrics_path.stat().st_mtime == bn_mtime
     attempts = ibn.state()["attempts"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 from omegaconf import DictConfig
@@ -96,6 +97,9 @@ def validate(cfg: DictConfig) -> list[Problem]:
         if spec.resize is not None:
             check(len(spec.resize) == 2 and all(v > 0 for v in spec.resize), f"{key}.resize", list(spec.resize),
                   "must be [width, height] > 0")
+    for key, spec in specs:
+        check(bool(re.fullmatch(r"[A-Za-z0-9_.+=-]+", spec.name)), f"{key}.name", spec.name,
+              "must be letters, digits and _ . + = - (it names metrics and files)")
     names = [s.name for s in d.val]
     dupes = sorted({n for n in names if names.count(n) > 1})
     check(not dupes, "data.val", names, f"evaluation sets need distinct names (repeated: {dupes})")

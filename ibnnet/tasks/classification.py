@@ -16,12 +16,13 @@ class ClassificationTask(TaskBase):
         self.model = build_model(self.cfg.model, num_classes, runs_root=self.cfg.paths.runs)
         self.criterion = nn.CrossEntropyLoss()
         top5 = min(5, num_classes)
-        self.val_metrics = nn.ModuleDict({
-            name: MetricCollection({
+        # A list in dataloader order: eval-set names such as "std1.5" are not valid module names.
+        self.val_metrics = nn.ModuleList([
+            MetricCollection({
                 "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
                 "top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
-            }) for name in self.val_names
-        })
+            }) for _ in self.val_names
+        ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.model.channels_last:
@@ -40,11 +41,11 @@ class ClassificationTask(TaskBase):
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
-        self.val_metrics[self.val_names[dataloader_idx]].update(self(x), y)
+        self.val_metrics[dataloader_idx].update(self(x), y)
 
     def on_validation_epoch_end(self) -> None:
         results = {}
-        for name, metrics in self.val_metrics.items():
+        for name, metrics in zip(self.val_names, self.val_metrics):
             values = metrics.compute()
             top1, top5 = 100 * self.as_float(values["top1"]), 100 * self.as_float(values["top5"])
             results[name] = {"top1_acc": top1, "top5_acc": top5, "top1_err": 100 - top1, "top5_err": 100 - top5}

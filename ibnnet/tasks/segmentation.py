@@ -65,8 +65,8 @@ class SegmentationTask(TaskBase):
             load_segmentation_weights(self.net, resolve_weights_path(m.pretrained_file, self.cfg.paths.runs))
         self.eval_specs = {spec.name: spec for spec in self.cfg.data.val}
         self.criterion = nn.CrossEntropyLoss(ignore_index=s.ignore_index)
-        self.val_metrics = nn.ModuleDict({name: ConfusionMatrix(num_classes, s.ignore_index)
-                                          for name in self.val_names})
+        # A list in dataloader order: eval-set names such as "std1.5" are not valid module names.
+        self.val_metrics = nn.ModuleList([ConfusionMatrix(num_classes, s.ignore_index) for _ in self.val_names])
 
     def parameter_groups(self) -> list[dict]:
         o = self.cfg.optim
@@ -115,11 +115,11 @@ class SegmentationTask(TaskBase):
         name = self.val_names[dataloader_idx]
         spec = self.eval_specs.get(name)
         scores = self.predict_scores(x, spec.scales, spec.flip) if spec is not None else self._infer(x)
-        self.val_metrics[name].update(scores.argmax(1), y)
+        self.val_metrics[dataloader_idx].update(scores.argmax(1), y)
 
     def on_validation_epoch_end(self) -> None:
         results = {}
-        for name, metric in self.val_metrics.items():
+        for name, metric in zip(self.val_names, self.val_metrics):
             scores = metric.compute()
             res = {"miou": self.as_float(scores["miou"]), "pixel_acc": self.as_float(scores["pixel_acc"])}
             res.update({f"iou_{i}": self.as_float(v) for i, v in enumerate(scores["iou"])})
