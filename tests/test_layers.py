@@ -227,3 +227,21 @@ def test_bfloat16_inputs_are_reduced_in_float32(make):
     ref = copy.deepcopy(layer)(x.float())
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref, atol=0.05, rtol=0.02)
+
+
+def test_fused_instance_norm_equals_pytorch():
+    from ibnnet.layers import InstanceNorm2d
+    ours = InstanceNorm2d(6, affine=True)
+    _randomize_affine(ours)
+    theirs = nn.InstanceNorm2d(6, affine=True)
+    theirs.load_state_dict(ours.state_dict())
+    x = (torch.randn(3, 6, 5, 4) * 4 + 2).requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    y, yr = ours(x), theirs(xr)
+    torch.testing.assert_close(y, yr)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (yr * g).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad)

@@ -1,5 +1,5 @@
 """Normalization layers: IBN, Switchable Normalization, ghost-batch BN and the norm factory."""
-from .batch_norm import GhostBatchNorm2d
+from .batch_norm import GhostBatchNorm2d, InstanceNorm2d
 from .batch_stats import estimate_batch_average_stats
 from .ibn import IBN, IBNConcat, PartialInstanceNorm2d
 from .norm import NORM_KINDS, canonical_norm, create_norm, get_norm_layer
@@ -7,6 +7,6 @@ from .se import SELayer
 from .switch_norm import SwitchNorm2d
 
 __all__ = [
-    "IBN", "IBNConcat", "PartialInstanceNorm2d", "SwitchNorm2d", "GhostBatchNorm2d", "SELayer",
+    "IBN", "IBNConcat", "InstanceNorm2d", "PartialInstanceNorm2d", "SwitchNorm2d", "GhostBatchNorm2d", "SELayer",
     "NORM_KINDS", "canonical_norm", "create_norm", "get_norm_layer", "estimate_batch_average_stats",
 ]

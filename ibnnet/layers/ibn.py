@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .batch_norm import GhostBatchNorm2d, affine_from_moments, bn_moments
+from .batch_norm import GhostBatchNorm2d, InstanceNorm2d, affine_from_moments, bn_moments
 from .moments import moment_normalize
 
 
@@ -29,7 +29,7 @@ class IBN(nn.Module):
         self.channels = channels
         self.ratio = ratio
         self.half = int(channels * ratio)
-        self.IN = nn.InstanceNorm2d(self.half, affine=True) if self.half > 0 else None
+        self.IN = InstanceNorm2d(self.half, affine=True) if self.half > 0 else None
         self.BN = bn_layer(channels - self.half) if self.half < channels else None
 
     def extra_repr(self) -> str:
@@ -39,7 +39,7 @@ class IBN(nn.Module):
         if self.IN is None or self.BN is None:
             return False
         bn_ok = type(self.BN) in (nn.BatchNorm2d, GhostBatchNorm2d) and self.BN.affine and self.BN.track_running_stats
-        in_ok = type(self.IN) is nn.InstanceNorm2d and self.IN.affine and not self.IN.track_running_stats
+        in_ok = isinstance(self.IN, nn.InstanceNorm2d) and self.IN.affine and not self.IN.track_running_stats
         return bn_ok and in_ok
 
     def forward(self, x: Tensor) -> Tensor:
@@ -74,14 +74,14 @@ class IBNConcat(nn.Module):
     def __init__(self, channels: int, bn_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
         self.channels = channels
-        self.IN = nn.InstanceNorm2d(channels, affine=True)
+        self.IN = InstanceNorm2d(channels, affine=True)
         self.BN = bn_layer(channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat((self.IN(x), self.BN(x)), 1)
 
 
-class PartialInstanceNorm2d(nn.InstanceNorm2d):
+class PartialInstanceNorm2d(InstanceNorm2d):
     """Affine IN on the first ``int(channels * ratio)`` channels; the rest pass through unchanged (IBN-d).
 
     Parameters are those of an ``InstanceNorm2d`` over the normalized channels, so an IBN-b

@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch import nn
 
-from .batch_norm import GhostBatchNorm2d
+from .batch_norm import GhostBatchNorm2d, InstanceNorm2d
 from .switch_norm import SwitchNorm2d
 
 NORM_KINDS = ("bn", "syncbn", "gn", "in", "ln", "sn", "ghost_bn")
@@ -51,7 +51,7 @@ def get_norm_layer(kind: str, *, gn_groups: int = 32, ghost_batch_size: int = 0,
     if kind == "ln":
         return partial(_group_norm, groups=1, eps=eps)
     if kind == "in":
-        return partial(nn.InstanceNorm2d, affine=True, eps=eps)
+        return partial(InstanceNorm2d, affine=True, eps=eps)
     return partial(SwitchNorm2d, eps=eps, momentum=sn_momentum, using_bn=sn_using_bn,
                    using_moving_average=sn_using_moving_average, ghost_batch_size=ghost_batch_size)
 

@@ -19,7 +19,8 @@ from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..layers import IBN, IBNConcat, PartialInstanceNorm2d, SELayer, SwitchNorm2d, canonical_norm, get_norm_layer
+from ..layers import (IBN, IBNConcat, InstanceNorm2d, PartialInstanceNorm2d, SELayer, SwitchNorm2d, canonical_norm,
+                      get_norm_layer)
 
 IBN_VARIANTS = ("none", "a", "b", "c", "d", "ad", "a2")
 _IBN_ALIASES = {"": "none", "bn": "none", "a&d": "ad", "a+d": "ad", "a_d": "ad", "ax2": "a2", "a×2": "a2",
@@ -81,7 +82,7 @@ class _Norms:
         if kind == "concat":
             return IBNConcat(channels, bn_layer=self.norm_layer)
         if kind == "in":
-            return nn.InstanceNorm2d(channels, affine=True)
+            return InstanceNorm2d(channels, affine=True)
         if kind == "partial":
             return PartialInstanceNorm2d(channels, self.in_ratio)
         raise ValueError(kind)
