@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 OVERRIDES_HELP = "config overrides as key=value (e.g. trainer.max_epochs=1 model.in_ratio=0.25)"
 

@@ -8,7 +8,7 @@ import torch
 
 from ibnnet.config import ConfigError, compose
 from ibnnet.launch.grid import load_experiment
-from ibnnet.launch.rundir import RunFolder, config_hash, run_id
+from ibnnet.launch.rundir import config_hash, run_id
 from ibnnet.results.table import write_table
 from ibnnet.tasks.metrics import ConfusionMatrix, segmentation_scores
 
@@ -254,3 +254,11 @@ def test_wandb_failure_never_stops_training(tmp_path):
         for k, v in old.items():
             if v is not None:
                 os.environ[k] = v
+
+
+def test_a_whole_part_can_be_chosen_on_the_command_line():
+    cfg = compose(DEMO, ["launcher=slurm", "trainer=gpu_fast", "trainer.max_epochs=3", "trainer.devices=8"])
+    assert cfg.launcher.name == "slurm" and cfg.launcher.slurm.gpus_per_node == 8
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_epochs == 3
+    with pytest.raises(ConfigError, match=r"no config part launcher/slurmm\.yaml; did you mean slurm"):
+        compose(DEMO, ["launcher=slurmm"])

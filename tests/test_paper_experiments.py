@@ -110,3 +110,16 @@ def test_sn_tables_chain_from_imagenet_to_cityscapes(tmp_path, data_root):
         "data.val=[{name: single, dataset: cityscapes, split: val}, "
         "{name: multi, dataset: cityscapes, split: val, scales: [0.75, 1.0, 1.25], flip: true}]",), "reduced")
     assert set(m5["metrics"]) == {"single", "multi"}
+
+
+def test_fig5_divergence_file_runs_on_fixtures(tmp_path, data_root, monkeypatch):
+    from helpers import cli
+    monkeypatch.setenv("IBNNET_DATA", str(data_root))
+    out = cli("analyze", "divergence", REPO / "experiments" / "ibn_fig5.yaml", "--no-pretrained",
+              "--pair", "cityscapes_vs_gta5", "--pair", "photo_vs_monet", "--max-images", "3", "--num-workers", "0",
+              "--out", tmp_path / "fig5")
+    assert "| stem |" in out and "IBN-Net50-b" in out
+    for pair in ("cityscapes_vs_gta5", "photo_vs_monet"):
+        rows = (tmp_path / "fig5" / pair / "divergence.csv").read_text().splitlines()
+        assert rows[0] == "layer,ResNet50,IBN-Net50-a,IBN-Net50-b" and len(rows) == 1 + 17
+        assert (tmp_path / "fig5" / pair / "divergence.png").stat().st_size > 1000

@@ -3,7 +3,6 @@
 They pin down the SLURM behaviour our trainer relies on for preemption-safe
 requeue: who receives which signal, KillWait, requeue + SLURM_RESTART_COUNT.
 """
-import subprocess
 import sys
 import textwrap
 import time

@@ -2,7 +2,6 @@
 import csv
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from ..config import compose
 from ..config.loader import Source
 from ..launch.grid import Experiment, load_experiment, select
-from ..launch.rundir import DONE, FAILED, RunFolder
+from ..launch.rundir import DONE, FAILED
 from ..launch.status import live_status
 
 

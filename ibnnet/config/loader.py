@@ -161,11 +161,31 @@ def source_of(key: str, sources: Sequence[Source]) -> str:
     return "built-in defaults"
 
 
+def group_overrides(overrides: Sequence[str], near: Path | None) -> tuple[list[Source], list[str]]:
+    """``launcher=slurm`` picks the part configs/launcher/slurm.yaml, as a defaults entry would."""
+    parts, rest = [], []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.strip() in PART_GROUPS and value and not value.lstrip().startswith(("{", "[")):
+            part = find_part(key.strip(), value.strip(), near)
+            parts += [Source(f"command line {o} ({s.label})", OmegaConf.create({key.strip(): s.cfg}))
+                      for s in file_sources(part)]
+        else:
+            rest.append(o)
+    return parts, rest
+
+
 def compose(path: str | Path | None, overrides: Sequence[str] = (), extra: Sequence[Source] = ()) -> DictConfig:
-    """Compose, type-check, resolve and validate a run config; raises :class:`ConfigError`."""
+    """Compose, type-check, resolve and validate a run config; raises :class:`ConfigError`.
+
+    ``overrides`` are ``key=value`` (dotted keys) or ``group=name`` to swap a whole part
+    (``launcher=slurm``, ``trainer=gpu_fast``).
+    """
     from .validate import fill_defaults, validate
 
     sources = (file_sources(path) if path is not None else []) + list(extra)
+    parts, overrides = group_overrides(overrides, Path(path).parent if path is not None else None)
+    sources += parts
     if overrides:
         sources.append(override_source(overrides))
     cfg = merge_sources(sources)

@@ -111,6 +111,17 @@ class PairedSegmentation(Dataset):
     decoder: str
     samples: list[tuple[str, str | None]]
 
+    def _setup(self, name: str, splits: tuple[str, ...], root, split: str, fraction: float, decoder: str) -> None:
+        """Argument checks and attributes shared by the subclasses' constructors."""
+        if split not in splits:
+            raise ValueError(f"{name} split must be one of {splits}, got {split!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        fraction_count(1, fraction)
+        self.root = Path(root)
+        self.split = split
+        self.decoder = decoder
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -173,14 +184,7 @@ class Cityscapes(PairedSegmentation):
         *,
         decoder: str = "torchvision",
     ) -> None:
-        if split not in CITYSCAPES_SPLITS:
-            raise ValueError(f"Cityscapes split must be one of {CITYSCAPES_SPLITS}, got {split!r}")
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-        fraction_count(1, fraction)
-        self.root = Path(root)
-        self.split = split
-        self.decoder = decoder
+        self._setup("Cityscapes", CITYSCAPES_SPLITS, root, split, fraction, decoder)
 
         images_root = find_cityscapes_dir(self.root, "leftImg8bit")
         if images_root is None:

@@ -35,7 +35,7 @@ import numpy as np
 import scipy.io
 
 from .cityscapes import PairedSegmentation
-from .imagenet import DECODERS, fraction_count, is_image_file
+from .imagenet import is_image_file
 
 GTA5_SPLITS = ("train", "val", "test", "all")
 SPLIT_MAT_KEYS = {"train": "trainIds", "val": "valIds", "test": "testIds"}
@@ -105,14 +105,7 @@ class GTA5(PairedSegmentation):
         *,
         decoder: str = "torchvision",
     ) -> None:
-        if split not in GTA5_SPLITS:
-            raise ValueError(f"GTA5 split must be one of {GTA5_SPLITS}, got {split!r}")
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-        fraction_count(1, fraction)
-        self.root = Path(root)
-        self.split = split
-        self.decoder = decoder
+        self._setup("GTA5", GTA5_SPLITS, root, split, fraction, decoder)
         self.images_dir = self.root / "images"
         self.labels_dir = self.root / "labels"
         for folder in (self.images_dir, self.labels_dir):

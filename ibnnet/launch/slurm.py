@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from ..config import ConfigError, PROJECT_ROOT
 from .emulation import physical_config
 from .files import atomic_write_text
-from .rundir import DONE, FAILED, PENDING, REQUEUED, RUNNING, RunFolder
+from .rundir import FAILED, PENDING
 from .runner import prepare
 from .status import SUBMITTED, live_status
 

@@ -22,6 +22,11 @@ class TaskBase(pl.LightningModule):
         self.last_val: dict[str, dict[str, Any]] = {}
         self.last_val_epoch = -1
 
+    def compile_model(self) -> None:
+        """torch.compile the network in place (``trainer.compile``); state_dict keys are unchanged."""
+        net = self.model if hasattr(self, "model") else self.net
+        net.compile()
+
     # subclasses: self.model parameters split into backbone/head groups if they want different lrs
     def parameter_groups(self) -> list[dict]:
         o = self.cfg.optim
