@@ -245,3 +245,26 @@ def test_fused_instance_norm_equals_pytorch():
     torch.testing.assert_close(x.grad, xr.grad)
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
     torch.testing.assert_close(ours.bias.grad, theirs.bias.grad)
+
+
+@pytest.mark.parametrize("make", [lambda: IBN(8, 0.5), lambda: SwitchNorm2d(8), lambda: GhostBatchNorm2d(8, 2)])
+def test_compile_path_equals_the_fused_kernel(make):
+    """Under torch.compile the layers run the same math as plain autograd ops (forced here in eager mode)."""
+    from unittest import mock
+    fused = make()
+    _randomize_affine(fused)
+    plain = copy.deepcopy(fused)
+    x = (torch.randn(4, 8, 5, 5) * 3 + 1).requires_grad_()
+    xp = x.detach().clone().requires_grad_()
+    y = fused(x)
+    with mock.patch("torch.compiler.is_compiling", return_value=True):
+        yp = plain(xp)
+    torch.testing.assert_close(y, yp)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (yp * g).sum().backward()
+    torch.testing.assert_close(x.grad, xp.grad)
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    for a, b in zip(fused.buffers(), plain.buffers()):
+        torch.testing.assert_close(a, b)

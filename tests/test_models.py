@@ -11,7 +11,7 @@ from ibnnet.layers import IBN, IBNConcat, PartialInstanceNorm2d, SwitchNorm2d
 from ibnnet.models import MODELS, ResNet
 from reference import RefResNetIBN, randomize_, read_key_list
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+KEYS = Path(__file__).resolve().parent / "data" / "official_keys"
 OFFICIAL_PARAMS = {"resnet50_ibn_a": 25_557_032, "resnet50_ibn_b": 25_558_568, "resnet101_ibn_a": 44_549_160,
                    "resnext101_ibn_a": 44_177_704, "se_resnet101_ibn_a": 49_292_328, "resnet50_sn": 25_557_350}
 
@@ -36,7 +36,11 @@ def test_parameter_counts_equal_official(name, count):
     assert sum(p.numel() for p in meta_model(name).parameters()) == count
 
 
-@pytest.mark.parametrize("path", sorted(SHARED.glob("ibn_keys_*.txt")), ids=lambda p: p.stem)
+def test_all_official_key_lists_are_here():
+    assert len(list(KEYS.glob("ibn_keys_*.txt"))) == 8 and (KEYS / "sn_keys_resnet50.txt").is_file()
+
+
+@pytest.mark.parametrize("path", sorted(KEYS.glob("ibn_keys_*.txt")), ids=lambda p: p.stem)
 def test_state_dict_layout_equals_official(path):
     name = path.stem[len("ibn_keys_"):]
     ref = read_key_list(path)

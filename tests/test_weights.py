@@ -13,7 +13,7 @@ from ibnnet.commands.weights import cmd_verify, download
 from ibnnet.models import Release, WeightsError, load_weights
 from reference import randomize_, read_key_list
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+KEYS = Path(__file__).resolve().parent / "data" / "official_keys"
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_lightning_checkpoint_with_model_prefix(tmp_path, trained_r18):
 
 
 def test_official_sn_checkpoint_layout(tmp_path):
-    ref = read_key_list(SHARED / "sn_keys_resnet50.txt")
+    ref = read_key_list(KEYS / "sn_keys_resnet50.txt")
     g = torch.Generator().manual_seed(0)
     sd = {f"module.{k}": torch.rand(shape, generator=g) + 0.5 for k, shape in ref.items()}
     path = tmp_path / "sn_8x32.pth"

@@ -38,7 +38,7 @@ def instance_moments(x: Tensor, correction: int) -> tuple[Tensor, Tensor]:
     mean = xs.mean(dim=(2, 3), keepdim=True)
     # A single pixel has no unbiased variance; treat it as zero spread instead of NaN.
     denom = hw - correction if hw > correction else hw
-    var = torch.linalg.vector_norm(xs - mean, dim=(2, 3)).square_().div_(denom)
+    var = torch.linalg.vector_norm(xs - mean, dim=(2, 3)).square() / denom
     return mean.view(mean.shape[:2]), var
 
 
@@ -104,6 +104,14 @@ def moment_normalize(x: Tensor, stats_fn: StatsFn, params: Sequence[Tensor], cor
     """
     if x.dim() != 4:
         raise ValueError(f"expected a 4D (N, C, H, W) input, got shape {tuple(x.shape)}")
+    if torch.compiler.is_compiling():
+        # Under torch.compile the same math in plain differentiable ops: Inductor fuses it itself, and
+        # Dynamo cannot trace the hand-written Function (its backward calls autograd.grad).
+        mean, var = instance_moments(x, correction)
+        n, c = x.shape[:2]
+        scale, shift = stats_fn(mean, var, *params)
+        xs = _compute_view(x)
+        return (xs * scale.expand(n, c)[:, :, None, None] + shift.expand(n, c)[:, :, None, None]).to(x.dtype)
     if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in params)):
         mean, var = instance_moments(x, correction)
         with torch.no_grad():
