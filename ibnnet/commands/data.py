@@ -181,7 +181,7 @@ def cmd_evaluate(args) -> int:
     task = TASKS[cfg.task](OmegaConf.to_container(cfg, resolve=True), cfg.data.num_classes or dm.num_classes,
                            dm.val_names)
     if args.checkpoint:
-        load_weights(task.model if hasattr(task, "model") else task.net, args.checkpoint)
+        load_weights(task.network, args.checkpoint)
     trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=args.devices,
                          strategy="ddp" if args.devices > 1 else "auto", precision=cfg.trainer.precision,
                          logger=False, enable_progress_bar=cfg.trainer.enable_progress_bar,

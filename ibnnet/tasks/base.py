@@ -22,10 +22,18 @@ class TaskBase(pl.LightningModule):
         self.last_val: dict[str, dict[str, Any]] = {}
         self.last_val_epoch = -1
 
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.model if hasattr(self, "model") else self.net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.network(x)
+
     def compile_model(self) -> None:
         """torch.compile the network in place (``trainer.compile``); state_dict keys are unchanged."""
-        net = self.model if hasattr(self, "model") else self.net
-        net.compile()
+        self.network.compile()
 
     # subclasses: self.model parameters split into backbone/head groups if they want different lrs
     def parameter_groups(self) -> list[dict]:

@@ -1,7 +1,6 @@
 """ImageNet-style classification (both papers' recipe by default)."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -23,11 +22,6 @@ class ClassificationTask(TaskBase):
                 "top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
             }) for _ in self.val_names
         ])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.model.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
 
     def training_step(self, batch, batch_idx):
         x, y = batch

@@ -74,11 +74,6 @@ class SegmentationTask(TaskBase):
                              lr_mult=o.backbone_lr_mult)
                 + param_groups(self.net.head.named_parameters(), o.weight_decay, o.no_weight_decay_norm_bias))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.model.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
-
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.criterion(self(x), y)
