@@ -39,7 +39,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _differing(exp: Experiment, cell) -> str:
+def _differing(cell) -> str:
     return " ".join(f"{k}={v}" for k, v in cell.overrides.items()) or "(base config)"
 
 
@@ -60,7 +60,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         for cell, cfg, folder in triples:
             status, _ = live_status(folder)
-            print(f"  {status:8s} {folder.path.name:50s} {_differing(exp, cell)}")
+            print(f"  {status:8s} {folder.path.name:50s} {_differing(cell)}")
         return 0
     from ..launch.local import run_local
     from ..launch.runner import prepare

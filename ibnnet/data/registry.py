@@ -15,6 +15,7 @@ class DatasetEntry:
     default_root: str | None                    # folder under paths.data; None: needs no files
     augment: str                                # imagenet | light | segmentation
     description: str
+    needs_root: bool = False                    # no default folder: the spec must give `root`
 
 
 def _builtin_cls(spec, root, data):
@@ -59,7 +60,8 @@ DATASETS: dict[str, DatasetEntry] = {
                                 "procedural street scenes in two appearance domains (no download)"),
     "imagenet": DatasetEntry("classification", _imagenet, "imagenet", "imagenet", "ILSVRC-2012 class folders"),
     "image_folder": DatasetEntry("classification", _image_folder, None, "imagenet",
-                                 "class folders in ImageNet's layout, e.g. a Monet-styled copy of val"),
+                                 "class folders in ImageNet's layout, e.g. a Monet-styled copy of val",
+                                 needs_root=True),
     "cityscapes": DatasetEntry("segmentation", _cityscapes, "cityscapes", "segmentation", "Cityscapes gtFine"),
     "gta5": DatasetEntry("segmentation", _gta5, "gta5", "segmentation", "GTA5 (Playing for Data)"),
 }
@@ -69,9 +71,9 @@ def dataset_root(spec, data_root: str | Path) -> Path | None:
     entry = DATASETS[spec.dataset]
     if spec.root:
         return Path(spec.root)
+    if entry.needs_root:
+        raise ValueError(f"dataset {spec.dataset!r} ({spec.name}) needs a root folder")
     if entry.default_root is None:
-        if entry.build in (_image_folder,):
-            raise ValueError(f"dataset {spec.dataset!r} ({spec.name}) needs a root folder")
         return None
     return Path(data_root) / entry.default_root
 

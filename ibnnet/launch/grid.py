@@ -216,8 +216,8 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
                 raise ConfigError(f"{path}: table.{k}={key!r} is neither a grid axis ({', '.join(axes)}) nor 'eval'")
     paper = list(data.get("paper") or [])
     for i, entry in enumerate(paper):
-        unknown_axes = {k for k in entry if k in axes + ["eval"]}
-        if not isinstance(entry, dict) or not unknown_axes and axes:
+        names_a_cell = isinstance(entry, dict) and (not axes or any(k in axes + ["eval"] for k in entry))
+        if not names_a_cell:
             raise ConfigError(f"{path}: paper[{i}] must name the cell by its axis labels (axes: {', '.join(axes)})")
 
     return Experiment(path=path, name=str(data.get("experiment") or path.stem), title=str(data.get("title") or ""),
