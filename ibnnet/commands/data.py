@@ -182,6 +182,8 @@ def cmd_evaluate(args) -> int:
                            dm.val_names)
     if args.checkpoint:
         load_weights(task.network, args.checkpoint)
+    else:   # no checkpoint: the configured starting weights (e.g. the official release) are evaluated
+        task.load_initial_weights()
     trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=args.devices,
                          strategy="ddp" if args.devices > 1 else "auto", precision=cfg.trainer.precision,
                          logger=False, enable_progress_bar=cfg.trainer.enable_progress_bar,

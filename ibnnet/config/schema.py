@@ -130,6 +130,11 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     deterministic: bool = False
     seed: int = 0
+    # CPU threads of the training process (torch.set_num_threads); 0 = PyTorch's default (the cores this
+    # process may use). Float sums depend on it: fix it to get bit-identical results across machines.
+    num_threads: int = 0
+    float32_matmul_precision: str = "high"   # on CUDA: highest | high (TF32) | medium; CPU runs are full fp32
+    log_sample_indices: bool = False   # logs/samples-rank<r>.jsonl: the sample indices of every trained batch
     enable_progress_bar: bool = True
     batch_average_batches: int = 0     # SN batch-average inference: re-estimate stats over K train batches
 
@@ -171,6 +176,10 @@ class SlurmConfig:
 @dataclass
 class LauncherConfig:
     name: str = "local"                # local | slurm
+    # A run holds a claim on its folder while it trains (any launcher); a claim whose heartbeat is older
+    # than claim_timeout_s (or whose process is gone, on the same host) is taken over by another worker.
+    heartbeat_s: float = 30.0
+    claim_timeout_s: float = 300.0
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 

@@ -154,6 +154,8 @@ def validate(cfg: DictConfig) -> list[Problem]:
     choice("trainer.precision", str(t.precision), PRECISIONS)
     check(t.check_val_every_n_epoch >= 1, "trainer.check_val_every_n_epoch", t.check_val_every_n_epoch, "must be >= 1")
     check(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1")
+    check(t.num_threads >= 0, "trainer.num_threads", t.num_threads, "must be >= 0 (0 = PyTorch's default)")
+    choice("trainer.float32_matmul_precision", t.float32_matmul_precision, ("highest", "high", "medium"))
     check(t.batch_average_batches >= 0, "trainer.batch_average_batches", t.batch_average_batches, "must be >= 0")
     for key in ("limit_train_batches", "limit_val_batches"):
         v = t[key]
@@ -161,6 +163,9 @@ def validate(cfg: DictConfig) -> list[Problem]:
 
     choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
     choice("launcher.name", cfg.launcher.name, LAUNCHERS)
+    check(cfg.launcher.heartbeat_s > 0, "launcher.heartbeat_s", cfg.launcher.heartbeat_s, "must be > 0")
+    check(cfg.launcher.claim_timeout_s > 2 * cfg.launcher.heartbeat_s, "launcher.claim_timeout_s",
+          cfg.launcher.claim_timeout_s, "must be more than twice launcher.heartbeat_s")
     sl = cfg.launcher.slurm
     check(sl.cpus_per_task >= 1, "launcher.slurm.cpus_per_task", sl.cpus_per_task, "must be >= 1")
     for key in ("gpus_per_node", "array_parallelism", "signal_seconds", "max_requeues"):

@@ -1,19 +1,26 @@
 """The Lightning data module: one training set, any number of named evaluation sets.
 
-Samplers are made here (the Trainer runs with ``use_distributed_sampler=False``) so that evaluation
-under DDP never pads or repeats samples: every image is evaluated exactly once across all processes,
-which makes a 2-process confusion matrix identical to a 1-process one.
+Samplers are made here (the Trainer runs with ``use_distributed_sampler=False``):
+- training batches come from :class:`~ibnnet.data.sampling.EpochBatchSampler`, whose order is a function
+  of (seed, epoch) and which resumes at the batch a checkpoint stopped at (the position is this module's
+  checkpointed state, read from Lightning's loop progress when the checkpoint is written);
+- evaluation under DDP never pads or repeats samples: every image is evaluated exactly once across all
+  processes, which makes a 2-process confusion matrix identical to a 1-process one.
+Every loader has its own generator, so creating one never draws from the global RNG (which training
+steps use, e.g. dropout, and which checkpoints restore).
 """
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from pytorch_lightning.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, SequentialSampler
 
 import logging
 
 from .registry import DATASETS, build_dataset, dataset_root
+from .sampling import EpochBatchSampler
 from .transforms import TransformedDataset, build_transform
 
 log = logging.getLogger("ibnnet")
@@ -27,6 +34,7 @@ class DataModule(pl.LightningDataModule):
         self.train_set = None
         self.val_sets: dict[str, TransformedDataset] = {}
         self._raw_train = None
+        self.resume_position: tuple[int, int] | None = None   # (epoch, batches trained), from a checkpoint
 
     def val_specs(self) -> list:
         """The evaluation sets to use: optional ones whose folder is missing are skipped, with a warning."""
@@ -50,7 +58,8 @@ class DataModule(pl.LightningDataModule):
                              f"but this run's task is {self.task}")
         d = self.cfg.data
         raw = build_dataset(spec, self.cfg.paths.data, d)
-        return raw, TransformedDataset(raw, build_transform(spec, entry.augment, d.augment, train))
+        transform = build_transform(spec, entry.augment, d.augment, train)
+        return raw, TransformedDataset(raw, transform, seed=self.cfg.trainer.seed)
 
     def raw_train_dataset(self):
         if self._raw_train is None:
@@ -73,24 +82,38 @@ class DataModule(pl.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, dataset, batch_size: int, sampler, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset, **kw) -> DataLoader:
         workers = self.cfg.data.num_workers
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=workers > 0)
+        return DataLoader(dataset, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0), **kw)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_batch_sampler(self) -> EpochBatchSampler:
         if self.train_set is None:
             self.setup("fit")
         world, rank = self._world()
-        seed = self.cfg.trainer.seed
-        if world > 1:
-            sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                         drop_last=True)
-        else:
-            sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(seed))
-        # drop_last: BN/SN statistics of a tiny last batch are noise, and ghost batches need full batches.
-        return self._loader(self.train_set, self.cfg.data.batch_size, sampler, drop_last=True)
+        return EpochBatchSampler(len(self.train_set), self.cfg.data.batch_size, self.cfg.trainer.seed,
+                                 rank=rank, world_size=world, resume=self.resume_position)
+
+    def train_dataloader(self) -> DataLoader:
+        batch_sampler = self.train_batch_sampler()
+        return self._loader(self.train_set, batch_sampler=batch_sampler)
+
+    # Lightning saves this in every checkpoint and gives it back before the train loader is made.
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:   # also saved from validation in fit
+            return {}
+        epoch = trainer.current_epoch
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if done >= trainer.num_training_batches:   # an end-of-epoch checkpoint: resume at the next epoch
+            epoch, done = epoch + 1, 0
+        return {"train_position": [int(epoch), int(done)]}
+
+    def load_state_dict(self, state: dict) -> None:
+        position = state.get("train_position")
+        self.resume_position = (int(position[0]), int(position[1])) if position else None
+        if self.resume_position:
+            log.info("training data resumes at epoch %d after %d batches", *self.resume_position)
 
     def val_dataloader(self) -> list[DataLoader]:
         if not self.val_sets:
@@ -100,5 +123,6 @@ class DataModule(pl.LightningDataModule):
         for ds in self.val_sets.values():
             sampler = (UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
                        if world > 1 else SequentialSampler(ds))
-            loaders.append(self._loader(ds, self.cfg.data.eval_batch_size, sampler, drop_last=False))
+            loaders.append(self._loader(ds, batch_size=self.cfg.data.eval_batch_size, sampler=sampler,
+                                        drop_last=False))
         return loaders

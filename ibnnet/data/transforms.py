@@ -96,19 +96,37 @@ def build_transform(spec, policy: str, augment, train: bool) -> v2.Compose:
 
 
 class TransformedDataset(Dataset):
-    """A raw dataset (uint8 image, label or mask) seen through a transform, returning plain tensors."""
+    """A raw dataset (uint8 image, label or mask) seen through a transform: ``(image, target, index)``.
 
-    def __init__(self, dataset: Dataset, transform: v2.Compose):
+    Items are addressed by ``index`` or by ``(epoch, index)`` (what :class:`~ibnnet.data.sampling.
+    EpochBatchSampler` yields). The transform's randomness is drawn from torch's and Python's global RNGs
+    re-seeded from (seed, epoch, index) for this one sample and restored afterwards, so a sample's
+    augmentation does not depend on which worker loads it, on the worker count, or on a restart.
+    The index comes back with the sample so that what each training step saw can be recorded.
+    """
+
+    def __init__(self, dataset: Dataset, transform: v2.Compose, seed: int = 0):
         self.dataset = dataset
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item):
+        from .sampling import sample_seed
+        epoch, index = item if isinstance(item, (tuple, list)) else (-1, item)
         image, target = self.dataset[index]
-        image, target = self.transform(image, target)
+        s = sample_seed(self.seed, epoch, index)
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            random.seed(s)
+            try:
+                image, target = self.transform(image, target)
+            finally:
+                random.setstate(py_state)
         image = image.as_subclass(torch.Tensor)
         if isinstance(target, torch.Tensor):
             target = target.as_subclass(torch.Tensor)
-        return image, target
+        return image, target, index

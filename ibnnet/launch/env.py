@@ -33,6 +33,10 @@ def package_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    import torch
+    import torchvision
+    # with the local build tag (e.g. +cu132): CPU and CUDA builds of one version can compute differently
+    out["torch"], out["torchvision"] = torch.__version__, torchvision.__version__
     return out
 
 

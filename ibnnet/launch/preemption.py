@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 
 import pytorch_lightning as pl
 import torch
@@ -50,8 +51,12 @@ class SignalFlag:
         self.reason: str | None = None
         self._previous: dict[int, object] = {}
 
-    def install(self) -> "SignalFlag":
-        for signum, reason in ((signal.SIGUSR1, TIME_LIMIT), (signal.SIGTERM, PREEMPTED)):
+    def install(self, slurm: bool = True) -> "SignalFlag":
+        """SIGTERM always; SIGUSR1 (SLURM's time-limit warning) only inside a SLURM step."""
+        if threading.current_thread() is not threading.main_thread():
+            return self   # Python delivers signals to the main thread only; its caller handles them
+        signals = ((signal.SIGUSR1, TIME_LIMIT), (signal.SIGTERM, PREEMPTED)) if slurm else ((signal.SIGTERM, PREEMPTED),)
+        for signum, reason in signals:
             self._previous[signum] = signal.signal(signum, self._handler(reason))
         return self
 

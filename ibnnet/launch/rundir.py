@@ -24,10 +24,11 @@ from .files import atomic_write_json, atomic_write_text, read_json
 
 # Settings that do not change what a run computes: changing them must not change its id.
 _NOT_HASHED = ("paths", "logger", "launcher", "experiment", "scale", "run_name", "grid", "trainer.enable_progress_bar",
-               "trainer.log_every_n_steps", "data.num_workers")
+               "trainer.log_every_n_steps", "data.num_workers", "trainer.num_threads", "trainer.log_sample_indices")
 _NOT_HASHED_DATASET_KEYS = ("root",)   # moving a dataset does not change results
 
 DONE, RUNNING, FAILED, PENDING, REQUEUED = "done", "running", "failed", "pending", "requeued"
+INTERRUPTED = "interrupted"   # stopped by SIGTERM outside SLURM after a checkpoint: the next sweep resumes it
 
 
 def hashed_content(cfg: DictConfig) -> dict[str, Any]:

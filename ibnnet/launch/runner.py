@@ -20,7 +20,7 @@ from ..config import compose, to_plain
 from .env import git_state, host, is_rank_zero, package_versions, slurm_job
 from .files import atomic_write_json
 from .preemption import TIME_LIMIT, Preempted, PreemptionCheckpoint, SignalFlag, requeue_self, under_slurm_step
-from .rundir import DONE, FAILED, REQUEUED, RunFolder, config_hash
+from .rundir import DONE, FAILED, INTERRUPTED, REQUEUED, RunFolder, config_hash
 
 log = logging.getLogger("ibnnet")
 
@@ -54,8 +54,9 @@ def _file_logging(folder: RunFolder) -> logging.Handler:
 def execute(path: str | Path) -> dict[str, Any] | None:
     """Run the folder at ``path``; returns its metrics (None on non-zero ranks). Finished runs are skipped."""
     folder = RunFolder(Path(path))
-    # First thing under SLURM: the default action of SIGUSR1 is to terminate the process.
-    flag = SignalFlag().install() if under_slurm_step() else None
+    # First thing: under SLURM the default action of SIGUSR1 is to terminate the process. Outside SLURM,
+    # SIGTERM (a cluster without SLURM, `kill`) also checkpoints at the next batch, so nothing is lost.
+    flag = SignalFlag().install(slurm=under_slurm_step())
     if not folder.config_path.is_file():
         raise FileNotFoundError(f"{folder.path}: not a run folder (no config.yaml)")
     cfg = compose(folder.config_path)
@@ -83,8 +84,7 @@ def execute(path: str | Path) -> dict[str, Any] | None:
             log.error("run failed: %s: %s", type(e).__name__, e)
         raise
     finally:
-        if flag is not None:
-            flag.restore()
+        flag.restore()
         if handler is not None:
             for name in ("ibnnet", "pytorch_lightning", "lightning.pytorch"):
                 logging.getLogger(name).removeHandler(handler)
@@ -107,6 +107,7 @@ def execute(path: str | Path) -> dict[str, Any] | None:
         "config_hash": config_hash(cfg),
         "git": git_state(),
         "versions": package_versions(),
+        "reproducibility": reproducibility(cfg),
         "wall_time_s": round(folder.wall_time(), 1),
         "host": host(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -120,7 +121,11 @@ def execute(path: str | Path) -> dict[str, Any] | None:
 def _handle_requeue(cfg, folder: RunFolder, e: RequeueRequested) -> None:
     """Rank 0 after a scheduler signal: record the state first, then (time limit) requeue ourselves."""
     if e.reason != TIME_LIMIT:
-        folder.end_attempt(REQUEUED, error=f"{e.reason}: checkpointed; the scheduler requeues the job")
+        if under_slurm_step():
+            folder.end_attempt(REQUEUED, error=f"{e.reason}: checkpointed; the scheduler requeues the job")
+        else:
+            folder.end_attempt(INTERRUPTED, error=f"{e.reason}: checkpointed; run the sweep (or `ibnnet run "
+                                                  f"{folder.path}`) again to resume exactly where it stopped")
         return
     folder.end_attempt(REQUEUED, error="time limit: checkpointed, requeueing")
     requeued, detail = requeue_self(cfg.launcher.slurm.max_requeues)
@@ -139,14 +144,21 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None) -
     from .loggers import build_loggers
 
     from .emulation import physical_config
+    from .exact import ReseedEachBatch, SampleLog
     cfg = physical_config(cfg)  # what the processes run: fewer devices with ghost batches, if emulating
-    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    t = cfg.trainer
+    apply_numerics(t)
+    pl.seed_everything(t.seed, workers=True, verbose=False)
     resume = folder.resume_checkpoint()
     dm = DataModule(cfg)
     task = TASKS[cfg.task](to_plain(cfg), dm.num_classes, dm.val_names)
-    if cfg.trainer.compile:
+    if resume is None:
+        # Only a fresh start reads the starting weights: a resume finds every weight in its checkpoint
+        # (and must work when a `run:` source folder or the download cache is gone).
+        task.load_initial_weights()
+    if t.compile:
         task.compile_model()
-    t = cfg.trainer
+    exact = [ReseedEachBatch(t.seed)] + ([SampleLog(folder.path / "logs")] if t.log_sample_indices else [])
     trainer = pl.Trainer(
         default_root_dir=str(folder.path),
         max_epochs=t.max_epochs, max_steps=t.max_steps,
@@ -157,7 +169,8 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None) -
         gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar, use_distributed_sampler=False,
         logger=build_loggers(cfg, folder, folder.path.name, _checkpoint_step(resume)),
-        callbacks=build_callbacks(cfg, folder) + ([PreemptionCheckpoint(flag, folder.checkpoint_dir)] if flag else []),
+        callbacks=exact + build_callbacks(cfg, folder)
+        + ([PreemptionCheckpoint(flag, folder.checkpoint_dir)] if flag is not None else []),
         plugins=build_plugins(cfg),
     )
     try:
@@ -176,6 +189,44 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None) -
         "world_size": trainer.world_size,
         "class_names": list(class_names) if class_names is not None and len(class_names) <= 100 else None,
     }
+
+
+def apply_numerics(t) -> None:
+    """Process-wide settings that decide the numbers: threads, TF32 on CUDA (see reproducibility())."""
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda"):
+        torch.set_float32_matmul_precision(t.float32_matmul_precision)
+
+
+def reproducibility(cfg) -> dict[str, Any]:
+    """What determines a run's numbers besides its config, recorded in metrics.json."""
+    import platform
+    out: dict[str, Any] = {
+        "seed": cfg.trainer.seed,
+        "deterministic": bool(cfg.trainer.deterministic),
+        "num_threads": torch.get_num_threads(),
+        "num_interop_threads": torch.get_num_interop_threads(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.version.cuda
+        out["cudnn"] = torch.backends.cudnn.version()
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor()
 
 
 def _checkpoint_step(path: Path | None) -> int | None:
@@ -203,5 +254,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
     sys.exit(main())

@@ -31,6 +31,10 @@ class TaskBase(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.network(x)
 
+    def load_initial_weights(self) -> bool:
+        """Load the configured starting weights (only when a fit starts fresh); False if there are none."""
+        raise NotImplementedError
+
     def compile_model(self) -> None:
         """torch.compile the network in place (``trainer.compile``); state_dict keys are unchanged."""
         self.network.compile()

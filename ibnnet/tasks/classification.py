@@ -6,13 +6,13 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from .base import TaskBase
-from .common import build_model
+from .common import build_model, load_initial_weights
 
 
 class ClassificationTask(TaskBase):
     def __init__(self, cfg: dict, num_classes: int, val_names: list[str]):
         super().__init__(cfg, num_classes, val_names)
-        self.model = build_model(self.cfg.model, num_classes, runs_root=self.cfg.paths.runs)
+        self.model = build_model(self.cfg.model, num_classes, runs_root=self.cfg.paths.runs, with_weights=False)
         self.criterion = nn.CrossEntropyLoss()
         top5 = min(5, num_classes)
         # A list in dataloader order: eval-set names such as "std1.5" are not valid module names.
@@ -23,8 +23,11 @@ class ClassificationTask(TaskBase):
             }) for _ in self.val_names
         ])
 
+    def load_initial_weights(self) -> bool:
+        return load_initial_weights(self.model, self.cfg.model, self.num_classes, self.cfg.paths.runs)
+
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = batch[0], batch[1]
         logits = self(x)
         loss = self.criterion(logits, y)
         acc = (logits.detach().argmax(1) == y).float().mean()
@@ -34,7 +37,7 @@ class ClassificationTask(TaskBase):
         return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        x, y = batch
+        x, y = batch[0], batch[1]
         self.val_metrics[dataloader_idx].update(self(x), y)
 
     def on_validation_epoch_end(self) -> None:

@@ -54,15 +54,34 @@ def resolve_weights_path(value: str, runs_root: str | Path) -> Path:
     return newest / "checkpoints" / f"{which}.ckpt"
 
 
-def build_model(m, num_classes: int, runs_root: str | Path = "runs", load_file: bool = True, **extra) -> nn.Module:
-    """A model from the config: official weights (``pretrained``) or ``pretrained_file``."""
-    model = create_model(m.name, pretrained=bool(m.pretrained and not m.pretrained_file), num_classes=num_classes,
-                         **model_kwargs(m), **extra)
-    if m.pretrained_file and load_file:
+def build_model(m, num_classes: int, runs_root: str | Path = "runs", with_weights: bool = True,
+                **extra) -> nn.Module:
+    """A model from the config; with its starting weights (official ``pretrained`` or ``pretrained_file``)
+    only when ``with_weights``. Tasks build without them and load them in :func:`load_initial_weights`
+    when a fit starts fresh: a resumed run or an evaluation takes every weight from its checkpoint and
+    must not download, hash or look up the starting weights again."""
+    pretrained = bool(with_weights and m.pretrained and not m.pretrained_file)
+    model = create_model(m.name, pretrained=pretrained, num_classes=num_classes, **model_kwargs(m), **extra)
+    if m.pretrained_file and with_weights:
         load_weights(model, resolve_weights_path(m.pretrained_file, runs_root))
     if m.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def load_initial_weights(model: nn.Module, m, num_classes: int, runs_root: str | Path = "runs", **extra) -> bool:
+    """Load the configured starting weights into ``model`` (built by ``build_model(..., with_weights=False)``
+    with the same ``num_classes`` and ``extra``); False when the config names none."""
+    if m.pretrained_file:
+        load_weights(model, resolve_weights_path(m.pretrained_file, runs_root))
+        return True
+    if m.pretrained:
+        # timm's own pretrained path (download, hash check, filter) on a twin, then copied over: one code
+        # path for every release, and the copy keeps this model's memory format.
+        twin = create_model(m.name, pretrained=True, num_classes=num_classes, **model_kwargs(m), **extra)
+        model.load_state_dict(twin.state_dict())
+        return True
+    return False
 
 
 def load_segmentation_weights(net: nn.Module, path: Path) -> None:

@@ -17,7 +17,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
 from .base import TaskBase
-from .common import build_model, load_segmentation_weights, resolve_weights_path
+from .common import build_model, load_initial_weights, load_segmentation_weights, resolve_weights_path
 from .metrics import ConfusionMatrix
 from .optim import param_groups
 
@@ -59,14 +59,20 @@ class SegmentationTask(TaskBase):
         super().__init__(cfg, num_classes, val_names)
         s = self.cfg.segmentation
         m = self.cfg.model
-        backbone = build_model(m, num_classes=0, load_file=False, output_stride=s.output_stride)
+        backbone = build_model(m, num_classes=0, with_weights=False, output_stride=s.output_stride)
         self.net = SegmentationNet(backbone, num_classes, s.head)
-        if m.pretrained_file:
-            load_segmentation_weights(self.net, resolve_weights_path(m.pretrained_file, self.cfg.paths.runs))
         self.eval_specs = {spec.name: spec for spec in self.cfg.data.val}
         self.criterion = nn.CrossEntropyLoss(ignore_index=s.ignore_index)
         # A list in dataloader order: eval-set names such as "std1.5" are not valid module names.
         self.val_metrics = nn.ModuleList([ConfusionMatrix(num_classes, s.ignore_index) for _ in self.val_names])
+
+    def load_initial_weights(self) -> bool:
+        """A segmentation checkpoint (backbone and head) or a classification one / official weights (backbone)."""
+        m, runs = self.cfg.model, self.cfg.paths.runs
+        if m.pretrained_file:
+            load_segmentation_weights(self.net, resolve_weights_path(m.pretrained_file, runs))
+            return True
+        return load_initial_weights(self.net.backbone, m, 0, runs, output_stride=self.cfg.segmentation.output_stride)
 
     def parameter_groups(self) -> list[dict]:
         o = self.cfg.optim
@@ -75,7 +81,7 @@ class SegmentationTask(TaskBase):
                 + param_groups(self.net.head.named_parameters(), o.weight_decay, o.no_weight_decay_norm_bias))
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = batch[0], batch[1]
         loss = self.criterion(self(x), y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -106,7 +112,7 @@ class SegmentationTask(TaskBase):
         return total
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        x, y = batch
+        x, y = batch[0], batch[1]
         name = self.val_names[dataloader_idx]
         spec = self.eval_specs.get(name)
         scores = self.predict_scores(x, spec.scales, spec.flip) if spec is not None else self._infer(x)

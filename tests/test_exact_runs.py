@@ -1,0 +1,137 @@
+"""Exact runs: a run interrupted anywhere and resumed ends bit-identical to an uninterrupted one, and the
+same command gives the same numbers. Compared: every tensor of last.ckpt (weights, buffers, optimizer
+state), the step count, metrics.json's metrics and the sample indices of every trained batch."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import ENV, REPO, cli, config
+from ibnnet.config import compose
+from ibnnet.launch.exact import read_sample_log
+from ibnnet.launch.rundir import RunFolder, run_dir
+
+# Dropout (drop_rate) and flip augmentation make the global and per-sample RNGs matter; 2 workers load
+# the reference run, 0 the interrupted one, so equality also shows that workers do not change the data.
+EXACT = """
+defaults: [{optim: demo}, {trainer: cpu_demo}, {logger: disabled}, {launcher: local}]
+task: classification
+model: {name: resnet18_bn, drop_rate: 0.2}
+data:
+  train: {dataset: builtin_cls, split: train, domain: synthetic, num_samples: 96}
+  val:
+    - {name: synthetic, dataset: builtin_cls, split: val, domain: synthetic, num_samples: 16}
+  batch_size: 16
+  num_workers: 2
+  augment: {image_size: 32, eval_resize: 32}
+optim: {name: sgd, lr: 0.05, schedule: step, milestones: [2], warmup_epochs: 0}
+trainer: {max_epochs: 3, enable_progress_bar: false, log_every_n_steps: 1, num_threads: 1,
+          log_sample_indices: true}
+"""
+STEPS_PER_EPOCH = 96 // 16
+
+
+def _tensors(obj, prefix=""):
+    """Every tensor in a (nested) checkpoint, by path."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}/{i}")
+
+
+def assert_same_run(a: RunFolder, b: RunFolder) -> None:
+    ca = torch.load(a.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    cb = torch.load(b.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ca["global_step"] == cb["global_step"] == 3 * STEPS_PER_EPOCH
+    ta = dict(_tensors({"state_dict": ca["state_dict"], "optimizer_states": ca["optimizer_states"]}))
+    tb = dict(_tensors({"state_dict": cb["state_dict"], "optimizer_states": cb["optimizer_states"]}))
+    assert ta.keys() == tb.keys() and len(ta) > 100
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not different, f"{len(different)} of {len(ta)} tensors differ, e.g. {different[:5]}"
+    assert a.metrics()["metrics"] == b.metrics()["metrics"]
+    sa, sb = read_sample_log(a.path / "logs"), read_sample_log(b.path / "logs")
+    assert [(r["epoch"], r["batch"], r["step"]) for r in sa] == [
+        (e, i, e * STEPS_PER_EPOCH + i + 1) for e in range(3) for i in range(STEPS_PER_EPOCH)]
+    assert sa == sb   # the same samples in the same order at every step, none twice, none skipped
+    for e in range(3):  # each epoch is a permutation of the training set, and epochs differ
+        seen = [i for r in sa if r["epoch"] == e for i in r["indices"]]
+        assert sorted(seen) == list(range(96))
+    assert [r["indices"] for r in sa[:STEPS_PER_EPOCH]] != [r["indices"] for r in sa[STEPS_PER_EPOCH:2 * STEPS_PER_EPOCH]]
+
+
+def _start(folder: RunFolder) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ibnnet", "run", str(folder.path)], env=ENV, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_batches(folder: RunFolder, proc: subprocess.Popen, n: int) -> None:
+    path = folder.path / "logs" / "samples-rank0.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if path.is_file() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"run did not reach batch {n}: {proc.poll()}\n{folder.log_tail(30)}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, RunFolder]:
+    """The uninterrupted run (2 loader workers)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    path = config(tmp, EXACT)
+    cli("train", path)
+    return path, RunFolder(run_dir(compose(path)))
+
+
+def _twin(tmp_path: Path, reference_config: Path, *overrides: str) -> RunFolder:
+    """The reference's config under another runs root: the same run id, its own folder."""
+    from ibnnet.launch.runner import prepare
+    cfg = compose(reference_config, [f"paths.runs={tmp_path / 'runs'}", *overrides])
+    return prepare(cfg)
+
+
+def test_the_same_command_gives_the_same_numbers(reference, tmp_path):
+    path, ref = reference
+    m = ref.metrics()
+    assert m["reproducibility"]["seed"] == 0 and m["reproducibility"]["deterministic"] is True
+    assert m["reproducibility"]["num_threads"] == 1 and m["versions"]["torch"] == torch.__version__
+    # a second run of the same config, loaded without workers, in-process
+    again = _twin(tmp_path, path, "data.num_workers=0")
+    assert again.path.name == ref.path.name
+    cli("run", again.path)
+    assert_same_run(ref, again)
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_a_run_interrupted_mid_epoch_resumes_bit_identically(reference, tmp_path, how):
+    path, ref = reference
+    folder = _twin(tmp_path, path, "data.num_workers=0")
+    proc = _start(folder)
+    # SIGKILL: in the second epoch, after the first one's last.ckpt; SIGTERM: in the first epoch, which is
+    # checkpointed at the next batch
+    _wait_for_batches(folder, proc, STEPS_PER_EPOCH + 3 if how == "sigkill" else 3)
+    proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert not folder.is_done(), out
+    if how == "sigterm":
+        assert proc.returncode == 0, out
+        assert (folder.checkpoint_dir / "preempt.ckpt").is_file(), out
+        state = folder.state()
+        assert state["status"] == "interrupted" and "again to resume" in state["error"]
+        ckpt = torch.load(folder.checkpoint_dir / "preempt.ckpt", map_location="cpu", weights_only=True)
+        assert 0 < ckpt["global_step"] < STEPS_PER_EPOCH   # saved between two batches of the first epoch
+    cli("run", folder.path)
+    attempts = folder.state()["attempts"]
+    assert len(attempts) == 2
+    assert attempts[1]["resume_from"] == ("last.ckpt" if how == "sigkill" else "preempt.ckpt")
+    assert_same_run(ref, folder)
+    assert not (folder.checkpoint_dir / "preempt.ckpt").exists()
