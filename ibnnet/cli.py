@@ -31,8 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs (and the SLURM script) without running")
     p.add_argument("--only", metavar="PATTERN", help="only cells whose name or run id matches (glob or substring)")
     p.add_argument("--retry-failed", action="store_true",
-                   help="SLURM: resubmit failed or missing cells (never duplicates running or finished ones)")
+                   help="run (SLURM: resubmit) failed cells again; never duplicates running or finished ones")
     p.add_argument("--stop-on-error", action="store_true", help="local: stop at the first failed run")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="local: N worker processes sharing the grid (one GPU each when there are GPUs). "
+                        "Further `ibnnet sweep` commands on the same grid, here or on other machines, join in")
     p.add_argument("--no-table", action="store_true", help="local: do not render the table afterwards")
 
     p = sub.add_parser("status", help="done / running / failed / pending per cell",

@@ -24,7 +24,8 @@ def _summary_line(metrics: dict | None) -> str:
 
 
 def cmd_train(args) -> int:
-    from ..launch.runner import RequeueRequested, execute, prepare
+    from ..launch.claims import EXIT_CLAIMED
+    from ..launch.runner import RequeueRequested, RunClaimed, execute, prepare
     extra = [Source("--experiment", OmegaConf.create({"experiment": args.experiment}))] if args.experiment else []
     cfg = compose(args.config, args.overrides, extra=extra)
     folder = prepare(cfg)
@@ -34,6 +35,9 @@ def cmd_train(args) -> int:
     except RequeueRequested as e:
         print(f"[ibnnet] stopped for requeue: {e}")
         return 0
+    except RunClaimed as e:
+        print(f"ibnnet: {e}; not started", file=sys.stderr)
+        return EXIT_CLAIMED
     if metrics:
         print(f"[ibnnet] {_summary_line(metrics)}")
     return 0
@@ -54,9 +58,16 @@ def cmd_sweep(args) -> int:
     print(f"[ibnnet] experiment {exp.name}{scale}: {len(triples)} cells, launcher {launcher}")
     if exp.scale and exp.scales[exp.scale].get("gpu_hours") is not None:
         print(f"[ibnnet] expected cost: ~{exp.scales[exp.scale]['gpu_hours']} GPU-hours for the whole grid")
+    if launcher == "slurm" and getattr(args, "workers", 1) != 1:
+        print("ibnnet: --workers is for local sweeps; a SLURM sweep runs one array task per cell", file=sys.stderr)
+        return 2
     if launcher == "slurm":
         from ..launch.slurm import sweep_slurm
         return sweep_slurm(exp, triples, dry_run=args.dry_run, retry_failed=args.retry_failed)
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        print(f"ibnnet: --workers {workers}: must be >= 1", file=sys.stderr)
+        return 2
     if args.dry_run:
         for cell, cfg, folder in triples:
             status, _ = live_status(folder)
@@ -69,12 +80,38 @@ def cmd_sweep(args) -> int:
         if not folder.is_done():
             prepare(cfg)
         folders.append(folder)
-    summary = run_local(folders, stop_on_error=args.stop_on_error)
-    print(f"\n[ibnnet] {len(summary['done'])} finished, {len(summary['skipped'])} already done, "
-          f"{len(summary['failed'])} failed")
+    if workers > 1:
+        code = _spawn_workers(args, workers)
+    else:
+        lc = triples[0][1].launcher
+        summary = run_local(folders, stop_on_error=args.stop_on_error, retry_failed=args.retry_failed,
+                            claim_timeout_s=lc.claim_timeout_s, poll_s=min(5.0, lc.heartbeat_s))
+        print(f"\n[ibnnet] {len(summary['done'])} finished, {len(summary['skipped'])} already done, "
+              f"{len(summary['failed'])} failed")
+        code = 1 if summary["failed"] else 0
     if not args.no_table:
         _render_table(exp, tuple(args.overrides), triples[0][1].paths.results)
-    return 1 if summary["failed"] else 0
+    return code
+
+
+def _spawn_workers(args, n: int) -> int:
+    """``--workers N``: N single-worker sweeps of the same grid as child processes; the worst exit code."""
+    import subprocess
+
+    from ..launch.local import worker_environments
+    cmd = [sys.executable, "-m", "ibnnet", "sweep", str(args.experiment), "--launcher", "local", "--no-table"]
+    cmd += (["--scale", args.scale] if args.scale else []) + (["--only", args.only] if args.only else [])
+    cmd += (["--retry-failed"] if args.retry_failed else []) + (["--stop-on-error"] if args.stop_on_error else [])
+    cmd += list(args.overrides)
+    envs = worker_environments(n)
+    procs = []
+    for i, env in enumerate(envs):
+        where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+        print(f"[ibnnet] worker {i}{where}", flush=True)
+        procs.append(subprocess.Popen(cmd, env=dict(env, PYTHONUNBUFFERED="1")))
+    codes = [p.wait() for p in procs]
+    print(f"\n[ibnnet] {n} workers finished (exit codes {codes})")
+    return max(codes)
 
 
 def _render_table(exp: Experiment, overrides: tuple[str, ...], results_root: str) -> dict:
@@ -95,11 +132,15 @@ def cmd_status(args) -> int:
     counts: dict[str, int] = {}
     rows = []
     for cell, cfg, folder in triples:
-        status, info = live_status(folder, slurm_states)
+        status, info = live_status(folder, slurm_states, cfg.launcher.claim_timeout_s)
         counts[status] = counts.get(status, 0) + 1
         extra = f"job {info['job']}" if info.get("job") else ""
         if info.get("scheduler"):
             extra += f" ({info['scheduler']})"
+        if info.get("holder"):
+            extra = f"held by {info['holder']}"
+        if info.get("note"):
+            extra = (extra + "; " if extra else "") + info["note"]
         if status == DONE:
             extra = _summary_line(folder.metrics())
         rows.append((cell.name, status, folder.path.name, extra, folder))
@@ -131,7 +172,8 @@ def cmd_demo(args) -> int:
     from types import SimpleNamespace
     start = time.time()
     sweep_args = SimpleNamespace(experiment="demo", scale=None, overrides=args.overrides, launcher="local",
-                                 dry_run=False, only=None, retry_failed=False, stop_on_error=False, no_table=False)
+                                 dry_run=False, only=None, retry_failed=False, stop_on_error=False, no_table=False,
+                                 workers=1)
     code = cmd_sweep(sweep_args)
     exp = load_experiment("demo")
     out = exp.results_dir(exp.compose_cell(exp.cells[0], tuple(args.overrides)).paths.results)
@@ -145,12 +187,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from ..launch.runner import RequeueRequested, execute
+    from ..launch.claims import EXIT_CLAIMED
+    from ..launch.runner import RequeueRequested, RunClaimed, execute
     try:
         execute(args.run_dir)
     except RequeueRequested as e:
         print(f"[ibnnet] stopped for requeue: {e}", flush=True)
         return 0
+    except RunClaimed as e:
+        print(f"[ibnnet] {e}; skipping", flush=True)
+        return EXIT_CLAIMED
     except Exception as e:
         print(f"ibnnet: run failed: {type(e).__name__}: {e}", file=sys.stderr)
         import traceback

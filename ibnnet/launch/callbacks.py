@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,16 @@ from .rundir import RunFolder
 log = logging.getLogger("ibnnet")
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota); the previous one is intact."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into a temporary file beside the target, then rename: a kill mid-save keeps the old file."""
+    """torch.save into a temporary file beside the target, then rename: a kill or a full disk mid-save
+    keeps the old file. The previous ``last.ckpt`` stays as ``last.prev.ckpt`` (a hard link: no copy), the
+    fallback should the newest one ever be unreadable."""
+
+    KEEP_PREVIOUS = ("last.ckpt",)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
@@ -28,9 +37,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.close(fd)
         try:
             torch.save(checkpoint, tmp)
+            if path.name in self.KEEP_PREVIOUS and path.exists():
+                previous = path.with_name(path.stem + ".prev.ckpt")
+                link = path.with_name(f".{previous.name}.{os.getpid()}.tmp")
+                link.unlink(missing_ok=True)
+                os.link(path, link)
+                os.replace(link, previous)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CheckpointWriteError):
+                free = shutil.disk_usage(path.parent).free
+                kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+                raise CheckpointWriteError(
+                    f"{path}: could not write the checkpoint ({type(e).__name__}: {str(e).strip()[:200]}); "
+                    f"{free / 2**20:.1f} MiB free on that file system; {kept}. Free space (or move "
+                    f"paths.runs) and run again: it resumes from the last checkpoint") from e
             raise
 
 

@@ -1,7 +1,11 @@
-"""Running the pending cells of a sweep one after another on this machine.
+"""Local sweep workers: run the cells of a grid that nobody else is running, until none is left.
 
 Each run is a child process (``python -m ibnnet run RUN_DIR``): a crash, a leak or DDP's re-launch of
-its own command line stays inside that run, and the sweep goes on with the next cell.
+its own command line stays inside that run, and the worker goes on with the next cell. Any number of
+workers may share one grid (``--workers N``, several ``ibnnet sweep`` commands, machines sharing the
+runs folder, SLURM array tasks beside them): the run process claims its folder (:mod:`.claims`), so a
+cell is trained by one process at a time; a worker waits for cells that others hold and takes over the
+claim of a worker that died, resuming its run from the last checkpoint.
 """
 from __future__ import annotations
 
@@ -10,29 +14,70 @@ import subprocess
 import sys
 import time
 
-from .rundir import RunFolder
+from . import claims
+from .rundir import FAILED, RunFolder
 
 
 def run_command(folder: RunFolder) -> list[str]:
     return [sys.executable, "-m", "ibnnet", "run", str(folder.path)]
 
 
-def run_local(folders: list[RunFolder], stop_on_error: bool = False) -> dict[str, list[RunFolder]]:
+def run_local(folders: list[RunFolder], stop_on_error: bool = False, retry_failed: bool = False,
+              claim_timeout_s: float = 300.0, poll_s: float = 2.0,
+              env: dict[str, str] | None = None) -> dict[str, list[RunFolder]]:
+    """One worker. ``done``: finished here; ``skipped``: finished before or by others; ``failed``."""
     summary: dict[str, list[RunFolder]] = {"done": [], "skipped": [], "failed": []}
-    pending = [f for f in folders if not f.is_done()]
     summary["skipped"] = [f for f in folders if f.is_done()]
-    for i, folder in enumerate(pending, 1):
-        print(f"\n[ibnnet] ({i}/{len(pending)}) {folder.path}", flush=True)
+    tried: set[str] = set()        # cells this worker ran to an error or an interruption: not again
+    waiting_note = 0.0
+    while True:
+        open_cells = [f for f in folders if not f.is_done() and str(f.path) not in tried
+                      and (retry_failed or f.state().get("status") != FAILED)]
+        if not open_cells:
+            break
+        free = [f for f in open_cells if claims.holder(f.path, claim_timeout_s) is None]
+        if not free:   # everything left is being trained elsewhere: wait, and take over if a holder dies
+            if time.time() - waiting_note > 60:
+                print(f"[ibnnet] waiting for {len(open_cells)} run(s) held by other workers", flush=True)
+                waiting_note = time.time()
+            time.sleep(poll_s)
+            continue
+        folder = free[0]
+        n_done = sum(f.is_done() for f in folders)
+        print(f"\n[ibnnet] ({n_done + 1}/{len(folders)}) {folder.path}", flush=True)
         start = time.time()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.run(run_command(folder), env=env)
+        proc = subprocess.run(run_command(folder), env=dict(env or os.environ, PYTHONUNBUFFERED="1"))
         took = time.time() - start
-        if proc.returncode == 0 and folder.is_done():
+        if proc.returncode == claims.EXIT_CLAIMED:
+            continue                      # another worker claimed it first: pick again
+        if folder.is_done():
             summary["done"].append(folder)
             print(f"[ibnnet] finished in {took:.0f} s", flush=True)
-        else:
-            summary["failed"].append(folder)
-            print(f"[ibnnet] FAILED (exit {proc.returncode}) after {took:.0f} s; log: {folder.log_path}", flush=True)
-            if stop_on_error:
-                break
+            continue
+        tried.add(str(folder.path))
+        if proc.returncode == 0:          # stopped by SIGTERM after a checkpoint: resumable, not failed
+            print(f"[ibnnet] interrupted after {took:.0f} s; the next sweep resumes it", flush=True)
+            continue
+        summary["failed"].append(folder)
+        print(f"[ibnnet] FAILED (exit {proc.returncode}) after {took:.0f} s; log: {folder.log_path}", flush=True)
+        if stop_on_error:
+            break
+    done_here = {str(f.path) for f in summary["done"]}
+    summary["skipped"] += [f for f in folders if f.is_done() and str(f.path) not in done_here
+                           and f not in summary["skipped"]]
     return summary
+
+
+def worker_environments(n: int) -> list[dict[str, str]]:
+    """The environment of each of ``n`` local workers: one GPU each when there are GPUs."""
+    import torch
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = ([g for g in gpus.split(",") if g.strip()] if gpus is not None
+               else [str(i) for i in range(torch.cuda.device_count())])
+    envs = []
+    for i in range(n):
+        env = dict(os.environ, IBNNET_WORKER=str(i))
+        if visible:
+            env["CUDA_VISIBLE_DEVICES"] = visible[i % len(visible)]
+        envs.append(env)
+    return envs

@@ -15,6 +15,7 @@ from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import DummyExperiment
 
 from .rundir import RunFolder, sanitize
 
@@ -47,6 +48,9 @@ def wandb_run_id(cfg, run_id: str) -> str:
     return sanitize(f"{cfg.experiment}-{run_id}", 128).replace("=", "-").replace(".", "_").replace("+", "p")
 
 
+_NO_EXPERIMENT = DummyExperiment()
+
+
 class FailSafeWandbLogger(WandbLogger):
     """WandbLogger whose every call is guarded: the first error disables it with a warning."""
 
@@ -57,6 +61,32 @@ class FailSafeWandbLogger(WandbLogger):
         self._broken = False
         for name in self._guarded:
             setattr(self, name, self._guard(getattr(self, name)))
+
+    @property
+    def experiment(self):
+        """The wandb run. If wandb cannot start it (server unreachable, bad key), the run is started
+        offline instead (``wandb sync`` uploads it later); if even that fails, wandb is switched off."""
+        if self._experiment is not None or self._broken:
+            return super().experiment if not self._broken else _NO_EXPERIMENT
+        try:
+            return super().experiment
+        except Exception as e:
+            log.warning("wandb could not start the run (%s: %s); logging it offline instead",
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            self._experiment = None
+            self._wandb_init["mode"] = "offline"
+            try:   # drop what the failed online attempt left in this process, or the id is "in use"
+                import wandb
+                wandb.teardown()
+            except Exception:
+                pass
+        try:
+            return super().experiment
+        except Exception as e:
+            self._broken = True
+            log.warning("wandb failed offline too (%s: %s); continuing without wandb, the CSV log is complete",
+                        type(e).__name__, e)
+            return _NO_EXPERIMENT
 
     def _guard(self, fn):
         @wraps(fn)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .files import atomic_write_json, atomic_write_text, read_json
 
+log = logging.getLogger("ibnnet")
+
 # Settings that do not change what a run computes: changing them must not change its id.
 _NOT_HASHED = ("paths", "logger", "launcher", "experiment", "scale", "run_name", "grid", "trainer.enable_progress_bar",
                "trainer.log_every_n_steps", "data.num_workers", "trainer.num_threads", "trainer.log_sample_indices")
@@ -29,6 +33,8 @@ _NOT_HASHED_DATASET_KEYS = ("root",)   # moving a dataset does not change result
 
 DONE, RUNNING, FAILED, PENDING, REQUEUED = "done", "running", "failed", "pending", "requeued"
 INTERRUPTED = "interrupted"   # stopped by SIGTERM outside SLURM after a checkpoint: the next sweep resumes it
+BROKEN = "broken"             # metrics.json or state.json unreadable: shown as such, the rest still renders
+RESUMABLE = ("preempt.ckpt", "last.ckpt", "last.prev.ckpt")   # newest first when equally new
 
 
 def hashed_content(cfg: DictConfig) -> dict[str, Any]:
@@ -65,6 +71,21 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs) / sanitize(cfg.experiment) / run_id(cfg)
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be read; the message names the files and what to do."""
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None if ``path`` loads as a Lightning checkpoint (tensors memory-mapped, not read), else why not."""
+    import torch
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+    missing = [k for k in ("state_dict", "global_step", "epoch") if k not in ckpt]
+    return f"not a training checkpoint (no {', '.join(missing)})" if missing else None
+
+
 @dataclass
 class RunFolder:
     path: Path
@@ -90,13 +111,21 @@ class RunFolder:
         return self.path / "train.log"
 
     def is_done(self) -> bool:
-        return self.metrics_path.is_file()
+        """Finished: metrics.json exists and is readable (a damaged one makes the run resume and rewrite it)."""
+        return self.metrics_path.is_file() and isinstance(read_json(self.metrics_path), dict)
 
     def metrics(self) -> dict | None:
         return read_json(self.metrics_path)
 
     def state(self) -> dict:
         return read_json(self.state_path) or {"status": PENDING, "attempts": []}
+
+    def problem(self) -> str | None:
+        """What is wrong with the folder's own files, if anything (for status and tables)."""
+        for path in (self.metrics_path, self.state_path):
+            if path.is_file() and not isinstance(read_json(path), dict):
+                return f"{path.name} is unreadable (damaged or cut short); rerun the sweep to rebuild it"
+        return None
 
     def write_config(self, cfg: DictConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -130,9 +159,26 @@ class RunFolder:
         return total
 
     def resume_checkpoint(self) -> Path | None:
-        """The newest of last.ckpt (end of epoch) and preempt.ckpt (saved on a scheduler signal)."""
-        candidates = [p for p in self.checkpoint_dir.glob("*.ckpt") if p.name in ("last.ckpt", "preempt.ckpt")]
-        return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+        """The newest readable of preempt.ckpt (saved on a signal), last.ckpt (end of epoch) and
+        last.prev.ckpt (the epoch before). An unreadable one (cut short by a full disk, damaged) is
+        renamed ``*.unreadable`` with a warning and the next one is used; if none is readable but some
+        exist, :class:`CheckpointError` says which files and what to do."""
+        present = [self.checkpoint_dir / n for n in RESUMABLE if (self.checkpoint_dir / n).is_file()]
+        present.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        bad = []
+        for path in present:
+            problem = checkpoint_problem(path)
+            if problem is None:
+                for b, why in bad:
+                    log.warning("%s is unreadable (%s): moved aside, resuming from %s", b, why, path.name)
+                    os.replace(b, b.with_name(b.name + ".unreadable"))
+                return path
+            bad.append((path, problem))
+        if bad:
+            listing = "; ".join(f"{p.name}: {why}" for p, why in bad)
+            raise CheckpointError(f"{self.checkpoint_dir}: no readable checkpoint to resume from ({listing}). "
+                                  f"Restore one, or delete them to restart this run from scratch")
+        return None
 
     def log_tail(self, lines: int = 15) -> str:
         candidates = [self.log_path] + sorted(self.path.glob("slurm-*.out"), key=lambda p: p.stat().st_mtime)

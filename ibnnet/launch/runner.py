@@ -17,12 +17,17 @@ from typing import Any
 import torch
 
 from ..config import compose, to_plain
+from .claims import Claim, try_claim
 from .env import git_state, host, is_rank_zero, package_versions, slurm_job
 from .files import atomic_write_json
 from .preemption import TIME_LIMIT, Preempted, PreemptionCheckpoint, SignalFlag, requeue_self, under_slurm_step
 from .rundir import DONE, FAILED, INTERRUPTED, REQUEUED, RunFolder, config_hash
 
 log = logging.getLogger("ibnnet")
+
+
+class RunClaimed(Exception):
+    """Another live process (worker, SLURM task) holds the run folder's claim."""
 
 
 class RequeueRequested(Exception):
@@ -52,46 +57,70 @@ def _file_logging(folder: RunFolder) -> logging.Handler:
 
 
 def execute(path: str | Path) -> dict[str, Any] | None:
-    """Run the folder at ``path``; returns its metrics (None on non-zero ranks). Finished runs are skipped."""
+    """Run the folder at ``path``; returns its metrics (None on non-zero ranks). Finished runs are skipped.
+
+    Raises :class:`RunClaimed` when another live process holds the run (see :mod:`.claims`).
+    """
     folder = RunFolder(Path(path))
     # First thing: under SLURM the default action of SIGUSR1 is to terminate the process. Outside SLURM,
     # SIGTERM (a cluster without SLURM, `kill`) also checkpoints at the next batch, so nothing is lost.
     flag = SignalFlag().install(slurm=under_slurm_step())
-    if not folder.config_path.is_file():
-        raise FileNotFoundError(f"{folder.path}: not a run folder (no config.yaml)")
-    cfg = compose(folder.config_path)
-    rank0 = is_rank_zero()
-    if folder.is_done():
-        if rank0:
-            print(f"[ibnnet] {folder.path}: already done, skipping")
-        return folder.metrics()
-    handler = _file_logging(folder) if rank0 else None
-    if rank0:
-        resume = folder.resume_checkpoint()
-        folder.start_attempt({"host": host(), "pid": os.getpid(), **slurm_job(),
-                              "resume_from": resume.name if resume else None})
-        log.info("run %s (%s)", folder.path, "resuming from " + resume.name if resume else "fresh start")
     try:
-        result = train_and_evaluate(cfg, folder, flag)
-    except RequeueRequested as e:
-        if rank0:
+        if not folder.config_path.is_file():
+            raise FileNotFoundError(f"{folder.path}: not a run folder (no config.yaml)")
+        cfg = compose(folder.config_path)
+        rank0 = is_rank_zero()
+        if folder.is_done():
+            if rank0:
+                print(f"[ibnnet] {folder.path}: already done, skipping")
+            return folder.metrics()
+        if not rank0:   # started by (or beside) rank 0, which holds the claim and writes state
+            train_and_evaluate(cfg, folder, flag)
+            return None
+        claim = try_claim(folder.path, cfg.launcher.heartbeat_s, cfg.launcher.claim_timeout_s)
+        if not isinstance(claim, Claim):
+            raise RunClaimed(f"{folder.path}: being trained by {claim.describe()}")
+        claim.start_heartbeat()
+        try:
+            if folder.is_done():   # finished by another worker between our check and our claim
+                print(f"[ibnnet] {folder.path}: already done, skipping")
+                return folder.metrics()
+            return _execute_claimed(cfg, folder, flag)
+        finally:
+            claim.release()
+    finally:
+        flag.restore()
+
+
+def _execute_claimed(cfg, folder: RunFolder, flag: SignalFlag) -> dict[str, Any]:
+    handler = _file_logging(folder)
+    try:
+        folder.start_attempt({"host": host(), "pid": os.getpid(), **slurm_job()})
+        try:
+            resume = folder.resume_checkpoint()
+            attempts = folder.state()["attempts"]
+            attempts[-1]["resume_from"] = resume.name if resume else None
+            folder.update_state(attempts=attempts)
+            log.info("run %s (%s)", folder.path, "resuming from " + resume.name if resume else "fresh start")
+            result = train_and_evaluate(cfg, folder, flag, resume)
+        except RequeueRequested as e:
             _handle_requeue(cfg, folder, e)
-        raise
-    except BaseException as e:
-        if rank0:
+            raise
+        except BaseException as e:
             tail = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
             folder.end_attempt(FAILED, error=f"{type(e).__name__}: {e}\n{tail}")
             log.error("run failed: %s: %s", type(e).__name__, e)
-        raise
+            raise
+        return _finish(cfg, folder, result)
     finally:
-        flag.restore()
-        if handler is not None:
-            for name in ("ibnnet", "pytorch_lightning", "lightning.pytorch"):
-                logging.getLogger(name).removeHandler(handler)
-            handler.close()
-    if not rank0:
-        return None
-    (folder.checkpoint_dir / "preempt.ckpt").unlink(missing_ok=True)  # finished: only needed to resume
+        for name in ("ibnnet", "pytorch_lightning", "lightning.pytorch"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+
+
+def _finish(cfg, folder: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
+    for name in ("preempt.ckpt", "last.prev.ckpt"):   # finished: these were only needed to resume
+        (folder.checkpoint_dir / name).unlink(missing_ok=True)
     folder.end_attempt(DONE)
     metrics = {
         "run_id": folder.path.name,
@@ -135,7 +164,9 @@ def _handle_requeue(cfg, folder: RunFolder, e: RequeueRequested) -> None:
         raise RuntimeError(detail)
 
 
-def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None) -> dict[str, Any]:
+def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
+                       resume: Path | None = None) -> dict[str, Any]:
+    """Train (from ``resume`` if given) and evaluate; every DDP rank runs this."""
     import pytorch_lightning as pl
 
     from ..data.datamodule import DataModule
@@ -149,7 +180,8 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None) -
     t = cfg.trainer
     apply_numerics(t)
     pl.seed_everything(t.seed, workers=True, verbose=False)
-    resume = folder.resume_checkpoint()
+    if resume is None and not is_rank_zero():
+        resume = folder.resume_checkpoint()   # the ranks rank 0 did not start itself find it alike
     dm = DataModule(cfg)
     task = TASKS[cfg.task](to_plain(cfg), dm.num_classes, dm.val_names)
     if resume is None:

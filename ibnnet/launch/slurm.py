@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from ..config import ConfigError, PROJECT_ROOT
 from .emulation import physical_config
 from .files import atomic_write_text
-from .rundir import FAILED, PENDING
+from .rundir import FAILED, INTERRUPTED, PENDING
 from .runner import prepare
 from .status import SUBMITTED, live_status
 
@@ -146,7 +146,7 @@ def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False)
         status, info = live_status(folder, sched if jobs else None)
         check_slurm_config(cfg, f"{exp.path} (cell {cell.name})")
         never_ran = status == PENDING and not info.get("job")
-        if status == FAILED and retry_failed or never_ran:
+        if status == FAILED and retry_failed or never_ran or status == INTERRUPTED:
             todo.append((cell, cfg, folder))
         else:
             note = " (use --retry-failed)" if status == FAILED else ""

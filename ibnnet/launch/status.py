@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import socket
 
-from .rundir import DONE, FAILED, PENDING, REQUEUED, RUNNING, RunFolder
+from . import claims
+from .rundir import BROKEN, DONE, FAILED, PENDING, REQUEUED, RUNNING, RunFolder
 
 SUBMITTED = "submitted"
 _ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
@@ -12,8 +13,9 @@ _ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQU
 _RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
 
 
-def live_status(folder: RunFolder, scheduler: dict[str, str] | None = None) -> tuple[str, dict]:
-    """(done | running | requeued | pending | failed, details).
+def live_status(folder: RunFolder, scheduler: dict[str, str] | None = None,
+                claim_timeout_s: float = 300.0) -> tuple[str, dict]:
+    """(done | running | requeued | interrupted | pending | failed | broken, details).
 
     ``scheduler`` maps SLURM job ids ("123_4") to states; a job the scheduler has finished that left
     no metrics.json failed, whatever the run's own state file last said (a killed process cannot
@@ -25,6 +27,14 @@ def live_status(folder: RunFolder, scheduler: dict[str, str] | None = None) -> t
     status = state.get("status", PENDING)
     job = state.get("slurm_job")
     info: dict = {"job": job} if job else {}
+    live = claims.holder(folder.path, claim_timeout_s)
+    if live is not None:   # whoever launched it (a local worker, a SLURM task), a live claim is the truth
+        info["holder"] = live.describe()
+        return RUNNING, info
+    problem = folder.problem()
+    if problem:
+        info["note"] = problem
+        return BROKEN, info
     if job and scheduler is not None:
         sched = scheduler.get(job)
         info["scheduler"] = sched or "unknown"
@@ -40,7 +50,10 @@ def live_status(folder: RunFolder, scheduler: dict[str, str] | None = None) -> t
     attempts = state.get("attempts") or []
     last = attempts[-1] if attempts else {}
     if status == RUNNING and not job and last.get("host") == socket.gethostname() and not _alive(last.get("pid")):
-        info["note"] = "its process is gone"
+        info["note"] = "its process is gone; the next sweep resumes it"
+        return FAILED, info
+    if status == RUNNING and claims.current(folder.path) is not None:
+        info["note"] = "its claim went stale (no heartbeat); the next sweep resumes it"
         return FAILED, info
     return status, info
 

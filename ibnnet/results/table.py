@@ -16,7 +16,7 @@ from typing import Any
 
 from ..launch.files import atomic_write_text
 from ..launch.grid import Experiment
-from ..launch.rundir import DONE, PENDING
+from ..launch.rundir import BROKEN, DONE, PENDING
 
 METRIC_LABELS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc", "top5_acc": "top-5 acc",
                  "miou": "mIoU", "pixel_acc": "pixel acc"}
@@ -36,7 +36,7 @@ def collect(exp: Experiment, overrides: tuple[str, ...] = ()) -> list[Record]:
     for cell, cfg, folder in exp.folders(overrides):
         metrics = folder.metrics() or {}
         per_eval = metrics.get("metrics") or {}
-        status = DONE if folder.is_done() else folder.state().get("status", PENDING)
+        status = DONE if folder.is_done() else BROKEN if folder.problem() else folder.state().get("status", PENDING)
         for spec in cfg.data.val:
             values = per_eval.get(spec.name) or {}
             records.append(Record(dict(cell.labels), spec.name, status, folder.path.name,
