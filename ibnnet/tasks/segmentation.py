@@ -32,11 +32,11 @@ from .optim import param_groups
 HEADS = ("fcn", "aspp", "deeplabv2")
 
 
-def conv_norm_head(in_ch: int, mid_ch: int, num_classes: int, norm) -> nn.Sequential:
+def conv_norm_head(in_ch: int, mid_ch: int, num_classes: int, norm, dropout=nn.Dropout) -> nn.Sequential:
     """3x3 conv, norm, ReLU, dropout 0.1, 1x1 classifier: FCNHead's layout (same state_dict keys with BN),
-    also PSPNet's auxiliary head."""
+    also PSPNet's auxiliary head (which drops whole channels, Dropout2d)."""
     return nn.Sequential(nn.Conv2d(in_ch, mid_ch, 3, padding=1, bias=False), norm(mid_ch), nn.ReLU(inplace=True),
-                         nn.Dropout(0.1), nn.Conv2d(mid_ch, num_classes, 1))
+                         dropout(0.1), nn.Conv2d(mid_ch, num_classes, 1))
 
 
 class DeepLabV2Head(nn.Module):
@@ -89,7 +89,8 @@ class SegmentationNet(nn.Module):
             stage3 = [f for f in getattr(backbone, "feature_info", []) if f.get("module") == "layer3"]
             if not stage3:
                 raise ValueError("segmentation.aux_weight > 0 needs a ResNet backbone (an auxiliary head on layer3)")
-            self.aux_head = conv_norm_head(stage3[0]["num_chs"], 256, num_classes, norm)   # PSPNet: 1024 -> 256
+            # PSPNet: 1024 -> 256 channels for ResNet-50
+            self.aux_head = conv_norm_head(stage3[0]["num_chs"], 256, num_classes, norm, dropout=nn.Dropout2d)
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = self.backbone
