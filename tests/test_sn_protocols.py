@@ -122,10 +122,7 @@ def test_pca_lighting_in_the_pipeline_shifts_each_normalised_channel_by_offset_o
     a = plain(image).as_subclass(torch.Tensor)
     torch.manual_seed(0)
     b = lit(image).as_subclass(torch.Tensor)     # same crop and flip: lighting draws after them
-    torch.manual_seed(0)
-    torch.rand(1)
-    d = (b - a)
-    per_channel = d.flatten(1)
+    per_channel = (b - a).flatten(1)
     assert torch.allclose(per_channel, per_channel[:, :1].expand_as(per_channel), atol=1e-5)
     offset = per_channel[:, 0] * torch.tensor(IMAGENET_DEFAULT_STD)
     vec, val = torch.tensor(PCALighting.EIGVEC), torch.tensor(PCALighting.EIGVAL)
