@@ -67,6 +67,8 @@ class AugmentConfig:
     scale_range: List[float] = field(default_factory=lambda: [0.5, 2.0])
     aspect_range: List[float] = field(default_factory=lambda: [0.8, 1.25])
     hflip: bool = True
+    # classification training: AlexNet-style PCA lighting noise of this std (0.1 in the official SN code), 0 = off
+    pca_lighting: float = 0.0
 
 
 @dataclass
@@ -101,7 +103,8 @@ class OptimConfig:
 
 @dataclass
 class SegmentationConfig:
-    head: str = "fcn"                  # fcn (the authors': classifier on the backbone, bilinear up) | aspp
+    head: str = "fcn"                  # fcn (the authors': classifier on the backbone, bilinear up) | aspp | deeplabv2
+    aux_weight: float = 0.0            # > 0: PSPNet auxiliary head on layer3, loss main + aux_weight * aux (SN: 0.4)
     output_stride: int = 8
     eval_mode: str = "whole"           # whole | slide
     slide_crop: List[int] = field(default_factory=lambda: [512, 1024])
@@ -137,6 +140,7 @@ class TrainerConfig:
     log_sample_indices: bool = False   # logs/samples-rank<r>.jsonl: the sample indices of every trained batch
     enable_progress_bar: bool = True
     batch_average_batches: int = 0     # SN batch-average inference: re-estimate stats over K train batches
+    batch_average_every_eval: bool = False  # also before every validation (SN Fig. 5's curve), not only at the end
 
 
 @dataclass

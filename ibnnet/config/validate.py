@@ -13,7 +13,7 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 LAUNCHERS = ("local", "slurm")
-SEG_HEADS = ("fcn", "aspp")
+SEG_HEADS = ("fcn", "aspp", "deeplabv2")
 EVAL_MODES = ("whole", "slide")
 APPEARANCES = ("none", "rgb+50", "r+50", "std1.5")
 
@@ -111,6 +111,7 @@ def validate(cfg: DictConfig) -> list[Problem]:
     a = d.augment
     check(a.image_size >= 8, "data.augment.image_size", a.image_size, "must be >= 8")
     check(a.eval_resize >= a.image_size, "data.augment.eval_resize", a.eval_resize, "must be >= image_size")
+    check(a.pca_lighting >= 0, "data.augment.pca_lighting", a.pca_lighting, "must be >= 0 (0 = off)")
     check(len(a.crop_size) == 2 and min(a.crop_size) >= 8, "data.augment.crop_size", list(a.crop_size),
           "must be [height, width], each >= 8")
     for key, rng in (("scale_range", a.scale_range), ("aspect_range", a.aspect_range)):
@@ -134,6 +135,7 @@ def validate(cfg: DictConfig) -> list[Problem]:
 
     s = cfg.segmentation
     choice("segmentation.head", s.head, SEG_HEADS)
+    check(s.aux_weight >= 0, "segmentation.aux_weight", s.aux_weight, "must be >= 0")
     choice("segmentation.output_stride", s.output_stride, (8, 16, 32))
     choice("segmentation.eval_mode", s.eval_mode, EVAL_MODES)
     for key in ("slide_crop", "slide_stride"):

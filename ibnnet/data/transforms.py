@@ -54,6 +54,41 @@ class Appearance(v2.Transform):
         return inpt
 
 
+class PCALighting(v2.Transform):
+    """AlexNet-style PCA lighting (Krizhevsky et al. 2012; fb.resnet.torch, which He et al. 2016 train with;
+    the official SN code's ColorAugmentation): add sum_i alpha_i * eigval_i * eigvec_i, alpha_i ~ N(0, std),
+    one RGB offset per image, to the image in [0, 1] (uint8 input is converted; no clipping, as theirs).
+    Eigen-decomposition of ImageNet's RGB pixel covariance; columns of ``EIGVEC`` are the eigenvectors."""
+
+    EIGVAL = (0.2175, 0.0188, 0.0045)
+    EIGVEC = ((-0.5675, 0.7192, 0.4009),
+              (-0.5808, -0.0045, -0.8140),
+              (-0.5836, -0.6948, 0.4203))
+
+    def __init__(self, std: float):
+        super().__init__()
+        if std < 0:
+            raise ValueError(f"data.augment.pca_lighting must be >= 0, got {std}")
+        self.std = std
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        alpha = torch.randn(3) * self.std   # global torch RNG: seeded per worker like every other augmentation
+        offset = torch.tensor(self.EIGVEC) @ (alpha * torch.tensor(self.EIGVAL))
+        return dict(offset=offset)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        image = TF.to_dtype(inpt.as_subclass(torch.Tensor), torch.float32, scale=True)
+        return tv_tensors.wrap(image + params["offset"].view(3, 1, 1), like=inpt)
+
+
+def pca_lighting(augment) -> list[v2.Transform]:
+    """[PCALighting] when ``augment.pca_lighting`` > 0 (SN Table 2's ImageNet training), else nothing."""
+    std = getattr(augment, "pca_lighting", 0.0) or 0.0
+    return [PCALighting(std)] if std > 0 else []
+
+
 def _prefix(spec) -> list[v2.Transform]:
     steps: list[v2.Transform] = []
     if spec.resize is not None:
@@ -76,6 +111,7 @@ def build_transform(spec, policy: str, augment, train: bool) -> v2.Compose:
     if policy == "imagenet":
         if train:
             steps += [v2.RandomResizedCrop(augment.image_size, antialias=True), v2.RandomHorizontalFlip()]
+            steps += pca_lighting(augment)   # float image in [0, 1] from here; ToDtype below leaves it as is
         else:
             steps += [v2.Resize(augment.eval_resize, antialias=True), v2.CenterCrop(augment.image_size)]
     elif policy == "light":

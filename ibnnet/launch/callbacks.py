@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..layers import estimate_batch_average_stats
 from .rundir import RunFolder
@@ -56,16 +57,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
+_STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def statistics_loader(datamodule, seed: int, world_size: int = 1, rank: int = 0) -> DataLoader:
+    """Training images through the EVALUATION transform (ImageNet: resize 256, centre crop 224; no flip, no
+    colour noise), shuffled with ``seed``, in batches of the run's per-process batch size. The official SN code
+    estimates its batch-average statistics from exactly such un-augmented training batches."""
+    from ..data.registry import DATASETS
+    from ..data.transforms import TransformedDataset, build_transform
+
+    cfg = datamodule.cfg
+    spec = cfg.data.train
+    dataset = TransformedDataset(datamodule.raw_train_dataset(),
+                                 build_transform(spec, DATASETS[spec.dataset].augment, cfg.data.augment, train=False))
+    if world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    # drop_last: every estimate is over a full (ghost) batch of the cell's size.
+    return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
+                      num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
+
+
 class BatchAverageStats(Callback):
-    """SN's batch-average inference: before each evaluation, re-estimate normalization statistics
-    from K training batches with the network frozen (paper appendix A)."""
+    """SN's batch-average inference (SN sec. 3 "Inference", appendix A): freeze the network and set the BN
+    statistics from K training batches instead of the moving averages.
 
-    def __init__(self, num_batches: int):
+    The batches come from :func:`statistics_loader` (un-augmented training images) at the run's per-process
+    batch size; under ghost emulation every layer splits them into ghost batches of the emulated per-GPU size,
+    so K physical batches give the same K x (#GPUs) per-GPU estimates as K batches on each real GPU, which
+    DDP then averages over processes. The moving averages are put back after each such evaluation: training
+    and checkpoints keep them, and both inference modes of one model can be reported.
+
+    ``every_eval``: before every validation while training (the curve of SN Fig. 5); otherwise only for the
+    final evaluation, run by :func:`evaluate_both_inference_modes`.
+    """
+
+    def __init__(self, num_batches: int, every_eval: bool = False):
         self.num_batches = num_batches
+        self.every_eval = every_eval
+        self.active = every_eval
+        self.batches_used = 0
+        self._saved: dict[str, torch.Tensor] | None = None
 
-    def _estimate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loader = trainer.datamodule.train_dataloader()
+    def estimate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
         device = pl_module.device
+        seed = trainer.datamodule.cfg.trainer.seed
+        loader = statistics_loader(trainer.datamodule, seed, trainer.world_size, trainer.global_rank)
 
         def forward(module, batch):
             return module(batch[0].to(device, non_blocking=True))
@@ -77,11 +117,52 @@ class BatchAverageStats(Callback):
                 if buf_name.endswith(("running_mean", "running_var")):
                     torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
                     buf.div_(trainer.world_size)
-        log.info("batch-average statistics from %d training batches", used)
+        if used < self.num_batches:
+            log.warning("batch-average statistics: only %d of %d training batches available", used, self.num_batches)
+        log.info("batch-average statistics from %d un-augmented training batches", used)
+        return used
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._estimate(trainer, pl_module)
+        if self.active and not trainer.sanity_checking:
+            self._saved = {n: b.clone() for n, b in pl_module.named_buffers() if n.endswith(_STAT_BUFFERS)}
+            self.batches_used = self.estimate(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._saved is not None:
+            buffers = dict(pl_module.named_buffers())
+            for name, value in self._saved.items():
+                buffers[name].copy_(value)
+            self._saved = None
+
+
+def evaluate_both_inference_modes(trainer: pl.Trainer, task, datamodule) -> dict[str, Any]:
+    """After training: the final model evaluated with moving averages and with batch-average statistics.
+
+    ``task.last_val`` must hold the final epoch's evaluation. Returns the metrics.json entries: ``inference``
+    (the mode of ``metrics``: batch_average when the run has ``trainer.batch_average_batches``, else
+    moving_average, i.e. whatever running statistics the model keeps), ``batch_average`` (K and batches used),
+    ``metrics_moving_average``; ``task.last_val`` becomes the batch-average evaluation (what tables show).
+    """
+    callback = next((c for c in trainer.callbacks if isinstance(c, BatchAverageStats)), None)
+    if callback is None or not task.last_val:
+        return {"inference": "moving_average"}
+    if callback.every_eval:
+        batch_average = task.last_val   # the last validation already ran with batch-average statistics
+        callback.active = False
+        trainer.validate(task, datamodule=datamodule, verbose=False)
+        moving = task.last_val
+        callback.active = True
+    else:
+        moving = task.last_val
+        callback.active = True
+        trainer.validate(task, datamodule=datamodule, verbose=False)
+        batch_average = task.last_val
+        callback.active = False
+    task.last_val = batch_average
+    return {"inference": "batch_average",
+            "batch_average": {"batches": callback.num_batches, "batches_used": callback.batches_used,
+                              "loader": "training images, evaluation transform"},
+            "metrics_moving_average": moving}
 
 
 def primary_metric(cfg) -> tuple[str, str] | None:
@@ -104,7 +185,7 @@ def build_callbacks(cfg, folder: RunFolder) -> list[Callback]:
                                          mode=primary[1], save_top_k=1, auto_insert_metric_name=False,
                                          enable_version_counter=False))
     if cfg.trainer.batch_average_batches > 0:
-        callbacks.append(BatchAverageStats(cfg.trainer.batch_average_batches))
+        callbacks.append(BatchAverageStats(cfg.trainer.batch_average_batches, cfg.trainer.batch_average_every_eval))
     return callbacks
 
 

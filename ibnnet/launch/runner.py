@@ -141,6 +141,7 @@ def _finish(cfg, folder: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
         "host": host(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **({"class_names": result["class_names"]} if result.get("class_names") else {}),
+        **result.get("inference", {}),   # inference mode of "metrics"; moving-average metrics beside batch-average
     }
     atomic_write_json(folder.metrics_path, metrics)
     print(f"[ibnnet] {folder.path}: done -> {folder.metrics_path}")
@@ -171,7 +172,7 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
 
     from ..data.datamodule import DataModule
     from ..tasks import TASKS
-    from .callbacks import build_callbacks, build_plugins
+    from .callbacks import build_callbacks, build_plugins, evaluate_both_inference_modes
     from .loggers import build_loggers
 
     from .emulation import physical_config
@@ -213,6 +214,7 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
         raise KeyboardInterrupt("training was interrupted")
     if dm.val_names and task.last_val_epoch != trainer.current_epoch - 1:
         trainer.validate(task, datamodule=dm, verbose=False)
+    inference = evaluate_both_inference_modes(trainer, task, dm) if dm.val_names else {}
     class_names = getattr(dm.raw_train_dataset(), "classes", None)
     return {
         "metrics": task.last_val,
@@ -220,6 +222,7 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
         "global_step": trainer.global_step,
         "world_size": trainer.world_size,
         "class_names": list(class_names) if class_names is not None and len(class_names) <= 100 else None,
+        "inference": inference,
     }
 
 

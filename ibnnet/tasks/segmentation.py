@@ -3,8 +3,14 @@
 The IBN authors describe their (unreleased) segmentation network as PSPNet without the pyramid
 pooling module (issue 14 of their repository): a dilated ResNet-50 at output stride 8, a classifier
 on the backbone output, bilinear upsampling to the input size.  ``head=fcn`` is that classifier
-(3x3 conv to C/4 channels, BN, ReLU, dropout 0.1, 1x1 conv: torchvision's FCNHead); ``head=aspp`` is
-torchvision's DeepLabV3 head.
+(3x3 conv to C/4 channels, norm, ReLU, dropout 0.1, 1x1 conv: torchvision's FCNHead layout);
+``head=aspp`` is torchvision's DeepLabV3 head; ``head=deeplabv2`` is the ASPP of DeepLab (Chen et al.,
+TPAMI 2018, the DeepLab the SN paper cites in appendix E): four 3x3 atrous classifiers, rates 6/12/18/24,
+summed.  The heads' norm layers are the run's ``model.norm`` (SyncBN, GN, SN, ...), never a fixed BN.
+
+``segmentation.aux_weight`` > 0 adds PSPNet's auxiliary head on layer3 (3x3 conv to 256, norm, ReLU,
+dropout 0.1, 1x1 conv); the training loss is main + aux_weight * aux (SN appendix E: "use the auxiliary
+loss with the weight 0.4 during training").  The auxiliary head is not used in evaluation.
 """
 from __future__ import annotations
 
@@ -14,24 +20,98 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
-from torchvision.models.segmentation.fcn import FCNHead
 
+from ..launch.emulation import effective_norm
+from ..layers.norm import get_norm_layer
 from .base import TaskBase
-from .common import build_model, load_initial_weights, load_segmentation_weights, resolve_weights_path
+from .common import build_model, load_initial_weights, load_segmentation_weights, model_kwargs, resolve_weights_path
 from .metrics import ConfusionMatrix
 from .optim import param_groups
 
 
-class SegmentationNet(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "fcn"):
+HEADS = ("fcn", "aspp", "deeplabv2")
+
+
+def conv_norm_head(in_ch: int, mid_ch: int, num_classes: int, norm, dropout=nn.Dropout) -> nn.Sequential:
+    """3x3 conv, norm, ReLU, dropout 0.1, 1x1 classifier: FCNHead's layout (same state_dict keys with BN),
+    also PSPNet's auxiliary head (which drops whole channels, Dropout2d)."""
+    return nn.Sequential(nn.Conv2d(in_ch, mid_ch, 3, padding=1, bias=False), norm(mid_ch), nn.ReLU(inplace=True),
+                         dropout(0.1), nn.Conv2d(mid_ch, num_classes, 1))
+
+
+class DeepLabV2Head(nn.Module):
+    """DeepLab-v2's ASPP for ResNet: parallel 3x3 atrous classifiers whose scores are summed (no norm layers)."""
+
+    def __init__(self, in_ch: int, num_classes: int, rates=(6, 12, 18, 24)):
         super().__init__()
-        self.backbone = backbone
-        ch = backbone.num_features
-        self.head = FCNHead(ch, num_classes) if head == "fcn" else DeepLabHead(ch, num_classes)
+        self.branches = nn.ModuleList(nn.Conv2d(in_ch, num_classes, 3, padding=r, dilation=r) for r in rates)
+        for conv in self.branches:   # DeepLab-v2 initialises its classifiers N(0, 0.01)
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.backbone.forward_features(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return sum(branch(x) for branch in self.branches)
+
+
+def _swap_batch_norms(module: nn.Module, norm) -> nn.Module:
+    """torchvision's heads hard-code BatchNorm2d; give them the run's norm (same module names)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, norm(child.num_features))
+        else:
+            _swap_batch_norms(child, norm)
+    return module
+
+
+def build_head(kind: str, in_ch: int, num_classes: int, norm) -> nn.Module:
+    if kind == "fcn":
+        return conv_norm_head(in_ch, in_ch // 4, num_classes, norm)
+    if kind == "aspp":
+        return _swap_batch_norms(DeepLabHead(in_ch, num_classes), norm)
+    if kind == "deeplabv2":
+        return DeepLabV2Head(in_ch, num_classes)
+    raise ValueError(f"segmentation.head: unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+
+
+def head_norm(m):
+    """``channels -> norm module`` of the run's ``model.norm`` (with its GN groups, ghost batch, SN options)."""
+    return get_norm_layer(effective_norm(m), **model_kwargs(m)["norm_kwargs"])
+
+
+class SegmentationNet(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, head: str = "fcn", norm=nn.BatchNorm2d,
+                 aux: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.head = build_head(head, backbone.num_features, num_classes, norm)
+        self.aux_head = None
+        if aux:
+            stage3 = [f for f in getattr(backbone, "feature_info", []) if f.get("module") == "layer3"]
+            if not stage3:
+                raise ValueError("segmentation.aux_weight > 0 needs a ResNet backbone (an auxiliary head on layer3)")
+            # PSPNet: 1024 -> 256 channels for ResNet-50
+            self.aux_head = conv_norm_head(stage3[0]["num_chs"], 256, num_classes, norm, dropout=nn.Dropout2d)
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b = self.backbone
+        if self.aux_head is None:
+            return b.forward_features(x), None
+        x = b.maxpool(b.act1(b.bn1(b.conv1(x))))
+        c3 = b.layer3(b.layer2(b.layer1(x)))
+        return b.layer4(c3), c3
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Main and auxiliary logits at the input size (aux is None without an auxiliary head)."""
+        size = x.shape[-2:]
+        c4, c3 = self._features(x)
+        up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+        return up(self.head(c4)), (up(self.aux_head(c3)) if self.aux_head is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.aux_head is None:
+            logits = self.head(self.backbone.forward_features(x))
+            return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.forward_with_aux(x)[0]
 
 
 @torch.no_grad()
@@ -60,7 +140,7 @@ class SegmentationTask(TaskBase):
         s = self.cfg.segmentation
         m = self.cfg.model
         backbone = build_model(m, num_classes=0, with_weights=False, output_stride=s.output_stride)
-        self.net = SegmentationNet(backbone, num_classes, s.head)
+        self.net = SegmentationNet(backbone, num_classes, s.head, norm=head_norm(m), aux=s.aux_weight > 0)
         self.eval_specs = {spec.name: spec for spec in self.cfg.data.val}
         self.criterion = nn.CrossEntropyLoss(ignore_index=s.ignore_index)
         # A list in dataloader order: eval-set names such as "std1.5" are not valid module names.
@@ -78,12 +158,28 @@ class SegmentationTask(TaskBase):
         o = self.cfg.optim
         return (param_groups(self.net.backbone.named_parameters(), o.weight_decay, o.no_weight_decay_norm_bias,
                              lr_mult=o.backbone_lr_mult)
-                + param_groups(self.net.head.named_parameters(), o.weight_decay, o.no_weight_decay_norm_bias))
+                + param_groups([(f"{prefix}.{n}", p) for prefix in ("head", "aux_head")
+                                if getattr(self.net, prefix) is not None
+                                for n, p in getattr(self.net, prefix).named_parameters()],
+                               o.weight_decay, o.no_weight_decay_norm_bias))
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """main + aux_weight * aux (training only), and the parts for logging."""
+        if self.net.aux_head is None:
+            loss = self.criterion(self(x), y)
+            return loss, {}
+        if self.cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        main, aux = self.net.forward_with_aux(x)
+        main_loss, aux_loss = self.criterion(main, y), self.criterion(aux, y)
+        return main_loss + self.cfg.segmentation.aux_weight * aux_loss, {"loss_main": main_loss, "loss_aux": aux_loss}
 
     def training_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
-        loss = self.criterion(self(x), y)
+        loss, parts = self.training_loss(x, y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=True, sync_dist=True)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
