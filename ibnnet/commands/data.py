@@ -50,7 +50,8 @@ def add_data_commands(sub) -> None:
     e.add_argument("config", help="run config (e.g. configs/imagenet.yaml or a run's config.yaml)")
     e.add_argument("--checkpoint", help="weights file or Lightning checkpoint; default: the config's pretrained")
     e.add_argument("--appearance", default="none,rgb+50,r+50,std1.5",
-                   help="comma-separated transforms (default: all of Table 1's)")
+                   help="comma-separated transforms (default: all of Table 1's, unclipped float; "
+                        "rgb+50_clip, r+50_clip, std1.5_clip: the uint8 rounded and clipped variants)")
     e.add_argument("--styled", metavar="DIR", help="a styled copy of the eval set in class folders (DIR/<split>/...)")
     e.add_argument("--out", help="folder for evaluation.json/.md (default: results/evaluate/<model>)")
     e.add_argument("--devices", type=int, default=1, help="processes (GPUs, or CPU processes with gloo) under DDP")
@@ -155,16 +156,16 @@ def cmd_evaluate(args) -> int:
 
     from ..config import compose
     from ..config.loader import Source
-    from ..data.appearance import APPEARANCES
+    from ..data.appearance import ALL_APPEARANCES
     from ..data.datamodule import DataModule
     from ..launch.files import atomic_write_json, atomic_write_text
     from ..models import load_weights
     from ..tasks import TASKS
 
     kinds = [k.strip() for k in args.appearance.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in APPEARANCES]
+    bad = [k for k in kinds if k not in ALL_APPEARANCES]
     if bad:
-        raise ConfigError(f"--appearance: unknown transform(s) {bad}; choose from {', '.join(APPEARANCES)}")
+        raise ConfigError(f"--appearance: unknown transform(s) {bad}; choose from {', '.join(ALL_APPEARANCES)}")
     base = compose(args.config, args.overrides)
     if not base.data.val:
         raise ConfigError(f"{args.config}: no evaluation sets (data.val) to evaluate on")
