@@ -87,3 +87,70 @@ def test_ibn_b_is_invariant_to_std_x1_5_and_resnet50_is_not():
     assert change["resnet50_bn", "std1.5"] > 5 * change["resnet50_ibn_b", "std1.5"]
     # the uint8 clipped variant breaks the invariance
     assert change["resnet50_ibn_b", "std1.5_clip"] > 1.5 * change["resnet50_ibn_b", "std1.5"]
+
+
+# ---------------------------------------------------------------- styled folders: labels by folder name
+
+
+def _styled_spec(root, classes_root=None):
+    from ibnnet.config.schema import DataConfig
+    spec = OmegaConf.structured(DatasetSpec(name="monet", dataset="image_folder", root=str(root), split="val",
+                                            classes_root=None if classes_root is None else str(classes_root)))
+    return spec, OmegaConf.structured(DataConfig())
+
+
+def test_styled_folder_labels_follow_the_real_val_by_folder_name(tmp_path):
+    from ibnnet.data.registry import build_dataset
+    wnids = ["n01", "n02", "n03", "n04"]
+    fx.write_imagenet(tmp_path / "real", "val", wnids, per_class=1)
+    fx.write_imagenet(tmp_path / "styled", "val", ["n01", "n03", "n04"], per_class=2)  # n02 missing
+    spec, data = _styled_spec(tmp_path / "styled", tmp_path / "real" / "val")
+    ds = build_dataset(spec, tmp_path, data)
+    labels = {p.split("/")[-2]: y for p, y in ds.samples}
+    assert labels == {"n01": 0, "n03": 2, "n04": 3}  # not shifted by the missing n02
+    assert ds.num_classes == 4 and len(ds) == 6
+    # without the reference the old behaviour shows the bug: n03 would get label 1
+    spec_no_ref, _ = _styled_spec(tmp_path / "styled")
+    assert {p.split("/")[-2]: y for p, y in build_dataset(spec_no_ref, tmp_path, data).samples}["n03"] == 1
+
+    fx.write_imagenet(tmp_path / "styled", "val", ["n99", "n98"], per_class=1)  # extra class folders
+    with pytest.raises(ValueError, match=r"not in the reference .*real/val.*\['n98', 'n99'\]"):
+        build_dataset(spec, tmp_path, data)
+
+
+def test_evaluate_styled_maps_labels_to_the_real_val(tmp_path):
+    """``ibnnet evaluate --styled DIR`` gives the styled set the first eval set's classes as reference."""
+    from ibnnet.commands.data import styled_eval_spec
+    from ibnnet.config import compose
+    cfg = compose("configs/imagenet.yaml", [f"paths.data={tmp_path}"])
+    spec = styled_eval_spec(cfg, str(tmp_path / "styled"))
+    assert spec["dataset"] == "image_folder" and spec["root"] == str(tmp_path / "styled")
+    assert spec["classes_root"] == str(tmp_path / "imagenet" / "val")
+
+
+# ---------------------------------------------------------------- GTA5 without its split
+
+
+def test_gta5_without_split_stops_with_where_to_get_it(tmp_path):
+    from ibnnet.config.schema import DataConfig
+    from ibnnet.data.gta5 import GTA5, SPLIT_URL
+    from ibnnet.data.registry import build_dataset
+    fx.write_gta5(tmp_path, n=4)
+    spec = OmegaConf.structured(DatasetSpec(name="gta5", dataset="gta5", root=str(tmp_path), split="train"))
+    data = OmegaConf.structured(DataConfig())
+    assert data.gta5_allow_no_split is False
+    with pytest.raises(FileNotFoundError) as err:
+        build_dataset(spec, tmp_path, data)
+    msg = str(err.value)
+    assert SPLIT_URL in msg and str(tmp_path / "split.mat") in msg and "gta5_allow_no_split" in msg
+    assert SPLIT_URL == "https://download.visinf.tu-darmstadt.de/data/from_games/code/read_mapping.zip"
+    with pytest.raises(FileNotFoundError, match="read_mapping.zip"):
+        GTA5(tmp_path, "val")
+    # explicit ad-hoc use: every frame, with a warning that says train and test overlap
+    data.gta5_allow_no_split = True
+    with pytest.warns(UserWarning, match="train and test overlap"):
+        assert len(build_dataset(spec, tmp_path, data)) == 4
+    assert len(GTA5(tmp_path, "all")) == 4  # split=all never needs the split
+    fx.write_split_mat(tmp_path, train=[1, 2, 3], val=[4], test=[])
+    data.gta5_allow_no_split = False
+    assert len(build_dataset(spec, tmp_path, data)) == 3

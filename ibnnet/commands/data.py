@@ -150,6 +150,18 @@ def cmd_divergence(args) -> int:
     return 0
 
 
+def styled_eval_spec(cfg, styled_root: str) -> dict:
+    """The evaluation set of a styled copy of ``cfg``'s first evaluation set (``evaluate --styled``)."""
+    from omegaconf import OmegaConf
+
+    from ..data.registry import dataset_root
+    first = OmegaConf.to_container(cfg.data.val)[0]
+    # Labels by folder name from the real evaluation set, so missing styled classes shift nothing.
+    ref = dataset_root(cfg.data.val[0], cfg.paths.data)
+    return dict(first, name="styled", dataset="image_folder", root=styled_root, appearance="none",
+                classes_root=str(ref / first["split"]) if ref is not None else None)
+
+
 def cmd_evaluate(args) -> int:
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
@@ -174,8 +186,7 @@ def cmd_evaluate(args) -> int:
         for kind in kinds:
             val.append(dict(spec, appearance=kind, name=spec["name"] if kind == "none" else f"{spec['name']}_{kind}"))
     if args.styled:
-        first = OmegaConf.to_container(base.data.val)[0]
-        val.append(dict(first, name="styled", dataset="image_folder", root=args.styled, appearance="none"))
+        val.append(styled_eval_spec(base, args.styled))
     extra = [Source("evaluate", OmegaConf.create({"data": {"val": val}}))]
     cfg = compose(args.config, args.overrides, extra=extra)
     dm = DataModule(cfg)
