@@ -154,3 +154,92 @@ def test_gta5_without_split_stops_with_where_to_get_it(tmp_path):
     fx.write_split_mat(tmp_path, train=[1, 2, 3], val=[4], test=[])
     data.gta5_allow_no_split = False
     assert len(build_dataset(spec, tmp_path, data)) == 3
+
+
+# ---------------------------------------------------------------- final and best; validation cadence
+
+
+def _train(tmp_path, body: str, overrides: list[str]) -> dict:
+    import helpers
+    from ibnnet.config import compose
+    from ibnnet.launch.runner import execute, prepare
+    cfg = compose(helpers.config(tmp_path, body), overrides + ["logger.wandb.enabled=false"])
+    folder = prepare(cfg)
+    metrics = execute(folder.path)
+    assert metrics is not None and folder.is_done(), folder.log_tail(30)
+    return metrics
+
+
+def test_metrics_json_records_final_and_best_epoch(tmp_path):
+    import helpers
+    body = helpers.CLS.replace("num_samples: 96", "num_samples: 16").replace("num_samples: 24", "num_samples: 8")
+    m = _train(tmp_path, body, ["trainer.max_epochs=3", "data.augment.image_size=32", "data.augment.eval_resize=32",
+                                "model.name=resnet18_bn", "optim.lr=0.05"])
+    best = m["best"]
+    assert best["monitor"] == "val/synthetic/top1_err" and best["mode"] == "min"
+    assert best["epochs_validated"] == [0, 1, 2] and best["protocol"] == "as configured"
+    per = best["per_metric"]
+    # the monitored metric's best is the chosen epoch's, and never worse than the final value
+    assert per["synthetic"]["top1_err"] == {"value": best["metrics"]["synthetic"]["top1_err"], "epoch": best["epoch"]}
+    assert best["metrics"]["synthetic"]["top1_err"] <= m["metrics"]["synthetic"]["top1_err"]
+    for name in ("synthetic", "real"):
+        for k in ("top1_err", "top5_err"):
+            assert per[name][k]["value"] <= m["metrics"][name][k] and 0 <= per[name][k]["epoch"] <= 2
+        for k in ("top1_acc", "top5_acc"):
+            assert per[name][k]["value"] >= m["metrics"][name][k]
+    assert set(best["metrics"]) == set(m["metrics"]) == {"synthetic", "real"}
+
+
+def test_best_record_survives_a_checkpoint_round_trip():
+    import helpers
+    from ibnnet.config import compose, to_plain
+    from ibnnet.tasks import TASKS
+    import tempfile, pathlib
+    with tempfile.TemporaryDirectory() as d:
+        cfg = compose(helpers.config(pathlib.Path(d), helpers.CLS), ["model.name=resnet18_bn"])
+    make = lambda: TASKS["classification"](to_plain(cfg), 3, ["synthetic"])  # noqa: E731
+    task = make()
+    task._update_best({"synthetic": {"top1_err": 40.0, "top5_err": 5.0}}, 0, False)
+    task._update_best({"synthetic": {"top1_err": 30.0, "top5_err": 9.0}}, 1, False)
+    task._update_best({"synthetic": {"top1_err": 35.0, "top5_err": 1.0}}, 2, False)
+    ckpt = {}
+    task.on_save_checkpoint(ckpt)
+    ckpt = torch.load(_roundtrip(ckpt), weights_only=True)  # checkpoints load with weights_only=True
+    resumed = make()
+    resumed.on_load_checkpoint(ckpt)
+    s = resumed.best_summary()
+    assert s["epoch"] == 1 and s["metrics"]["synthetic"]["top1_err"] == 30.0
+    assert s["per_metric"]["synthetic"]["top5_err"] == {"value": 1.0, "epoch": 2}
+    assert s["epochs_validated"] == [0, 1, 2]
+
+
+def _roundtrip(obj):
+    import io
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_segmentation_validates_single_scale_during_training_and_multiscale_at_the_end(tmp_path, monkeypatch):
+    import helpers
+    from ibnnet.tasks.segmentation import SegmentationTask
+    calls = []
+    original = SegmentationTask.predict_scores
+
+    def spy(self, x, scales=(1.0,), flip=False):
+        calls.append((self.trainer.state.fn, self.current_epoch, tuple(scales), flip))
+        return original(self, x, scales, flip)
+    monkeypatch.setattr(SegmentationTask, "predict_scores", spy)
+    body = helpers.SEG.replace("num_samples: 64", "num_samples: 16").replace(
+        "domain: synthetic, num_samples: 7}", "domain: synthetic, num_samples: 2, scales: [1.0, 1.5], flip: true}"
+    ).replace("num_samples: 7", "num_samples: 2")
+    assert "flip: true" in body
+    m = _train(tmp_path, body, ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"])
+    # training-time validation (epoch index 1 only, every 2 epochs) never ran the multi-scale path
+    assert calls and all(fn == "validate" for fn, *_ in calls)
+    assert {c[2:] for c in calls} == {((1.0, 1.5), True), ((1.0,), False)}  # final: each set as configured
+    best = m["best"]
+    assert best["epochs_validated"] == [1] and best["protocol"].startswith("training-time (single-scale")
+    assert best["monitor"] == "val/synthetic/miou" and best["mode"] == "max"
+    assert set(m["metrics"]) == {"synthetic", "real"} and "miou" in m["metrics"]["synthetic"]

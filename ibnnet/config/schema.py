@@ -113,6 +113,9 @@ class SegmentationConfig:
     slide_crop: List[int] = field(default_factory=lambda: [512, 1024])
     slide_stride: List[int] = field(default_factory=lambda: [341, 683])
     ignore_index: int = 255
+    # false: validations during training are single-scale without flip; the eval sets' scales/flip are used
+    # in the final evaluation only (multi-scale + flip costs 2 x len(scales) forward passes per image)
+    multiscale_during_training: bool = False
 
 
 @dataclass

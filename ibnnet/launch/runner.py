@@ -99,6 +99,8 @@ def execute(path: str | Path) -> dict[str, Any] | None:
         "task": cfg.task,
         "grid": to_plain(cfg.grid) if cfg.grid is not None else {},
         "metrics": result["metrics"],
+        # final = "metrics" (after the last epoch); best = the best validation epoch (ibnnet/tasks/base.py)
+        **({"best": result["best"]} if result.get("best") else {}),
         "epochs": result["epoch"],
         "global_step": result["global_step"],
         "world_size": result["world_size"],
@@ -171,6 +173,7 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None) -
     class_names = getattr(dm.raw_train_dataset(), "classes", None)
     return {
         "metrics": task.last_val,
+        "best": task.best_summary(),
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
         "world_size": trainer.world_size,
