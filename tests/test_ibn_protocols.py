@@ -243,3 +243,110 @@ def test_segmentation_validates_single_scale_during_training_and_multiscale_at_t
     assert best["epochs_validated"] == [1] and best["protocol"].startswith("training-time (single-scale")
     assert best["monitor"] == "val/synthetic/miou" and best["mode"] == "max"
     assert set(m["metrics"]) == {"synthetic", "real"} and "miou" in m["metrics"]["synthetic"]
+
+
+# ---------------------------------------------------------------- the Monet set: CycleGAN's generator
+
+KEYS_FILE = __import__("pathlib").Path(__file__).parent / "data" / "official_keys" / "cyclegan_keys_style_monet_G.txt"
+
+
+def test_generator_has_the_official_style_monet_layout():
+    from ibnnet.data.stylize import ResnetGenerator
+    expected = dict(line.split(" ", 1) for line in KEYS_FILE.read_text().splitlines())
+    ours = {k: str(list(v.shape)).replace(" ", "") for k, v in ResnetGenerator().state_dict().items()}
+    assert len(expected) == 48 and ours == expected
+    assert expected["model.1.weight"] == "[64,3,7,7]" and expected["model.26.weight"] == "[3,64,7,7]"
+    assert sum(p.numel() for p in ResnetGenerator().parameters()) == 11_378_179
+    norms = [m for m in ResnetGenerator().modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert len(norms) == 23 and not any(m.affine or m.track_running_stats for m in norms)
+
+
+def _official_checkpoint(path, seed=0, old_torch=False):
+    """A random generator saved as the official latest_net_G.pth (bare state_dict)."""
+    from ibnnet.data.stylize import ResnetGenerator
+    torch.manual_seed(seed)
+    g = ResnetGenerator().eval()
+    state = g.state_dict()
+    if old_torch:  # PyTorch < 0.4 saved running statistics for every InstanceNorm layer
+        for name, m in g.named_modules():
+            if isinstance(m, torch.nn.InstanceNorm2d):
+                state[f"{name}.running_mean"] = torch.zeros(m.num_features)
+                state[f"{name}.running_var"] = torch.ones(m.num_features)
+    torch.save(state, path)
+    return g
+
+
+def test_generator_loads_strictly_and_names_mismatches(tmp_path):
+    from ibnnet.data.stylize import load_generator
+    g = _official_checkpoint(tmp_path / "latest_net_G.pth", old_torch=True)
+    loaded = load_generator(tmp_path / "latest_net_G.pth")
+    x = torch.rand(1, 3, 16, 20) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), g(x))
+    state = g.state_dict()
+    bad = dict(state)
+    del bad["model.26.bias"]
+    bad["model.27.weight"] = torch.zeros(3)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"bad\.pth.*missing keys: model\.26\.bias; unexpected keys: model\.27\.weight"):
+        load_generator(tmp_path / "bad.pth")
+    wrong = dict(state, **{"model.1.weight": torch.zeros(32, 3, 7, 7)})
+    torch.save(wrong, tmp_path / "ngf32.pth")
+    with pytest.raises(ValueError, match=r"ngf32\.pth.*model\.1\.weight: file \(32, 3, 7, 7\) vs model \(64, 3, 7, 7\)"):
+        load_generator(tmp_path / "ngf32.pth")
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        load_generator(tmp_path / "nothere.pth")
+
+
+def test_stylize_command_writes_a_resumable_styled_copy(tmp_path):
+    import os
+    from PIL import Image
+
+    from helpers import cli
+    from ibnnet.data.stylize import from_generator_output, to_generator_input
+    g = _official_checkpoint(tmp_path / "latest_net_G.pth", seed=1)
+    src, dst = tmp_path / "val", tmp_path / "monet" / "val"
+    fx.write_imagenet(tmp_path, "val", ["n01", "n02"], per_class=2, size=(20, 16))
+    fx.write_jpeg(src / "n02" / "odd_size.JPEG", fx.rgb(13, 23, seed=5))  # not a multiple of 4
+    arr = fx.rgb(12, 16, seed=7)
+    (src / "n03").mkdir()
+    Image.fromarray(arr).save(src / "n03" / "a.png")  # lossless, to compare pixel for pixel
+    names = sorted(str(p.relative_to(src)) for p in src.rglob("*.*"))
+
+    out = cli("data", "stylize", src, dst, "--weights", tmp_path / "latest_net_G.pth", "--batch-size", 2,
+              "--device", "cpu", "--no-progress")
+    assert "6 images written, 0 already there, 3 class folders" in out
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")if p.is_file()) == names  # no temp files left
+    for name in names:
+        with Image.open(src / name) as a, Image.open(dst / name) as b:
+            assert a.size == b.size and b.mode == "RGB"
+            assert b.format == ("PNG" if name.endswith(".png") else "JPEG")
+    with torch.no_grad():
+        expected = from_generator_output(g(to_generator_input(torch.from_numpy(arr).permute(2, 0, 1))[None])[0])
+    assert np.array_equal(np.array(Image.open(dst / "n03" / "a.png")), expected.permute(1, 2, 0).numpy())
+
+    # resume: only the missing file is written; the others are not touched
+    (dst / "n01" / "n01_1.JPEG").unlink()
+    before = {n: os.stat(dst / n).st_mtime_ns for n in names if n != "n01/n01_1.JPEG"}
+    out = cli("data", "stylize", src, dst, "--weights", tmp_path / "latest_net_G.pth", "--device", "cpu",
+              "--no-progress")
+    assert "1 images written, 5 already there" in out
+    assert (dst / "n01" / "n01_1.JPEG").is_file()
+    assert {n: os.stat(dst / n).st_mtime_ns for n in before} == before
+
+    # the styled copy reads back as an evaluation set with the real val's labels
+    from ibnnet.data.registry import build_dataset
+    spec, data = _styled_spec(tmp_path / "monet", src)
+    assert sorted(y for _, y in build_dataset(spec, tmp_path, data).samples) == [0, 0, 1, 1, 1, 2]
+
+
+def test_stylize_errors_name_the_problem(tmp_path):
+    from ibnnet.data.stylize import plan_folder
+    with pytest.raises(FileNotFoundError, match="source folder not found"):
+        plan_folder(tmp_path / "none", tmp_path / "out")
+    (tmp_path / "flat").mkdir()
+    fx.write_jpeg(tmp_path / "flat" / "x.JPEG", fx.rgb(8, 8, seed=0))
+    with pytest.raises(FileNotFoundError, match="no class folders"):
+        plan_folder(tmp_path / "flat", tmp_path / "out")
+    with pytest.raises(ValueError, match="is the source folder"):
+        plan_folder(tmp_path / "flat", tmp_path / "flat")

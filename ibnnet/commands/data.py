@@ -1,4 +1,4 @@
-"""ibnnet data check | analyze divergence | evaluate."""
+"""ibnnet data check | data stylize | analyze divergence | evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,21 @@ def add_data_commands(sub) -> None:
     c.add_argument("name", choices=("imagenet", "cityscapes", "gta5"))
     c.add_argument("root")
     c.add_argument("--no-label-values", action="store_true", help="skip decoding labels (faster)")
+    st = dsub.add_parser("stylize", help="IBN Tables 1/3 'Monet' set: a class-folder image set through CycleGAN",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Translate every image of SRC/<class>/<image> with CycleGAN's photo->Monet "
+                                     "generator (Zhu et al. 2017; IBN sec. 4.1: \"style transform, which is "
+                                     "realized using CycleGAN\") and write DST/<class>/<image> with the same "
+                                     "names and sizes. Resumable: files already in DST are skipped.\n\n"
+                                     "  ibnnet data stylize $IBNNET_DATA/imagenet/val $IBNNET_DATA/imagenet_monet/val")
+    st.add_argument("src", help="class-folder image set, e.g. ImageNet val sorted into <wnid>/ folders")
+    st.add_argument("dst", help="output folder (created); same class folders and file names as SRC")
+    st.add_argument("--weights", help="generator file (official latest_net_G.pth format); default: download "
+                                      "style_monet.pth from the CycleGAN authors' server once and cache it")
+    st.add_argument("--batch-size", type=int, default=8, help="images per step (same-size images share a forward)")
+    st.add_argument("--device", default=None, help="default: cuda if available")
+    st.add_argument("--quality", type=int, default=95, help="JPEG quality of .jpeg/.jpg outputs")
+    st.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("analyze", help="analyses of trained models")
     asub = p.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
@@ -60,7 +75,7 @@ def add_data_commands(sub) -> None:
 
 def run(args) -> int:
     if args.command == "data":
-        return cmd_data_check(args)
+        return cmd_stylize(args) if args.data_command == "stylize" else cmd_data_check(args)
     if args.command == "analyze":
         return cmd_divergence(args)
     return cmd_evaluate(args)
@@ -71,6 +86,24 @@ def cmd_data_check(args) -> int:
     report = check_dataset(args.name, args.root, check_label_values=not args.no_label_values)
     print(report.render())
     return 0 if report.ok else 1
+
+
+def cmd_stylize(args) -> int:
+    import torch
+
+    from ..data.stylize import download_style_monet, load_generator, stylize_folder
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 1 <= args.quality <= 100:
+        raise ConfigError(f"--quality must be in 1..100, got {args.quality}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    weights = args.weights or download_style_monet(progress=not args.no_progress)
+    generator = load_generator(weights)
+    counts = stylize_folder(generator, args.src, args.dst, batch_size=args.batch_size, device=device,
+                            progress=not args.no_progress, quality=args.quality)
+    print(f"[ibnnet] {args.dst}: {counts['written']} images written, {counts['skipped']} already there, "
+          f"{counts['classes']} class folders (weights {weights})")
+    return 0
 
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:
