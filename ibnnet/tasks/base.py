@@ -2,9 +2,11 @@
 
 Final and best. ``last_val`` holds the latest evaluation at the configured protocol (what ``metrics.json``
 reports as ``metrics``, the final numbers). Every validation during training also updates the best record
-(:meth:`TaskBase.best_summary`, ``metrics.json``'s ``best``): the official IBN-Net ImageNet script keeps the
-checkpoint of the best top-1 (``is_best = prec1 > best_prec1`` -> ``model_best.pth.tar``), so ``best`` holds the
-whole evaluation of the epoch where the first evaluation set's headline metric was best (top-1 error for
+(:meth:`TaskBase.best_summary`, ``metrics.json``'s ``best``). The official IBN-Net ImageNet script
+(XingangPan/IBN-Net ``imagenet.py``) validates every epoch and copies the checkpoint to ``model_best.pth.tar``
+whenever ``is_best = test_acc > best_acc`` (in the released version ``test_acc`` is, through its tuple
+unpacking, the top-5 accuracy; we monitor top-1, the paper's first number). So ``best`` holds the whole
+evaluation of the epoch where the first evaluation set's headline metric was best (top-1 error for
 classification, mIoU for segmentation), plus the best of every metric of every set with its epoch. Epochs
 are 0-based indices of finished training epochs. The record is saved in checkpoints, so resumed runs keep it.
 """
