@@ -350,3 +350,45 @@ def test_stylize_errors_name_the_problem(tmp_path):
         plan_folder(tmp_path / "flat", tmp_path / "out")
     with pytest.raises(ValueError, match="is the source folder"):
         plan_folder(tmp_path / "flat", tmp_path / "flat")
+
+
+def test_table_select_final_or_best(tmp_path):
+    import json
+    import textwrap
+
+    from ibnnet.config import ConfigError
+    from ibnnet.launch.grid import load_experiment
+    from ibnnet.results.table import write_table
+
+    REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+    def experiment(select: str):
+        path = tmp_path / f"sel_{select}.yaml"
+        path.write_text(textwrap.dedent(f"""
+            experiment: seltest
+            base: {REPO / "configs" / "demo.yaml"}
+            grid:
+              model:
+                key: model.name
+                values: {{BN: resnet18_bn}}
+            table: {{rows: model, columns: eval, metrics: [top1_err, top5_err], select: {select}}}
+            paper:
+              - {{model: BN, eval: synthetic, top1_err: 24.0, top5_err: 7.0}}
+        """))
+        return load_experiment(path)
+    overrides = (f"paths.runs={tmp_path / 'runs'}",)
+    exp = experiment("best")
+    (cell, cfg, folder), = exp.folders(overrides)
+    folder.write_config(cfg)
+    final = {"synthetic": {"top1_err": 30.0, "top5_err": 9.0}, "real": {"top1_err": 70.0, "top5_err": 40.0}}
+    best = {"synthetic": {"top1_err": 25.0, "top5_err": 8.0}, "real": {"top1_err": 72.0, "top5_err": 41.0}}
+    folder.metrics_path.write_text(json.dumps({"metrics": final, "best": {"epoch": 3, "metrics": best}}))
+    md = write_table(exp, tmp_path / "results", overrides)["markdown"].read_text()
+    assert "| BN | 25.00/8.00 | 24.00/7.00 | +1.00/+1.00 | 72.00/41.00 |" in md and "best validation epoch" in md
+    md = write_table(experiment("final"), tmp_path / "results", overrides)["markdown"].read_text()
+    assert "| BN | 30.00/9.00 | 24.00/7.00 | +6.00/+2.00 | 70.00/40.00 |" in md and "after the last epoch" in md
+    # a run finished before best was recorded: its final numbers
+    folder.metrics_path.write_text(json.dumps({"metrics": final}))
+    assert "| BN | 30.00/9.00 |" in write_table(exp, tmp_path / "results", overrides)["markdown"].read_text()
+    with pytest.raises(ConfigError, match="table.select='last' must be 'final' or 'best'"):
+        experiment("last")
