@@ -174,7 +174,7 @@ def test_metrics_json_records_final_and_best_epoch(tmp_path):
     import helpers
     body = helpers.CLS.replace("num_samples: 96", "num_samples: 16").replace("num_samples: 24", "num_samples: 8")
     m = _train(tmp_path, body, ["trainer.max_epochs=3", "data.augment.image_size=32", "data.augment.eval_resize=32",
-                                "model.name=resnet18_bn", "optim.lr=0.05"])
+                                "model.name=resnet18_bn", "optim.lr=0.05", "trainer.log_every_n_steps=50"])
     best = m["best"]
     assert best["monitor"] == "val/synthetic/top1_err" and best["mode"] == "min"
     assert best["epochs_validated"] == [0, 1, 2] and best["protocol"] == "as configured"
@@ -235,7 +235,8 @@ def test_segmentation_validates_single_scale_during_training_and_multiscale_at_t
         "domain: synthetic, num_samples: 7}", "domain: synthetic, num_samples: 2, scales: [1.0, 1.5], flip: true}"
     ).replace("num_samples: 7", "num_samples: 2")
     assert "flip: true" in body
-    m = _train(tmp_path, body, ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"])
+    m = _train(tmp_path, body, ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2",
+                                "data.augment.crop_size=[24,24]", "trainer.log_every_n_steps=50"])
     # training-time validation (epoch index 1 only, every 2 epochs) never ran the multi-scale path
     assert calls and all(fn == "validate" for fn, *_ in calls)
     assert {c[2:] for c in calls} == {((1.0, 1.5), True), ((1.0,), False)}  # final: each set as configured
