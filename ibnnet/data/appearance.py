@@ -22,8 +22,8 @@ decoded uint8 image before resizing: float arithmetic (means in float64), rounde
 (ties to even) and clipped to [0, 255] (:func:`apply_appearance` on uint8). Clipping saturates bright pixels,
 so the realised gain is below 1.5 and the shift below 50 on bright images, and IBN-b is no longer invariant.
 (Note: unclipped, IBN-b's stem IN also cancels RGB+50 and R+50, both per-channel offsets; the paper still
-reports drops of 0.18 and 1.46 top-1 for them, so its images were probably saturated for those two. Which
-one the paper used is not stated; the ``_clip`` variants let you evaluate both.)
+reports drops of 0.18 and 1.46 top-1 for them, so its pipeline was not an exact affine map for those two,
+saturation being one explanation. The paper does not say; the ``_clip`` variants let you evaluate both.)
 
 The "Monet" row needs no transform: a CycleGAN/Monet-styled copy of val in the same class-folder layout
 (``ibnnet data stylize``, :mod:`ibnnet.data.stylize`) is read as an ``image_folder`` evaluation set whose
