@@ -393,3 +393,28 @@ def test_table_select_final_or_best(tmp_path):
     assert "| BN | 30.00/9.00 |" in write_table(exp, tmp_path / "results", overrides)["markdown"].read_text()
     with pytest.raises(ConfigError, match="table.select='last' must be 'final' or 'best'"):
         experiment("last")
+
+
+def test_style_monet_download_is_cached_and_writes_are_atomic(tmp_path, monkeypatch):
+    from ibnnet.data import stylize
+    calls = []
+
+    def fake_download(url, dst, progress=True):
+        calls.append((url, dst))
+        _official_checkpoint(dst)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    path = stylize.download_style_monet(progress=False)
+    assert path == tmp_path / "hub" / "cyclegan" / "style_monet_pretrained" / "latest_net_G.pth"
+    assert calls == [("http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/style_monet.pth", str(path))]
+    assert stylize.download_style_monet(progress=False) == path and len(calls) == 1  # cached
+    stylize.load_generator(path)
+
+    # a failure while encoding leaves neither the target nor a temporary file behind
+    def broken_save(self, fp, format=None, **kw):
+        fp.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(stylize.Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        stylize.save_image_atomic(torch.zeros(3, 8, 8, dtype=torch.uint8), tmp_path / "out" / "a.JPEG")
+    assert list((tmp_path / "out").iterdir()) == []
