@@ -164,8 +164,8 @@ def test_gta5_split_mat_reduced_copy_warns(tmp_path):
 
 def test_gta5_text_lists_and_fallback(tmp_path):
     fx.write_gta5(tmp_path, n=6)
-    with pytest.warns(UserWarning, match="uses all 6 frames"):
-        assert len(GTA5(tmp_path, "train")) == 6
+    with pytest.warns(UserWarning, match="uses all 6 frames"):  # ad-hoc use only (issue 8)
+        assert len(GTA5(tmp_path, "train", allow_no_split=True)) == 6
     (tmp_path / "train.txt").write_text("# frames\n1\n00002\nimages/00003.png\n\n")
     (tmp_path / "val.txt").write_text("4.png\n")
     assert [p[-9:] for p, _ in GTA5(tmp_path, "train").samples] == ["00001.png", "00002.png", "00003.png"]

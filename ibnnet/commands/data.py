@@ -1,4 +1,4 @@
-"""ibnnet data check | analyze divergence | evaluate."""
+"""ibnnet data check | data stylize | analyze divergence | evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,21 @@ def add_data_commands(sub) -> None:
     c.add_argument("name", choices=("imagenet", "cityscapes", "gta5"))
     c.add_argument("root")
     c.add_argument("--no-label-values", action="store_true", help="skip decoding labels (faster)")
+    st = dsub.add_parser("stylize", help="IBN Tables 1/3 'Monet' set: a class-folder image set through CycleGAN",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Translate every image of SRC/<class>/<image> with CycleGAN's photo->Monet "
+                                     "generator (Zhu et al. 2017; IBN sec. 4.1: \"style transform, which is "
+                                     "realized using CycleGAN\") and write DST/<class>/<image> with the same "
+                                     "names and sizes. Resumable: files already in DST are skipped.\n\n"
+                                     "  ibnnet data stylize $IBNNET_DATA/imagenet/val $IBNNET_DATA/imagenet_monet/val")
+    st.add_argument("src", help="class-folder image set, e.g. ImageNet val sorted into <wnid>/ folders")
+    st.add_argument("dst", help="output folder (created); same class folders and file names as SRC")
+    st.add_argument("--weights", help="generator file (official latest_net_G.pth format); default: download "
+                                      "style_monet.pth from the CycleGAN authors' server once and cache it")
+    st.add_argument("--batch-size", type=int, default=8, help="images per step (same-size images share a forward)")
+    st.add_argument("--device", default=None, help="default: cuda if available")
+    st.add_argument("--quality", type=int, default=95, help="JPEG quality of .jpeg/.jpg outputs")
+    st.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("analyze", help="analyses of trained models")
     asub = p.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
@@ -50,7 +65,8 @@ def add_data_commands(sub) -> None:
     e.add_argument("config", help="run config (e.g. configs/imagenet.yaml or a run's config.yaml)")
     e.add_argument("--checkpoint", help="weights file or Lightning checkpoint; default: the config's pretrained")
     e.add_argument("--appearance", default="none,rgb+50,r+50,std1.5",
-                   help="comma-separated transforms (default: all of Table 1's)")
+                   help="comma-separated transforms (default: all of Table 1's, unclipped float; "
+                        "rgb+50_clip, r+50_clip, std1.5_clip: the uint8 rounded and clipped variants)")
     e.add_argument("--styled", metavar="DIR", help="a styled copy of the eval set in class folders (DIR/<split>/...)")
     e.add_argument("--out", help="folder for evaluation.json/.md (default: results/evaluate/<model>)")
     e.add_argument("--devices", type=int, default=1, help="processes (GPUs, or CPU processes with gloo) under DDP")
@@ -59,7 +75,7 @@ def add_data_commands(sub) -> None:
 
 def run(args) -> int:
     if args.command == "data":
-        return cmd_data_check(args)
+        return cmd_stylize(args) if args.data_command == "stylize" else cmd_data_check(args)
     if args.command == "analyze":
         return cmd_divergence(args)
     return cmd_evaluate(args)
@@ -70,6 +86,24 @@ def cmd_data_check(args) -> int:
     report = check_dataset(args.name, args.root, check_label_values=not args.no_label_values)
     print(report.render())
     return 0 if report.ok else 1
+
+
+def cmd_stylize(args) -> int:
+    import torch
+
+    from ..data.stylize import download_style_monet, load_generator, stylize_folder
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 1 <= args.quality <= 100:
+        raise ConfigError(f"--quality must be in 1..100, got {args.quality}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    weights = args.weights or download_style_monet(progress=not args.no_progress)
+    generator = load_generator(weights)
+    counts = stylize_folder(generator, args.src, args.dst, batch_size=args.batch_size, device=device,
+                            progress=not args.no_progress, quality=args.quality)
+    print(f"[ibnnet] {args.dst}: {counts['written']} images written, {counts['skipped']} already there, "
+          f"{counts['classes']} class folders (weights {weights})")
+    return 0
 
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:
@@ -149,22 +183,34 @@ def cmd_divergence(args) -> int:
     return 0
 
 
+def styled_eval_spec(cfg, styled_root: str) -> dict:
+    """The evaluation set of a styled copy of ``cfg``'s first evaluation set (``evaluate --styled``)."""
+    from omegaconf import OmegaConf
+
+    from ..data.registry import dataset_root
+    first = OmegaConf.to_container(cfg.data.val)[0]
+    # Labels by folder name from the real evaluation set, so missing styled classes shift nothing.
+    ref = dataset_root(cfg.data.val[0], cfg.paths.data)
+    return dict(first, name="styled", dataset="image_folder", root=styled_root, appearance="none",
+                classes_root=str(ref / first["split"]) if ref is not None else None)
+
+
 def cmd_evaluate(args) -> int:
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
     from ..config import compose
     from ..config.loader import Source
-    from ..data.appearance import APPEARANCES
+    from ..data.appearance import ALL_APPEARANCES
     from ..data.datamodule import DataModule
     from ..launch.files import atomic_write_json, atomic_write_text
     from ..models import load_weights
     from ..tasks import TASKS
 
     kinds = [k.strip() for k in args.appearance.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in APPEARANCES]
+    bad = [k for k in kinds if k not in ALL_APPEARANCES]
     if bad:
-        raise ConfigError(f"--appearance: unknown transform(s) {bad}; choose from {', '.join(APPEARANCES)}")
+        raise ConfigError(f"--appearance: unknown transform(s) {bad}; choose from {', '.join(ALL_APPEARANCES)}")
     base = compose(args.config, args.overrides)
     if not base.data.val:
         raise ConfigError(f"{args.config}: no evaluation sets (data.val) to evaluate on")
@@ -173,8 +219,7 @@ def cmd_evaluate(args) -> int:
         for kind in kinds:
             val.append(dict(spec, appearance=kind, name=spec["name"] if kind == "none" else f"{spec['name']}_{kind}"))
     if args.styled:
-        first = OmegaConf.to_container(base.data.val)[0]
-        val.append(dict(first, name="styled", dataset="image_folder", root=args.styled, appearance="none"))
+        val.append(styled_eval_spec(base, args.styled))
     extra = [Source("evaluate", OmegaConf.create({"data": {"val": val}}))]
     cfg = compose(args.config, args.overrides, extra=extra)
     dm = DataModule(cfg)

@@ -45,6 +45,9 @@ class DatasetSpec:
     name: str = ""
     dataset: str = "builtin_cls"       # builtin_cls | builtin_seg | imagenet | cityscapes | gta5 | image_folder
     root: Optional[str] = None
+    # image_folder: a split folder (e.g. ${paths.data}/imagenet/val) whose class-folder names define the
+    # labels, so a styled copy missing some classes keeps the real val's label of every other class.
+    classes_root: Optional[str] = None
     split: str = "train"
     domain: str = "synthetic"          # builtin datasets: synthetic | real
     num_samples: int = 0               # builtin datasets: images (0 = the dataset's default)
@@ -77,6 +80,9 @@ class DataConfig:
     val: List[DatasetSpec] = field(default_factory=list)
     num_classes: int = 0               # 0 = the training dataset's own
     class_subset: int = 0              # ImageNet-style sets (train and eval): keep the first K classes (0 = all)
+    # GTA5 without split.mat / lists: false (default) stops with an error saying where to get the split;
+    # true uses every frame for every split (ad-hoc only: train and test overlap).
+    gta5_allow_no_split: bool = False
     batch_size: int = 32               # per device (GPU / process)
     eval_batch_size: int = 0           # 0 = batch_size
     num_workers: int = 4
@@ -110,6 +116,9 @@ class SegmentationConfig:
     slide_crop: List[int] = field(default_factory=lambda: [512, 1024])
     slide_stride: List[int] = field(default_factory=lambda: [341, 683])
     ignore_index: int = 255
+    # false: validations during training are single-scale without flip; the eval sets' scales/flip are used
+    # in the final evaluation only (multi-scale + flip costs 2 x len(scales) forward passes per image)
+    multiscale_during_training: bool = False
 
 
 @dataclass

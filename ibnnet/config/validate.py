@@ -15,7 +15,8 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 LAUNCHERS = ("local", "slurm")
 SEG_HEADS = ("fcn", "aspp", "deeplabv2")
 EVAL_MODES = ("whole", "slide")
-APPEARANCES = ("none", "rgb+50", "r+50", "std1.5")
+# IBN Table 1 (unclipped float, default) and the uint8 rounded+clipped variants; see ibnnet/data/appearance.py
+APPEARANCES = ("none", "rgb+50", "r+50", "std1.5", "rgb+50_clip", "r+50_clip", "std1.5_clip")
 
 Problem = tuple[str, Any, str]
 

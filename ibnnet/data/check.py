@@ -22,7 +22,7 @@ from PIL import Image
 from .cityscapes import (
     CITYSCAPES_SPLITS, cityscapes_label_path, find_cityscapes_dir, list_cityscapes_images,
 )
-from .gta5 import list_frames, read_gta5_splits
+from .gta5 import SPLIT_URL, list_frames, read_gta5_splits
 from .imagenet import list_class_folders, list_images
 from .labels import KNOWN_LABEL_VALUES
 
@@ -248,10 +248,11 @@ def _check_gta5(report: CheckReport, root: Path, limit: int, check_values: bool)
         report.problems.append(f"cannot read split files in {root}: {exc}")
         splits, source = {}, "error"
     if source is None:
-        report.warnings.append("no split.mat or train/val/test.txt: every split falls back to all frames")
+        report.warnings.append("no split.mat or train/val/test.txt: split=train/val/test stop with an error "
+                               "(unless data.gta5_allow_no_split=true); split=all uses every frame")
         report.hint(
-            f"split.mat not found: all {len(frames)} frames will be used for split=all; put split.mat from the "
-            f"GTA5 mapping archive at {root / 'split.mat'}"
+            f"split.mat not found: all {len(frames)} frames will be used for split=all, and split=train/val/test "
+            f"fail; download {SPLIT_URL}, unzip it and put its split.mat at {root / 'split.mat'}"
         )
     elif splits:
         if not source.endswith("split.mat"):

@@ -11,7 +11,11 @@ Splits, first source found wins:
    ``valIds``, ``testIds`` holding 1-based frame numbers (frame 1 = ``00001.png``);
 2. ``<root>/{train,val,test}.txt``: one frame per line, as a number (``17``), a zero-padded id
    (``00017``) or a file name/path (``images/00017.png``); blank lines and ``#`` comments are skipped;
-3. nothing: every frame on disk is used, with a warning when a specific split was asked for.
+3. nothing: an error saying where to get ``split.mat`` (:data:`SPLIT_URL`, the "read_mapping" archive of
+   the GTA5 site). Training and testing on the same frames would make the paper's GTA5 numbers (IBN
+   Table 6: "12403 training images, 6382 validation images, and 6181 testing images") meaningless.
+   Only with ``allow_no_split=True`` (config: ``data.gta5_allow_no_split``, for ad-hoc use on a frame dump)
+   is every frame on disk used, with a warning.
 
 ``split="all"`` always means every frame on disk. Frames a split lists but the disk lacks are skipped
 with one warning, so reduced copies work.
@@ -39,6 +43,17 @@ from .imagenet import is_image_file
 
 GTA5_SPLITS = ("train", "val", "test", "all")
 SPLIT_MAT_KEYS = {"train": "trainIds", "val": "valIds", "test": "testIds"}
+# The official split: split.mat inside the label-reading code archive of the "Playing for Data" site
+# (https://download.visinf.tu-darmstadt.de/data/from_games/).
+SPLIT_URL = "https://download.visinf.tu-darmstadt.de/data/from_games/code/read_mapping.zip"
+
+
+def missing_split_message(root: str | os.PathLike, split: str) -> str:
+    root = Path(root)
+    return (f"GTA5 split={split!r} needs the official split, but {root} has no split.mat and no "
+            f"train/val/test.txt. Download {SPLIT_URL}, unzip it and copy its split.mat to {root / 'split.mat'} "
+            f"(or write {root}/{{train,val,test}}.txt lists). For ad-hoc use on a frame dump without a split, "
+            f"set data.gta5_allow_no_split=true (GTA5(..., allow_no_split=True)) to use every frame.")
 
 
 def frame_stem(token: str) -> str:
@@ -94,6 +109,7 @@ class GTA5(PairedSegmentation):
         fraction: seeded subset of the split (0.25 = the paper's quarter of train).
         seed: which subset ``fraction`` keeps.
         decoder: ``"torchvision"`` (default, measured faster) or ``"pil"`` for the RGB images.
+        allow_no_split: without split.mat or lists, use every frame (with a warning) instead of failing.
     """
 
     def __init__(
@@ -104,6 +120,7 @@ class GTA5(PairedSegmentation):
         seed: int = 0,
         *,
         decoder: str = "torchvision",
+        allow_no_split: bool = False,
     ) -> None:
         self._setup("GTA5", GTA5_SPLITS, root, split, fraction, decoder)
         self.images_dir = self.root / "images"
@@ -122,9 +139,12 @@ class GTA5(PairedSegmentation):
             splits, source = read_gta5_splits(self.root)
             self.split_source = source
             if source is None:
+                if not allow_no_split:
+                    raise FileNotFoundError(missing_split_message(self.root, split))
                 warnings.warn(
                     f"no split.mat or train/val/test.txt in {self.root}: GTA5 split={split!r} uses all "
-                    f"{len(on_disk)} frames (put the official split.mat at {self.root / 'split.mat'})",
+                    f"{len(on_disk)} frames, so train and test overlap (get the official split.mat from "
+                    f"{SPLIT_URL} and put it at {self.root / 'split.mat'})",
                     UserWarning,
                     stacklevel=2,
                 )
@@ -163,4 +183,5 @@ class GTA5(PairedSegmentation):
         self._apply_fraction(stems, fraction, seed)
 
 
-__all__ = ["GTA5", "GTA5_SPLITS", "SPLIT_MAT_KEYS", "frame_stem", "list_frames", "read_gta5_splits"]
+__all__ = ["GTA5", "GTA5_SPLITS", "SPLIT_MAT_KEYS", "SPLIT_URL", "frame_stem", "list_frames", "missing_split_message",
+           "read_gta5_splits"]

@@ -4,10 +4,11 @@ Layout: ``<root>/<split>/<wnid>/*.JPEG`` (``.jpeg``/``.jpg``/``.png`` in any let
 Class index = position of the wnid in sorted order, as torchvision's ``ImageFolder`` does, so checkpoints
 trained elsewhere on ImageNet keep their label order.
 
-Styled copies (IBN Table 1 "Monet", a CycleGAN-styled copy of val) need nothing special: write them in the
-same layout (``<styled_root>/val/<wnid>/*.png``) and use ``ImageNet(<styled_root>, split="val")``. If the
-copy covers only some classes, pass ``classes=ImageNet(<real_root>, "val").classes`` so indices still line
-up with the original 1000.
+Styled copies (IBN Table 1 "Monet", a CycleGAN-styled copy of val, ``ibnnet data stylize``) use the same
+layout (``<styled_root>/val/<wnid>/*``). Their labels must be those of the real val, by folder NAME: pass
+``classes=reference_classes(<real_root>/val)`` (configs: ``classes_root`` of an ``image_folder`` set). A
+class missing from the copy is then simply absent (every other class keeps its index; without ``classes`` a
+missing folder would shift every later label), and a folder the real val lacks is an error naming it.
 
 Decoding. Measured on this machine (2 shared CPU cores, torch 2.15 / torchvision 0.29 / Pillow 13,
 one thread, 8 synthetic photo-like 500x375 / 375x500 q90 JPEGs of ~80 KB, 15 rounds, ms per image,
@@ -109,6 +110,17 @@ def list_class_folders(split_dir: Path) -> list[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
+def reference_classes(split_dir: str | os.PathLike) -> list[str]:
+    """The sorted class-folder names of a split folder (e.g. the real ImageNet val): a label order."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"class reference folder not found: {split_dir} (expected {split_dir}/<wnid>/)")
+    classes = list_class_folders(split_dir)
+    if not classes:
+        raise FileNotFoundError(f"class reference folder {split_dir} has no class folders")
+    return classes
+
+
 def list_images(folder: Path) -> list[str]:
     with os.scandir(folder) as it:
         return sorted(e.name for e in it if e.is_file() and is_image_file(e.name))
@@ -126,6 +138,7 @@ class ImageNet(Dataset):
         seed: selects which images ``fraction`` keeps; same seed, same subset.
         classes: optional explicit wnid list defining the label order (e.g. the original val's
             classes when reading a styled copy that lacks some classes).
+        classes_source: where ``classes`` came from, for error messages.
         decoder: ``"torchvision"`` (default, measured faster) or ``"pil"``.
     """
 
@@ -138,6 +151,7 @@ class ImageNet(Dataset):
         seed: int = 0,
         *,
         classes: Sequence[str] | None = None,
+        classes_source: str | os.PathLike | None = None,
         decoder: str = "torchvision",
     ) -> None:
         if split not in ("train", "val"):
@@ -171,8 +185,10 @@ class ImageNet(Dataset):
             unknown = sorted(set(folders) - set(all_classes))
             if unknown:
                 raise ValueError(
-                    f"{split_dir} has class folders not in `classes`: {unknown[:5]}"
-                    + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                    f"{split_dir} has class folders not in "
+                    + (f"the reference {classes_source}" if classes_source else "`classes`")
+                    + f": {unknown[:5]}" + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                    + " (their images have no label: remove them or fix the reference folder)"
                 )
         if num_classes_subset:
             if num_classes_subset > len(all_classes):
@@ -211,4 +227,5 @@ class ImageNet(Dataset):
                 f"classes={self.num_classes}, images={len(self)})")
 
 
-__all__ = ["DECODERS", "IMAGE_EXTENSIONS", "ImageNet", "decode_rgb", "fraction_count", "select_fraction"]
+__all__ = ["DECODERS", "IMAGE_EXTENSIONS", "ImageNet", "decode_rgb", "fraction_count", "reference_classes",
+           "select_fraction"]

@@ -38,9 +38,11 @@ def _imagenet(spec, root, data):
 
 def _image_folder(spec, root, data):
     # A folder of class folders (e.g. a CycleGAN/Monet-styled copy of ImageNet val): root/split/<wnid>/*.
-    from .imagenet import ImageNet
+    # Labels by folder NAME from `classes_root` (the real val), not by position in this folder's listing.
+    from .imagenet import ImageNet, reference_classes
+    classes = reference_classes(spec.classes_root) if spec.classes_root else None
     return ImageNet(root, split=spec.split, num_classes_subset=data.class_subset, fraction=spec.fraction,
-                    seed=spec.seed)
+                    seed=spec.seed, classes=classes, classes_source=spec.classes_root)
 
 
 def _cityscapes(spec, root, data):
@@ -50,7 +52,7 @@ def _cityscapes(spec, root, data):
 
 def _gta5(spec, root, data):
     from .gta5 import GTA5
-    return GTA5(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
+    return GTA5(root, split=spec.split, fraction=spec.fraction, seed=spec.seed, allow_no_split=data.gta5_allow_no_split)
 
 
 DATASETS: dict[str, DatasetEntry] = {

@@ -4,8 +4,9 @@
 - Built-in data: rendered at the final size; flip only.
 - Segmentation (IBN Table 6 protocol): random scale and aspect ratio, random crop (padded with the
   ignore label), mirror; evaluation at full resolution.
-Every pipeline starts with the optional fixed resize of the dataset spec (GTA5 -> 1024x563) and the
-appearance transform of IBN Table 1, applied to the uint8 image.
+Every pipeline starts with the optional fixed resize of the dataset spec (GTA5 -> 1024x563). IBN Table 1's
+appearance transforms act on the float network input just before normalisation (unclipped, the default),
+or, for the ``*_clip`` variants, on the decoded uint8 image (see :mod:`ibnnet.data.appearance`).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ class RandomScaleAspect(v2.Transform):
 
 
 class Appearance(v2.Transform):
-    """IBN Table 1 appearance change on the uint8 image (see :mod:`ibnnet.data.appearance`)."""
+    """IBN Table 1 appearance change of the image (see :mod:`ibnnet.data.appearance`): the ``*_clip``
+    kinds on uint8 images (rounded, clipped), the others on float images in [0, 1] (exact, unclipped)."""
 
     def __init__(self, kind: str):
         super().__init__()
@@ -49,8 +51,10 @@ class Appearance(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Image):
-            from .appearance import apply_appearance
-            return tv_tensors.wrap(apply_appearance(inpt.as_subclass(torch.Tensor), self.kind), like=inpt)
+            from .appearance import apply_appearance, apply_appearance_float, is_clipped
+            x = inpt.as_subclass(torch.Tensor)
+            out = apply_appearance(x, self.kind) if is_clipped(self.kind) else apply_appearance_float(x, self.kind, 1.0)
+            return tv_tensors.wrap(out, like=inpt)
         return inpt
 
 
@@ -94,14 +98,18 @@ def _prefix(spec) -> list[v2.Transform]:
     if spec.resize is not None:
         w, h = spec.resize
         steps.append(v2.Resize([h, w], antialias=True))
-    if spec.appearance != "none":
+    if spec.appearance.endswith("_clip"):
         steps.append(Appearance(spec.appearance))
     return steps
 
 
-def _to_float() -> list[v2.Transform]:
+def _to_float(appearance: str = "none") -> list[v2.Transform]:
+    # The unclipped appearance acts on the float input the network sees (after crop, before normalising):
+    # an exact affine map of it, as IBN Table 1's std x1.5 result for IBN-b requires.
+    exact = [Appearance(appearance)] if appearance != "none" and not appearance.endswith("_clip") else []
     return [
         v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
+        *exact,
         v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
     ]
 
@@ -128,7 +136,7 @@ def build_transform(spec, policy: str, augment, train: bool) -> v2.Compose:
                 steps.append(v2.RandomHorizontalFlip())
     else:
         raise ValueError(f"unknown augmentation policy {policy!r}")
-    return v2.Compose(steps + _to_float())
+    return v2.Compose(steps + _to_float(spec.appearance))
 
 
 class TransformedDataset(Dataset):

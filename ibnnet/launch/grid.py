@@ -39,7 +39,7 @@ from .rundir import RunFolder, run_dir, run_id
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 _TOP_KEYS = {"experiment", "title", "description", "base", "overrides", "scales", "default_scale", "grid", "cases",
              "exclude", "patches", "table", "paper", "notes"}
-_TABLE_KEYS = {"rows", "columns", "metrics", "format", "eval_labels", "row_title", "join"}
+_TABLE_KEYS = {"rows", "columns", "metrics", "format", "eval_labels", "row_title", "join", "select"}
 
 
 @dataclass
@@ -209,6 +209,8 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
     bad = set(table) - _TABLE_KEYS
     if bad:
         raise ConfigError(f"{path}: table: unknown keys {sorted(bad)} (allowed: {', '.join(sorted(_TABLE_KEYS))})")
+    if table.get("select", "final") not in ("final", "best"):
+        raise ConfigError(f"{path}: table.select={table['select']!r} must be 'final' or 'best'")
     for k in ("rows", "columns"):
         keys = table.get(k)
         for key in keys if isinstance(keys, list) else [keys]:

@@ -128,6 +128,8 @@ def _finish(cfg, folder: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
         "task": cfg.task,
         "grid": to_plain(cfg.grid) if cfg.grid is not None else {},
         "metrics": result["metrics"],
+        # final = "metrics" (after the last epoch); best = the best validation epoch (ibnnet/tasks/base.py)
+        **({"best": result["best"]} if result.get("best") else {}),
         "epochs": result["epoch"],
         "global_step": result["global_step"],
         "world_size": result["world_size"],
@@ -218,6 +220,7 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
     class_names = getattr(dm.raw_train_dataset(), "classes", None)
     return {
         "metrics": task.last_val,
+        "best": task.best_summary(),
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
         "world_size": trainer.world_size,

@@ -4,11 +4,17 @@ Records are long-form: one per (cell, evaluation set), holding the cell's axis l
 name, the run's status and its metrics.  A table pivots them into the paper's layout: ``rows`` and
 ``columns`` are grid axes or ``eval``; each shown cell holds ``metrics`` joined by "/" as the papers do
 (e.g. top-1/top-5 error), next to the paper's value and the difference.
+
+``table.select`` picks which numbers of each run: ``final`` (default; ``metrics.json``'s ``metrics``, after
+the last epoch) or ``best`` (its ``best.metrics``: the whole evaluation of the validation epoch with the best
+headline metric, as the official IBN-Net ImageNet script's ``model_best.pth.tar``; see ibnnet/tasks/base.py).
+A run without a best record (finished before it existed) falls back to its final numbers, with a warning.
 """
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +23,8 @@ from typing import Any
 from ..launch.files import atomic_write_text
 from ..launch.grid import Experiment
 from ..launch.rundir import BROKEN, DONE, PENDING
+
+log = logging.getLogger("ibnnet")
 
 METRIC_LABELS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc", "top5_acc": "top-5 acc",
                  "miou": "mIoU", "pixel_acc": "pixel acc"}
@@ -31,11 +39,23 @@ class Record:
     metrics: dict[str, float]
 
 
+def select_metrics(metrics: dict[str, Any], select: str, where: str = "") -> dict[str, Any]:
+    """Per-eval-set metrics of one ``metrics.json``: the final ones or those of the best epoch."""
+    if select == "best":
+        best = metrics.get("best") or {}
+        if best.get("metrics"):
+            return best["metrics"]
+        if metrics.get("metrics"):
+            log.warning("%s: no best-epoch record in metrics.json; the table shows its final metrics", where)
+    return metrics.get("metrics") or {}
+
+
 def collect(exp: Experiment, overrides: tuple[str, ...] = ()) -> list[Record]:
     records = []
+    select = exp.table.get("select", "final")
     for cell, cfg, folder in exp.folders(overrides):
         metrics = folder.metrics() or {}
-        per_eval = metrics.get("metrics") or {}
+        per_eval = select_metrics(metrics, select, str(folder.path))
         status = DONE if folder.is_done() else BROKEN if folder.problem() else folder.state().get("status", PENDING)
         for spec in cfg.data.val:
             values = per_eval.get(spec.name) or {}
@@ -140,7 +160,9 @@ def render_markdown(exp: Experiment, tab: dict[str, Any]) -> str:
     lines.append(f"# {title}\n")
     scale = f", scale `{exp.scale}`" if exp.scale else ""
     legend = " Δ = ours − paper. – = not run / not finished / not in the paper." if with_paper else ""
-    lines.append(f"Values: {metric_names} (%){scale}.{legend}\n")
+    when = (" at each run's best validation epoch (table.select: best)" if exp.table.get("select") == "best"
+            else " after the last epoch")
+    lines.append(f"Values: {metric_names} (%){when}{scale}.{legend}\n")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     fmt = tab["fmt"]

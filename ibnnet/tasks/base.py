@@ -1,4 +1,15 @@
-"""What both Lightning tasks share: optimizer, schedule, per-eval-set metric bookkeeping."""
+"""What both Lightning tasks share: optimizer, schedule, per-eval-set metric bookkeeping.
+
+Final and best. ``last_val`` holds the latest evaluation at the configured protocol (what ``metrics.json``
+reports as ``metrics``, the final numbers). Every validation during training also updates the best record
+(:meth:`TaskBase.best_summary`, ``metrics.json``'s ``best``). The official IBN-Net ImageNet script
+(XingangPan/IBN-Net ``imagenet.py``) validates every epoch and copies the checkpoint to ``model_best.pth.tar``
+whenever ``is_best = test_acc > best_acc`` (in the released version ``test_acc`` is, through its tuple
+unpacking, the top-5 accuracy; we monitor top-1, the paper's first number). So ``best`` holds the whole
+evaluation of the epoch where the first evaluation set's headline metric was best (top-1 error for
+classification, mIoU for segmentation), plus the best of every metric of every set with its epoch. Epochs
+are 0-based indices of finished training epochs. The record is saved in checkpoints, so resumed runs keep it.
+"""
 from __future__ import annotations
 
 import math
@@ -11,6 +22,10 @@ from omegaconf import OmegaConf
 from .optim import build_optimizer, linear_scaled_lr, param_groups
 
 
+# Metrics whose best is tracked per evaluation set (lower is better for *_err, higher for the others).
+_HEADLINE = ("top1_err", "top5_err", "top1_acc", "top5_acc", "miou", "pixel_acc")
+
+
 class TaskBase(pl.LightningModule):
     def __init__(self, cfg: dict, num_classes: int, val_names: list[str]):
         super().__init__()
@@ -21,6 +36,7 @@ class TaskBase(pl.LightningModule):
         self.val_names = list(val_names)
         self.last_val: dict[str, dict[str, Any]] = {}
         self.last_val_epoch = -1
+        self.best_state: dict[str, Any] = {}
 
     @property
     def network(self) -> torch.nn.Module:
@@ -64,14 +80,64 @@ class TaskBase(pl.LightningModule):
         peak = linear_scaled_lr(o, self.total_batch())
         return build_optimizer(o, self.parameter_groups(), peak, steps_per_epoch, total_steps)
 
-    def log_eval_results(self, results: dict[str, dict[str, float]]) -> None:
+    def fitting(self) -> bool:
+        return self.trainer.state.fn == "fit"
+
+    def training_time_reduced(self) -> bool:
+        """Whether validations during training use a cheaper protocol than the final one (segmentation)."""
+        return False
+
+    def log_eval_results(self, results: dict[str, dict[str, float]], reduced: bool = False) -> None:
+        """Log one evaluation; ``reduced``: run at the cheaper training-time protocol, not the final one."""
         flat = {f"val/{name}/{k}": v for name, res in results.items() for k, v in res.items()
                 if isinstance(v, (int, float)) and math.isfinite(v)}
         # Values are already reduced across processes by torchmetrics; logging must not average them again.
         self.log_dict(flat, sync_dist=False, rank_zero_only=False)
-        if not self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
+            return
+        if not reduced:
             self.last_val = results
             self.last_val_epoch = self.current_epoch
+        # Best over the training-time protocol only: a final multi-scale evaluation is not comparable with
+        # single-scale ones. After fit, current_epoch is one past the last trained epoch.
+        if reduced == self.training_time_reduced():
+            self._update_best(results, self.current_epoch if self.fitting() else self.current_epoch - 1, reduced)
+
+    def _update_best(self, results: dict[str, dict[str, Any]], epoch: int, reduced: bool) -> None:
+        if epoch < 0 or not results:
+            return
+        b = self.best_state
+        first = next(iter(results))
+        metric, mode = ("top1_err", "min") if "top1_err" in results[first] else ("miou", "max")
+        value = results[first].get(metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return
+        better = (lambda a, ref: a < ref) if mode == "min" else (lambda a, ref: a > ref)
+        if "epoch" not in b or better(value, b["value"]):
+            b.update(monitor=f"val/{first}/{metric}", mode=mode, value=value, epoch=epoch, metrics=results,
+                     protocol="training-time (single-scale, no flip)" if reduced else "as configured")
+        per = b.setdefault("per_metric", {})
+        for name, res in results.items():
+            for k, v in res.items():
+                if k not in _HEADLINE or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    continue
+                old = per.setdefault(name, {}).get(k)
+                minimize = k.endswith("_err")
+                if old is None or (v < old["value"] if minimize else v > old["value"]):
+                    per[name][k] = {"value": v, "epoch": epoch}
+        b["epochs_validated"] = sorted(set(b.get("epochs_validated", [])) | {epoch})
+
+    def best_summary(self) -> dict[str, Any] | None:
+        """The best record for ``metrics.json`` (None if no training-time validation ran)."""
+        if "epoch" not in self.best_state:
+            return None
+        return {k: v for k, v in self.best_state.items() if k != "value"}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ibnnet_best"] = self.best_state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_state = dict(checkpoint.get("ibnnet_best") or {})
 
     def on_train_epoch_start(self) -> None:
         self.log("epoch_float", float(self.current_epoch), on_step=False, on_epoch=True)

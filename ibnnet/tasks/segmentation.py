@@ -207,11 +207,21 @@ class SegmentationTask(TaskBase):
                 total = probs if total is None else total + probs
         return total
 
+    def training_time_reduced(self) -> bool:
+        # Multi-scale + flip costs len(scales) x 2 forward passes per image: during training, validations
+        # (every trainer.check_val_every_n_epoch epochs) are single-scale; the final evaluation after
+        # training uses the eval sets' scales and flip (segmentation.multiscale_during_training to change).
+        return not self.cfg.segmentation.multiscale_during_training and any(
+            list(spec.scales) != [1.0] or spec.flip for spec in self.eval_specs.values())
+
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch[0], batch[1]
         name = self.val_names[dataloader_idx]
         spec = self.eval_specs.get(name)
-        scores = self.predict_scores(x, spec.scales, spec.flip) if spec is not None else self._infer(x)
+        if spec is None or (self.fitting() and self.training_time_reduced()):
+            scores = self._infer(x)
+        else:
+            scores = self.predict_scores(x, spec.scales, spec.flip)
         self.val_metrics[dataloader_idx].update(scores.argmax(1), y)
 
     def on_validation_epoch_end(self) -> None:
@@ -223,4 +233,4 @@ class SegmentationTask(TaskBase):
             res["confmat"] = scores["confmat"].cpu().tolist()
             results[name] = res
             metric.reset()
-        self.log_eval_results(results)
+        self.log_eval_results(results, reduced=self.fitting() and self.training_time_reduced())
