@@ -1,7 +1,8 @@
-"""ibnnet data check | analyze divergence | evaluate."""
+"""ibnnet data check | data shrink | analyze divergence | evaluate."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,20 @@ def add_data_commands(sub) -> None:
     c.add_argument("name", choices=("imagenet", "cityscapes", "gta5"))
     c.add_argument("root")
     c.add_argument("--no-label-values", action="store_true", help="skip decoding labels (faster)")
+    k = dsub.add_parser("shrink", help="reduced-resolution copy of ImageNet for low-res training (FFCV-style)",
+                        description="Copy SRC/{train,val}/<wnid>/* to DST at short side N (aspect kept), re-encoded "
+                                    "as JPEG; resumable (done files are skipped), parallel, with a progress bar. "
+                                    "Runs with data.shrunk_short_side=N (the reduced ImageNet scales: 160) train "
+                                    "on SRC-N when it is complete. What changes in the data: data/README.md.")
+    k.add_argument("name", choices=("imagenet",))
+    k.add_argument("src", help="ImageNet root (with train/ and/or val/ class folders)")
+    k.add_argument("dst", nargs="?", help="destination (default: SRC-N, where the training runs look)")
+    k.add_argument("--short-side", type=int, required=True, metavar="N", help="shorter side in pixels (e.g. 160)")
+    k.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
+    k.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
+    k.add_argument("--split", action="append", choices=("train", "val"),
+                   help="only this split (repeatable; default: every split present)")
+    k.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("analyze", help="analyses of trained models")
     asub = p.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
@@ -59,7 +74,7 @@ def add_data_commands(sub) -> None:
 
 def run(args) -> int:
     if args.command == "data":
-        return cmd_data_check(args)
+        return cmd_data_shrink(args) if args.data_command == "shrink" else cmd_data_check(args)
     if args.command == "analyze":
         return cmd_divergence(args)
     return cmd_evaluate(args)
@@ -70,6 +85,30 @@ def cmd_data_check(args) -> int:
     report = check_dataset(args.name, args.root, check_label_values=not args.no_label_values)
     print(report.render())
     return 0 if report.ok else 1
+
+
+def cmd_data_shrink(args) -> int:
+    from ..data.shrink import MARKER, shrink_imagenet
+    src = Path(args.src)
+    dst = Path(args.dst) if args.dst else src.with_name(f"{src.name}-{args.short_side}")
+    if dst.name != f"{src.name}-{args.short_side}":
+        print(f"[ibnnet] note: training runs look for the copy at {src.name}-{args.short_side} beside {src.name}; "
+              f"{dst} is used only if you pass it as the dataset root", file=sys.stderr)
+    results = shrink_imagenet(src, dst, args.short_side, quality=args.quality, workers=args.workers,
+                              splits=tuple(args.split) if args.split else None, progress=not args.no_progress)
+    failed = 0
+    for split, r in results.items():
+        print(f"[ibnnet] {split}: {r.written} resized, {r.copied} copied (already small), {r.skipped} done before, "
+              f"{len(r.failed)} failed, {r.seconds:.0f} s")
+        for path, err in r.failed[:10]:
+            print(f"  failed: {path}: {err}", file=sys.stderr)
+        failed += len(r.failed)
+    if failed:
+        print(f"[ibnnet] {failed} images failed: those splits stay marked incomplete in {dst / MARKER}; "
+              f"fix or remove the files and run the command again", file=sys.stderr)
+        return 1
+    print(f"[ibnnet] {dst}: short side {args.short_side}, JPEG quality {args.quality}, complete")
+    return 0
 
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:
