@@ -21,7 +21,7 @@ segmentation pipeline (uint8 out). Reported, no target.
 "Per core" = images/s divided by the number of processes doing the work (workers, or 1 with
 ``--workers 0``); every torch op runs single-threaded. Files are read from the page cache.
 
-    uv run python bench/loader.py                      # 2 workers, 256 JPEGs, 5 rounds
+    uv run python bench/loader.py                      # 2 workers, 1024 reads of 256 JPEGs, 5 rounds
     uv run python bench/loader.py --workers 0 --images 128 --rounds 7
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.transforms import functional as TVF
@@ -176,21 +176,21 @@ def ours(root: Path, size: int, normalize: bool = False) -> Dataset:
 def timed_epoch(loader: DataLoader, device: torch.device) -> float:
     """Seconds for one pass, device-side normalisation included."""
     t0 = time.perf_counter()
-    n = 0
     for batch in loader:
-        x, y = prepare_batch([t.to(device, non_blocking=True) for t in batch])
-        n += x.shape[0]
+        prepare_batch([t.to(device, non_blocking=True) for t in batch])
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
 def measure(pipelines: dict[str, Dataset], workers: int, batch: int, rounds: int, device: torch.device,
-            warmup: int = 1) -> dict[str, float]:
+            samples: int, warmup: int = 1) -> dict[str, float]:
     """Median images/s per pipeline over rotated rounds (round r starts with pipeline r mod k)."""
-    loaders = {k: DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                             persistent_workers=workers > 0, drop_last=False,
-                             generator=torch.Generator().manual_seed(0))
+    # Each round reads `samples` items (the files reshuffled as often as needed): long enough that the
+    # workers' ramp-up and drain at the ends of a pass do not dominate the fast pipelines.
+    loaders = {k: DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
+                             sampler=RandomSampler(ds, num_samples=samples,
+                                                   generator=torch.Generator().manual_seed(0)))
                for k, ds in pipelines.items()}
     names = list(loaders)
     times: dict[str, list[float]] = {k: [] for k in names}
@@ -201,13 +201,14 @@ def measure(pipelines: dict[str, Dataset], workers: int, batch: int, rounds: int
             if r >= warmup:
                 times[k].append(t)
     del loaders
-    return {k: len(pipelines[k]) / statistics.median(v) for k, v in times.items()}
+    return {k: samples / statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for every pipeline (0: in-process)")
-    ap.add_argument("--images", type=int, default=256, help="JPEGs per epoch (each round is one epoch per pipeline)")
+    ap.add_argument("--images", type=int, default=256, help="distinct JPEGs written")
+    ap.add_argument("--samples", type=int, default=1024, help="images read per pipeline per round")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seg-images", type=int, default=8, help="Cityscapes-size pairs (0: skip segmentation)")
@@ -240,9 +241,10 @@ def main() -> None:
         "ibnnet 224": ours(src, 224),
         "torchvision 128": torchvision_imagenet(src, 128),
         f"ibnnet 128, shrunk copy (short side {SHRUNK_SIDE})": ours(small, 128),
-    }, args.workers, args.batch, args.rounds, device)
+    }, args.workers, args.batch, args.rounds, device, args.samples)
     base224, base128 = rates["torchvision 224"], rates["torchvision 128"]
-    print(f"\nImageNet training pipeline, {args.images} JPEGs, median of {args.rounds} rotated rounds")
+    print(f"\nImageNet training pipeline, {args.samples} reads of {args.images} JPEGs per round, median of "
+          f"{args.rounds} rotated rounds")
     print(f"| pipeline | images/s | per core | vs torchvision 224 | vs torchvision 128 |")
     print("|---|---|---|---|---|")
     for k, v in rates.items():
@@ -255,7 +257,8 @@ def main() -> None:
         raw = Cityscapes(seg, split="train")
         spec = DatasetSpec(name="bench", dataset="cityscapes", split="train")
         ours_seg = TransformedDataset(raw, build_transform(spec, "segmentation", AugmentConfig(), True))
-        srates = measure({"PIL": PILCityscapes(raw), "ibnnet": ours_seg}, args.workers, 2, args.seg_rounds, device)
+        srates = measure({"PIL": PILCityscapes(raw), "ibnnet": ours_seg}, args.workers, 2, args.seg_rounds, device,
+                         samples=args.seg_images)
         print(f"\nCityscapes-size training pipeline (2048x1024 PNG + label, scale 0.5-2, crop 512x1024, flip), "
               f"{args.seg_images} pairs, median of {args.seg_rounds} rounds")
         print("| pipeline | images/s | per core | vs PIL |")

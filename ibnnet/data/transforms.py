@@ -135,7 +135,8 @@ def build_transform(spec, policy: str, augment, train: bool, normalize: bool = F
                 steps.append(v2.RandomHorizontalFlip())
     else:
         raise ValueError(f"unknown augmentation policy {policy!r}")
-    return v2.Compose(steps + (_to_float() if normalize else []))
+    steps += _to_float() if normalize else []
+    return v2.Compose(steps or [v2.Identity()])  # e.g. segmentation eval: nothing to do before the device
 
 
 class TransformedDataset(Dataset):
