@@ -109,7 +109,7 @@ def prepare_batch(batch):
         x = normalize_batch(x)
     if isinstance(y, torch.Tensor) and y.dtype == torch.uint8:
         y = y.long()
-    return type(batch)((x, y)) if isinstance(batch, tuple) else [x, y]
+    return (x, y) if isinstance(batch, tuple) else [x, y]
 
 
 def build_transform(spec, policy: str, augment, train: bool, normalize: bool = False) -> v2.Compose:
