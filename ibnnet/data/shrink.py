@@ -209,7 +209,8 @@ def select_shrunk(root: str | os.PathLike, short_side: int, split: str) -> tuple
     if short_side <= 0:
         return None
     root = Path(root)
-    copy = root.with_name(f"{root.name}-{short_side}")
+    base = root if root.name else root.resolve()  # "." has no name to append -N to
+    copy = base.with_name(f"{base.name}-{short_side}")
     if not copy.is_dir():
         return None
     marker = read_json(copy / MARKER) or {}
