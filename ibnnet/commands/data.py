@@ -1,7 +1,8 @@
-"""ibnnet data check | data stylize | analyze divergence | evaluate."""
+"""ibnnet data check | data stylize | data shrink | analyze divergence | evaluate."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,20 @@ def add_data_commands(sub) -> None:
     st.add_argument("--device", default=None, help="default: cuda if available")
     st.add_argument("--quality", type=int, default=95, help="JPEG quality of .jpeg/.jpg outputs")
     st.add_argument("--no-progress", action="store_true", help="no progress bar")
+    k = dsub.add_parser("shrink", help="reduced-resolution copy of ImageNet for low-res training (FFCV-style)",
+                        description="Copy SRC/{train,val}/<wnid>/* to DST at short side N (aspect kept), re-encoded "
+                                    "as JPEG; resumable (done files are skipped), parallel, with a progress bar. "
+                                    "Runs with data.shrunk_short_side=N (the reduced ImageNet scales: 160) train "
+                                    "on SRC-N when it is complete. What changes in the data: data/README.md.")
+    k.add_argument("name", choices=("imagenet",))
+    k.add_argument("src", help="ImageNet root (with train/ and/or val/ class folders)")
+    k.add_argument("dst", nargs="?", help="destination (default: SRC-N, where the training runs look)")
+    k.add_argument("--short-side", type=int, required=True, metavar="N", help="shorter side in pixels (e.g. 160)")
+    k.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
+    k.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
+    k.add_argument("--split", action="append", choices=("train", "val"),
+                   help="only this split (repeatable; default: every split present)")
+    k.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("analyze", help="analyses of trained models")
     asub = p.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
@@ -75,7 +90,8 @@ def add_data_commands(sub) -> None:
 
 def run(args) -> int:
     if args.command == "data":
-        return cmd_stylize(args) if args.data_command == "stylize" else cmd_data_check(args)
+        handlers = {"stylize": cmd_stylize, "shrink": cmd_data_shrink}
+        return handlers.get(args.data_command, cmd_data_check)(args)
     if args.command == "analyze":
         return cmd_divergence(args)
     return cmd_evaluate(args)
@@ -103,6 +119,30 @@ def cmd_stylize(args) -> int:
                             progress=not args.no_progress, quality=args.quality)
     print(f"[ibnnet] {args.dst}: {counts['written']} images written, {counts['skipped']} already there, "
           f"{counts['classes']} class folders (weights {weights})")
+    return 0
+
+
+def cmd_data_shrink(args) -> int:
+    from ..data.shrink import MARKER, shrink_imagenet
+    src = Path(args.src)
+    dst = Path(args.dst) if args.dst else src.with_name(f"{src.name}-{args.short_side}")
+    if dst.name != f"{src.name}-{args.short_side}":
+        print(f"[ibnnet] note: training runs look for the copy at {src.name}-{args.short_side} beside {src.name}; "
+              f"{dst} is used only if you pass it as the dataset root", file=sys.stderr)
+    results = shrink_imagenet(src, dst, args.short_side, quality=args.quality, workers=args.workers,
+                              splits=tuple(args.split) if args.split else None, progress=not args.no_progress)
+    failed = 0
+    for split, r in results.items():
+        print(f"[ibnnet] {split}: {r.written} resized, {r.copied} copied (already small), {r.skipped} done before, "
+              f"{len(r.failed)} failed, {r.seconds:.0f} s")
+        for path, err in r.failed[:10]:
+            print(f"  failed: {path}: {err}", file=sys.stderr)
+        failed += len(r.failed)
+    if failed:
+        print(f"[ibnnet] {failed} images failed: those splits stay marked incomplete in {dst / MARKER}; "
+              f"fix or remove the files and run the command again", file=sys.stderr)
+        return 1
+    print(f"[ibnnet] {dst}: short side {args.short_side}, JPEG quality {args.quality}, complete")
     return 0
 
 

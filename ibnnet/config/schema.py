@@ -86,6 +86,8 @@ class DataConfig:
     batch_size: int = 32               # per device (GPU / process)
     eval_batch_size: int = 0           # 0 = batch_size
     num_workers: int = 4
+    # ImageNet train: read <root>-<N> made by `ibnnet data shrink imagenet` (short side N) when complete (0 = off)
+    shrunk_short_side: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

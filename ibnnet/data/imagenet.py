@@ -140,6 +140,8 @@ class ImageNet(Dataset):
             classes when reading a styled copy that lacks some classes).
         classes_source: where ``classes`` came from, for error messages.
         decoder: ``"torchvision"`` (default, measured faster) or ``"pil"``.
+        shrunk_short_side: if > 0 and ``<root>-<N>`` is a complete copy of this split made by
+            ``ibnnet data shrink imagenet`` at short side N, read that instead (``self.shrunk`` says so).
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class ImageNet(Dataset):
         classes: Sequence[str] | None = None,
         classes_source: str | os.PathLike | None = None,
         decoder: str = "torchvision",
+        shrunk_short_side: int = 0,
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"ImageNet split must be 'train' or 'val', got {split!r}")
@@ -161,6 +164,13 @@ class ImageNet(Dataset):
         if num_classes_subset < 0:
             raise ValueError(f"num_classes_subset must be >= 0, got {num_classes_subset}")
         fraction_count(1, fraction)  # validates the range early
+        from .shrink import select_shrunk
+        found = select_shrunk(root, shrunk_short_side, split)
+        # Which files were read, for the run's records: None = the originals under `root`.
+        self.shrunk = None if found is None else {"root": str(found[0]), "original_root": str(root),
+                                                  "short_side": shrunk_short_side,
+                                                  "jpeg_quality": found[1].get("quality")}
+        root = root if found is None else found[0]
         self.root = Path(root)
         self.split = split
         self.decoder = decoder

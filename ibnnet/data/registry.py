@@ -32,8 +32,9 @@ def _builtin_seg(spec, root, data):
 
 def _imagenet(spec, root, data):
     from .imagenet import ImageNet
+    # The shrunk copy serves training only: evaluation always reads the original val images.
     return ImageNet(root, split=spec.split, num_classes_subset=data.class_subset, fraction=spec.fraction,
-                    seed=spec.seed)
+                    seed=spec.seed, shrunk_short_side=data.shrunk_short_side if spec.split == "train" else 0)
 
 
 def _image_folder(spec, root, data):

@@ -7,11 +7,21 @@
 Every pipeline starts with the optional fixed resize of the dataset spec (GTA5 -> 1024x563). IBN Table 1's
 appearance transforms act on the float network input just before normalisation (unclipped, the default),
 or, for the ``*_clip`` variants, on the decoded uint8 image (see :mod:`ibnnet.data.appearance`).
+
+Workers hand over uint8 images (and uint8 masks): conversion to float and ImageNet normalisation run on the
+device (:func:`normalize_batch`, called by the task's ``on_after_batch_transfer``), as timm's prefetcher does.
+That moves a quarter of the bytes through worker queues and pinned memory and takes the float work off the
+CPU cores (``bench/loader.py`` measures it). The result is bit-identical to normalising in the worker
+(``normalize=True``), because the device runs the same torchvision kernels in the same order.
+
+All randomness comes from torch's global RNG (torchvision v2 transforms and ``torch.rand``), never Python's
+``random`` or NumPy's, so seeding torch per sample fixes every augmentation. An unclipped appearance change
+needs the float image, so the (evaluation) sets that have one are normalised in the worker: float batches
+pass through :func:`normalize_batch` unchanged.
 """
 from __future__ import annotations
 
 import math
-import random
 from typing import Any, Sequence
 
 import torch
@@ -32,8 +42,11 @@ class RandomScaleAspect(v2.Transform):
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)
-        s = random.uniform(*self.scale_range)
-        a = math.exp(random.uniform(*self.log_aspect))
+        # torch's global RNG, like every v2 transform: one seed fixes the whole augmentation.
+        lo, hi = self.scale_range
+        s = lo + (hi - lo) * float(torch.rand(()))
+        la, lb = self.log_aspect
+        a = math.exp(la + (lb - la) * float(torch.rand(())))
         return dict(size=[max(1, round(h * s / math.sqrt(a))), max(1, round(w * s * math.sqrt(a)))])
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -114,7 +127,39 @@ def _to_float(appearance: str = "none") -> list[v2.Transform]:
     ]
 
 
-def build_transform(spec, policy: str, augment, train: bool) -> v2.Compose:
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``[..., 3, H, W]`` -> float32, scaled to [0, 1] and ImageNet-normalised, on their device.
+
+    The same torchvision kernels as the worker-side ``ToDtype(scale=True)`` + ``Normalize``, so the result is
+    bit-identical to the old float pipeline. Float input is returned unchanged (already normalised).
+    """
+    if images.is_floating_point():
+        return images
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 or already normalised float images, got {images.dtype}")
+    x = TF.to_dtype(images.as_subclass(torch.Tensor), torch.float32, scale=True)
+    return TF.normalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, inplace=True)
+
+
+def prepare_batch(batch):
+    """A batch as the workers hand it over -> what the model and losses take (on the batch's device).
+
+    ``(uint8 images, targets, ...)``: images via :func:`normalize_batch`; uint8 segmentation masks -> int64 (the
+    loss and confusion matrix index with them; uint8 keeps them 8x smaller until here).
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        return batch
+    x, y, *rest = batch   # rest: the sample indices (TransformedDataset)
+    if isinstance(x, torch.Tensor):
+        x = normalize_batch(x)
+    if isinstance(y, torch.Tensor) and y.dtype == torch.uint8:
+        y = y.long()
+    return (x, y, *rest) if isinstance(batch, tuple) else [x, y, *rest]
+
+
+def build_transform(spec, policy: str, augment, train: bool, normalize: bool = False) -> v2.Compose:
+    """The pipeline of one dataset spec. Output: uint8 image (and uint8 mask), to be normalised on the device
+    by :func:`prepare_batch`; ``normalize=True`` gives the old worker-side float32 output instead."""
     steps = _prefix(spec)
     if policy == "imagenet":
         if train:
@@ -136,7 +181,9 @@ def build_transform(spec, policy: str, augment, train: bool) -> v2.Compose:
                 steps.append(v2.RandomHorizontalFlip())
     else:
         raise ValueError(f"unknown augmentation policy {policy!r}")
-    return v2.Compose(steps + _to_float(spec.appearance))
+    float_appearance = spec.appearance != "none" and not spec.appearance.endswith("_clip")
+    steps += _to_float(spec.appearance) if normalize or float_appearance else []
+    return v2.Compose(steps or [v2.Identity()])  # e.g. segmentation eval: nothing to do before the device
 
 
 class TransformedDataset(Dataset):

@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from ..data.transforms import normalize_batch, prepare_batch
 from .optim import build_optimizer, linear_scaled_lr, param_groups
 
 
@@ -42,7 +43,14 @@ class TaskBase(pl.LightningModule):
     def network(self) -> torch.nn.Module:
         return self.model if hasattr(self, "model") else self.net
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Workers hand over uint8 images; scaling and ImageNet normalisation run here, on the device (as
+        # timm's prefetcher does), bit-identical to the old worker-side float pipeline.
+        return prepare_batch(batch)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Direct callers (e.g. the SN batch-average callback) may pass the loader's uint8 images.
+        x = normalize_batch(x)
         if self.cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.network(x)
