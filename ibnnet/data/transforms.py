@@ -164,7 +164,7 @@ def build_transform(spec, policy: str, augment, train: bool, normalize: bool = F
     if policy == "imagenet":
         if train:
             steps += [v2.RandomResizedCrop(augment.image_size, antialias=True), v2.RandomHorizontalFlip()]
-            steps += pca_lighting(augment)   # float image in [0, 1] from here; ToDtype below leaves it as is
+            steps += pca_lighting(augment)   # float image in [0, 1] from here: normalised below, in the worker
         else:
             steps += [v2.Resize(augment.eval_resize, antialias=True), v2.CenterCrop(augment.image_size)]
     elif policy == "light":
@@ -181,8 +181,11 @@ def build_transform(spec, policy: str, augment, train: bool, normalize: bool = F
                 steps.append(v2.RandomHorizontalFlip())
     else:
         raise ValueError(f"unknown augmentation policy {policy!r}")
+    # Steps that make the image float (PCA lighting, an unclipped appearance change) normalise in the worker
+    # too: float batches pass through normalize_batch unchanged, so they must arrive normalised.
     float_appearance = spec.appearance != "none" and not spec.appearance.endswith("_clip")
-    steps += _to_float(spec.appearance) if normalize or float_appearance else []
+    floats = any(isinstance(t, PCALighting) for t in steps)
+    steps += _to_float(spec.appearance) if normalize or float_appearance or floats else []
     return v2.Compose(steps or [v2.Identity()])  # e.g. segmentation eval: nothing to do before the device
 
 
