@@ -83,3 +83,38 @@ def ibnnet(*args, check=True, timeout=600, env=None):
     return proc
 
 
+def _tensors(obj, prefix=""):
+    """Every tensor in a (nested) checkpoint, by path."""
+    import torch
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}/{i}")
+
+
+def assert_same_training(a, b, epochs: int, steps_per_epoch: int, num_samples: int) -> None:
+    """Two finished run folders trained the same model: every tensor of last.ckpt (weights, buffers,
+    optimizer state), the step count, the metrics and the sample indices of every batch are identical."""
+    from ibnnet.launch.exact import read_sample_log
+    import torch
+    ca = torch.load(a.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    cb = torch.load(b.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ca["global_step"] == cb["global_step"] == epochs * steps_per_epoch
+    ta = dict(_tensors({"state_dict": ca["state_dict"], "optimizer_states": ca["optimizer_states"]}))
+    tb = dict(_tensors({"state_dict": cb["state_dict"], "optimizer_states": cb["optimizer_states"]}))
+    assert ta.keys() == tb.keys() and len(ta) > 100
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not different, f"{len(different)} of {len(ta)} tensors differ, e.g. {different[:5]}"
+    assert a.metrics()["metrics"] == b.metrics()["metrics"]
+    sa, sb = read_sample_log(a.path / "logs"), read_sample_log(b.path / "logs")
+    assert [(r["epoch"], r["batch"], r["step"]) for r in sa] == [
+        (e, i, e * steps_per_epoch + i + 1) for e in range(epochs) for i in range(steps_per_epoch)]
+    assert sa == sb   # the same samples in the same order at every step, none twice, none skipped
+    for e in range(epochs):  # each epoch is a permutation of the training set, and epochs differ
+        seen = [i for r in sa if r["epoch"] == e for i in r["indices"]]
+        assert sorted(seen) == list(range(num_samples))
+    assert [r["indices"] for r in sa[:steps_per_epoch]] != [r["indices"] for r in sa[steps_per_epoch:2 * steps_per_epoch]]

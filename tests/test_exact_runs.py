@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ENV, REPO, cli, config
+from helpers import ENV, REPO, assert_same_training, cli, config
 from ibnnet.config import compose
-from ibnnet.launch.exact import read_sample_log
 from ibnnet.launch.rundir import RunFolder, run_dir
 
 # Dropout (drop_rate) and flip augmentation make the global and per-sample RNGs matter; 2 workers load
@@ -36,36 +35,8 @@ trainer: {max_epochs: 3, enable_progress_bar: false, log_every_n_steps: 1, num_t
 STEPS_PER_EPOCH = 96 // 16
 
 
-def _tensors(obj, prefix=""):
-    """Every tensor in a (nested) checkpoint, by path."""
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}/{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}/{i}")
-
-
 def assert_same_run(a: RunFolder, b: RunFolder) -> None:
-    ca = torch.load(a.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
-    cb = torch.load(b.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ca["global_step"] == cb["global_step"] == 3 * STEPS_PER_EPOCH
-    ta = dict(_tensors({"state_dict": ca["state_dict"], "optimizer_states": ca["optimizer_states"]}))
-    tb = dict(_tensors({"state_dict": cb["state_dict"], "optimizer_states": cb["optimizer_states"]}))
-    assert ta.keys() == tb.keys() and len(ta) > 100
-    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
-    assert not different, f"{len(different)} of {len(ta)} tensors differ, e.g. {different[:5]}"
-    assert a.metrics()["metrics"] == b.metrics()["metrics"]
-    sa, sb = read_sample_log(a.path / "logs"), read_sample_log(b.path / "logs")
-    assert [(r["epoch"], r["batch"], r["step"]) for r in sa] == [
-        (e, i, e * STEPS_PER_EPOCH + i + 1) for e in range(3) for i in range(STEPS_PER_EPOCH)]
-    assert sa == sb   # the same samples in the same order at every step, none twice, none skipped
-    for e in range(3):  # each epoch is a permutation of the training set, and epochs differ
-        seen = [i for r in sa if r["epoch"] == e for i in r["indices"]]
-        assert sorted(seen) == list(range(96))
-    assert [r["indices"] for r in sa[:STEPS_PER_EPOCH]] != [r["indices"] for r in sa[STEPS_PER_EPOCH:2 * STEPS_PER_EPOCH]]
+    assert_same_training(a, b, epochs=3, steps_per_epoch=STEPS_PER_EPOCH, num_samples=96)
 
 
 def _start(folder: RunFolder) -> subprocess.Popen:

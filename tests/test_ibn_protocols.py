@@ -32,7 +32,9 @@ def _network_input(img, kind: str, size: int) -> torch.Tensor:
     spec = OmegaConf.structured(DatasetSpec(appearance=kind))
     aug = OmegaConf.structured(AugmentConfig(image_size=size, eval_resize=size + size // 8))
     x, _ = build_transform(spec, "imagenet", aug, train=False)(img, 0)
-    return x.as_subclass(torch.Tensor)
+    # what the network sees: uint8 hand-overs are normalised on the device, float ones already are
+    from ibnnet.data.transforms import normalize_batch
+    return normalize_batch(x.as_subclass(torch.Tensor)[None])[0]
 
 
 def test_unclipped_appearance_is_an_exact_affine_map_of_the_network_input():

@@ -77,11 +77,9 @@ def test_uint8_pipeline_plus_device_normalisation_equals_old_float_path(policy, 
     a = aug(image_size=48, eval_resize=56, crop_size=[40, 60])
     old = TransformedDataset([(image, target)], build_transform(spec(), policy, a, train, normalize=True))
     new = TransformedDataset([(image, target)], build_transform(spec(), policy, a, train))
-    for seed in range(4):
-        torch.manual_seed(seed)
-        x_old, y_old = default_collate([old[0]])
-        torch.manual_seed(seed)
-        x_new, y_new = default_collate([new[0]])
+    for epoch in range(4):   # items are seeded per (epoch, index): four different augmentation draws
+        x_old, y_old, _ = default_collate([old[(epoch, 0)]])
+        x_new, y_new, _ = default_collate([new[(epoch, 0)]])
         assert x_new.dtype == torch.uint8 and x_old.dtype == torch.float32
         x_dev, y_dev = prepare_batch((x_new, y_new))
         assert torch.equal(x_dev, x_old), "device-side normalisation must be bit-identical"
@@ -146,14 +144,15 @@ def test_train_augmentation_draws_the_same_crops_and_flips_as_torchvision(jpeg_t
     rrc = next(t for t in transform.transforms if isinstance(t, v2.RandomResizedCrop))
     flip = next(t for t in transform.transforms if isinstance(t, v2.RandomHorizontalFlip))
     assert rrc.scale == (0.08, 1.0) and rrc.ratio == pytest.approx((3 / 4, 4 / 3)) and flip.p == 0.5
-    ours = TransformedDataset(ImageNet(jpeg_tree, "train"), transform)
+    # The transform itself (TransformedDataset would re-seed each sample from (seed, epoch, index)).
+    ours = ImageNet(jpeg_tree, "train")
     theirs = datasets.ImageFolder(str(jpeg_tree / "train"), transform=T.Compose([
         T.RandomResizedCrop(64), T.RandomHorizontalFlip(), T.ToTensor(),
         T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]))
     states = set()
     for seed in range(12):
         torch.manual_seed(seed)
-        x = normalize_batch(ours[seed % 3][0][None])[0]
+        x = normalize_batch(transform(*ours[seed % 3])[0].as_subclass(torch.Tensor)[None])[0]
         torch.manual_seed(seed)
         ref = theirs[seed % 3][0]
         # Same torch RNG draws -> same box and flip; a different box or flip would differ by far more.

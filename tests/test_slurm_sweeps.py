@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from helpers import CLS, REPO, cli, config
+from helpers import CLS, REPO, assert_same_training, cli, config
 from ibnnet.launch.grid import load_experiment
 
 pytestmark = pytest.mark.slurm
@@ -91,22 +91,33 @@ def test_two_task_ddp_job_records_world_size_two(slurm_cluster, tmp_path):
     assert metrics["world_size"] == 2
 
 
-def test_requeue_on_the_time_limit_signal_resumes_with_the_same_number_of_steps(slurm_cluster, tmp_path):
+def test_requeue_on_the_time_limit_signal_resumes_bit_identically(slurm_cluster, tmp_path):
     env = env_for(slurm_cluster)
-    body = CLS.replace("max_epochs: 8", "max_epochs: 10").replace("image_size: 48, eval_resize: 48",
-                                                                  "image_size: 32, eval_resize: 32")
+    # one thread: the SLURM task's CPU set and this machine's core count must not change the float sums
+    body = CLS.replace("max_epochs: 8", "max_epochs: 4").replace("image_size: 48, eval_resize: 48",
+                                                                 "image_size: 32, eval_resize: 32")
+    body = body.replace("log_every_n_steps: 1}", "log_every_n_steps: 1, num_threads: 1, log_sample_indices: true}")
     base = config(tmp_path, body + SLURM, "base.yaml")
     path = make_experiment(tmp_path, "requeue", base, "{model: {key: model.name, values: {BN: resnet18_bn}}}")
     cli("sweep", path, "--launcher", "slurm", env=env)
     (_, cfg, folder), = load_experiment(path).folders()
+    samples = folder.path / "logs" / "samples-rank0.jsonl"
     deadline = time.time() + 300
-    while not (folder.checkpoint_dir / "last.ckpt").exists():
+    # interrupt mid-epoch: after the first epoch's checkpoint and two batches of the second
+    while not (samples.is_file() and len(samples.read_text().splitlines()) >= 96 // 16 + 2):
         assert time.time() < deadline, folder.log_tail(40)
         assert not folder.is_done(), "finished before it could be interrupted; make the run longer"
-        time.sleep(0.2)
+        time.sleep(0.05)
     job = folder.state()["slurm_job"]
     # what SLURM sends --signal=USR1@N seconds before the time limit, now
     slurm_cluster.run("scancel", "--signal=USR1", job)
+    # meanwhile, the same config uninterrupted, here and without SLURM
+    from omegaconf import OmegaConf
+
+    from ibnnet.launch.runner import prepare
+    ref_cfg = OmegaConf.merge(cfg, {"paths": {"runs": str(tmp_path / "reference")}, "launcher": {"name": "local"}})
+    reference = prepare(ref_cfg)
+    cli("run", reference.path)
     wait_done(path, [folder], env, timeout=480)
     m = folder.metrics()
     assert m is not None, folder.log_tail(60)
@@ -115,10 +126,12 @@ def test_requeue_on_the_time_limit_signal_resumes_with_the_same_number_of_steps(
     assert attempts[0]["status"] == "requeued" and attempts[1]["resume_from"] == "preempt.ckpt"
     assert attempts[1].get("SLURM_RESTART_COUNT") == "1"
     steps_per_epoch = 96 // 16
-    assert m["epochs"] == 10 and m["global_step"] == 10 * steps_per_epoch
+    assert m["epochs"] == 4 and m["global_step"] == 4 * steps_per_epoch
     with open(folder.path / "logs" / "metrics.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
-    assert sorted(steps) == list(range(len(steps))) or len(set(steps)) == 10 * steps_per_epoch
+    assert len(steps) == len(set(steps)) == 4 * steps_per_epoch   # every step logged once
+    assert reference.path.name == folder.path.name
+    assert_same_training(reference, folder, epochs=4, steps_per_epoch=steps_per_epoch, num_samples=96)
     assert not (folder.checkpoint_dir / "preempt.ckpt").exists()  # removed once the run finished
     log = "".join(p.read_text() for p in folder.path.glob("slurm-*.out"))
     assert "saved" in log and "preempt.ckpt" in log and "requeued job" in log

@@ -53,8 +53,8 @@ def test_sn_table2_bn_row_builds_a_network_without_sn_tweaks():
     exp = load_experiment("sn_table2", "full")
     cells = {c.name: c for c in exp.cells}
     small = ("model.name=resnet18_sn",)   # the rows' model flags on a smaller network of the same family
-    bn = build_model(exp.compose_cell(cells["norm=BN_setting=8x32"], small).model, num_classes=10, load_file=False)
-    sn = build_model(exp.compose_cell(cells["norm=SN_setting=8x32"], small).model, num_classes=10, load_file=False)
+    bn = build_model(exp.compose_cell(cells["norm=BN_setting=8x32"], small).model, num_classes=10, with_weights=False)
+    sn = build_model(exp.compose_cell(cells["norm=SN_setting=8x32"], small).model, num_classes=10, with_weights=False)
     assert bn.drop_rate == 0.0 and sn.drop_rate == 0.5
     bn_weights = [m.weight.detach() for m in bn.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bn_weights and all(torch.equal(w, torch.ones_like(w)) for w in bn_weights)
@@ -71,7 +71,7 @@ def _augment(**kw):
 
 
 def test_pca_lighting_is_off_by_default_and_only_in_imagenet_training():
-    from ibnnet.data.transforms import PCALighting, build_transform
+    from ibnnet.data.transforms import PCALighting, build_transform, normalize_batch
     from omegaconf import OmegaConf
     spec = OmegaConf.structured(DatasetSpec)
     assert AugmentConfig().pca_lighting == 0.0
@@ -111,7 +111,7 @@ def test_pca_lighting_adds_one_rgb_offset_along_the_eigenvectors_deterministical
 
 
 def test_pca_lighting_in_the_pipeline_shifts_each_normalised_channel_by_offset_over_std():
-    from ibnnet.data.transforms import PCALighting, build_transform
+    from ibnnet.data.transforms import PCALighting, build_transform, normalize_batch
     from omegaconf import OmegaConf
     from timm.data import IMAGENET_DEFAULT_STD
     spec = OmegaConf.structured(DatasetSpec)
@@ -119,7 +119,7 @@ def test_pca_lighting_in_the_pipeline_shifts_each_normalised_channel_by_offset_o
     plain = build_transform(spec, "imagenet", _augment(image_size=16), train=True)
     lit = build_transform(spec, "imagenet", _augment(image_size=16, pca_lighting=0.1), train=True)
     torch.manual_seed(0)
-    a = plain(image).as_subclass(torch.Tensor)
+    a = normalize_batch(plain(image).as_subclass(torch.Tensor)[None])[0]   # uint8: normalised on the device
     torch.manual_seed(0)
     b = lit(image).as_subclass(torch.Tensor)     # same crop and flip: lighting draws after them
     per_channel = (b - a).flatten(1)
@@ -164,14 +164,14 @@ def test_batch_average_batches_are_unaugmented_training_images(textured_imagenet
     evaluated = TransformedDataset(dm.raw_train_dataset(),
                                    build_transform(spec, DATASETS[spec.dataset].augment, cfg.data.augment, False))
     eval_images = torch.stack([evaluated[i][0] for i in range(len(evaluated))])
-    batches = [x for x, _ in statistics_loader(dm, seed=0)]
+    batches = [x for x, *_ in statistics_loader(dm, seed=0)]
     assert len(batches) == 12 // 4 and all(x.shape == (4, 3, 24, 24) for x in batches)   # per-process batch size
     for x in torch.cat(batches):
         # exactly the evaluation transform (resize 28, centre crop 24; no flip, no lighting) of a training image
         assert any(torch.equal(x, e) for e in eval_images)
-    again = [x for x, _ in statistics_loader(dm, seed=0)]
+    again = [x for x, *_ in statistics_loader(dm, seed=0)]
     assert all(torch.equal(a, b) for a, b in zip(batches, again))
-    other = [x for x, _ in statistics_loader(dm, seed=1)]
+    other = [x for x, *_ in statistics_loader(dm, seed=1)]
     assert not all(torch.equal(a, b) for a, b in zip(batches, other))   # shuffled with the seed
 
 
@@ -181,7 +181,7 @@ def test_batch_average_estimate_is_reproducible_and_restores_moving_averages(tex
     from ibnnet.layers import SwitchNorm2d
     from ibnnet.tasks.common import build_model
     cfg = tiny_cls(textured_imagenet, tmp_path)
-    net = build_model(cfg.model, num_classes=2, load_file=False)
+    net = build_model(cfg.model, num_classes=2, with_weights=False)
     net.device = torch.device("cpu")
     trainer = SimpleNamespace(datamodule=DataModule(cfg), world_size=1, global_rank=0, sanity_checking=False)
     sn = [m for m in net.modules() if isinstance(m, SwitchNorm2d)]

@@ -22,6 +22,7 @@ pass through :func:`normalize_batch` unchanged.
 from __future__ import annotations
 
 import math
+import random
 from typing import Any, Sequence
 
 import torch

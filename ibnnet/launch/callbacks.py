@@ -1,6 +1,7 @@
 """Callbacks and plugins every run uses: checkpoints, SN batch-average statistics, atomic saves."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from ..data.transforms import normalize_batch
 from ..layers import estimate_batch_average_stats
 from .rundir import RunFolder
 
@@ -22,6 +24,16 @@ log = logging.getLogger("ibnnet")
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (full disk, quota); the previous one is intact."""
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """ENOSPC/EDQUOT anywhere in the exception chain (torch reports a full disk as a RuntimeError)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -37,7 +49,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
-            torch.save(checkpoint, tmp)
+            # Our own file object: on a failed write it is closed (and its space freed with the unlink) at
+            # once, not when torch's writer is garbage-collected, so the error can still be recorded.
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
             if path.name in self.KEEP_PREVIOUS and path.exists():
                 previous = path.with_name(path.stem + ".prev.ckpt")
                 link = path.with_name(f".{previous.name}.{os.getpid()}.tmp")
@@ -50,10 +67,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CheckpointWriteError):
                 free = shutil.disk_usage(path.parent).free
                 kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+                why = "no space left on device" if _disk_full(e) else f"{type(e).__name__}: {str(e).strip()[:200]}"
                 raise CheckpointWriteError(
-                    f"{path}: could not write the checkpoint ({type(e).__name__}: {str(e).strip()[:200]}); "
-                    f"{free / 2**20:.1f} MiB free on that file system; {kept}. Free space (or move "
-                    f"paths.runs) and run again: it resumes from the last checkpoint") from e
+                    f"{path}: could not write the checkpoint ({why}); {free / 2**20:.1f} MiB free there once "
+                    f"the partial file was removed; {kept}. Free space (or move paths.runs) and run again: "
+                    f"it resumes from the last checkpoint") from e
             raise
 
 
@@ -108,7 +126,8 @@ class BatchAverageStats(Callback):
         loader = statistics_loader(trainer.datamodule, seed, trainer.world_size, trainer.global_rank)
 
         def forward(module, batch):
-            return module(batch[0].to(device, non_blocking=True))
+            # the loader hands over uint8 images: normalise as the task does after a batch transfer
+            return module(normalize_batch(batch[0].to(device, non_blocking=True)))
 
         used = estimate_batch_average_stats(pl_module, loader, self.num_batches, forward_fn=forward)
         if trainer.world_size > 1 and torch.distributed.is_initialized():
