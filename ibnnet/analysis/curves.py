@@ -138,6 +138,7 @@ def write_curves(runs: Sequence[RunRef], patterns: Sequence[str] | None, out_dir
 def _plot(data, runs: Sequence[RunRef], title: str) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     kinds = list(dict.fromkeys(_kind(col) for _, col, _ in data))
     fig = Figure(figsize=(6.5 * len(kinds), 4.5))
@@ -161,6 +162,7 @@ def _plot(data, runs: Sequence[RunRef], title: str) -> bytes:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, linestyle=style, color=colors[id(run)], marker="o" if len(xs) < 15 else None,
                     markersize=3, label=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epochs")
         ax.set_ylabel(kind)
         ax.grid(alpha=0.3)

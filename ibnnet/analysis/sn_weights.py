@@ -262,6 +262,6 @@ def _layer_plot(layers: Sequence[SNLayer], title: str) -> bytes:
             handles += [Patch(facecolor="white", edgecolor="gray", hatch="///", label="after 3x3 conv"),
                         Patch(facecolor="white", edgecolor="gray", hatch="xx", label="shortcut (*)"),
                         Patch(facecolor="white", edgecolor="gray", label="after 1x1 / 7x7 conv")]
-            ax.legend(handles=handles, ncol=6, fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1.08))
-            ax.set_title(f"{title} ({n} SN layers)", pad=28)
+            ax.legend(handles=handles, ncol=6, fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1.06))
+    fig.suptitle(f"{title} ({n} SN layers)")
     return _png(fig)
