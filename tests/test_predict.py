@@ -182,3 +182,34 @@ def test_predict_test_split_and_errors(tmp_path):
         cli("predict", config, "--out", out)
     with pytest.raises(AssertionError, match="no evaluation set named"):
         cli("predict", config, "--checkpoint", ckpt, "--out", out, "--sets", "nope")
+
+
+def test_predict_gta5_frames_at_their_own_size(tmp_path):
+    try:
+        import fixtures_datasets as fx
+    except ImportError:  # pragma: no cover
+        from tests import fixtures_datasets as fx
+    city = tmp_path / "cityscapes"
+    write_fixture(city)
+    config = tmp_path / "seg.yaml"
+    config.write_text(CONFIG.format(root=city, tmp=tmp_path))
+    ckpt = tmp_path / "net.pth"
+    fixed_checkpoint(config, ckpt, sorted((city / "leftImg8bit" / "val").rglob("*.png")))
+    gta = tmp_path / "gta5"
+    fx.write_gta5(gta, n=3, size=(W, H))
+    (gta / "train.txt").write_text("1\n")
+    (gta / "val.txt").write_text("00002\n3\n")
+    # Evaluated resized (like the paper's GTA5 at 1024x563), written back at the frame's own size.
+    gcfg = tmp_path / "gta.yaml"
+    gcfg.write_text(CONFIG.format(root=city, tmp=tmp_path).replace(
+        "    - {name: cityscapes, dataset: cityscapes, split: val,",
+        f"    - {{name: gta5, dataset: gta5, split: val, root: {gta}, resize: [32, 20]}}\n"
+        "    - {name: cityscapes, dataset: cityscapes, split: val,"))
+    out = tmp_path / "pred"
+    cli("predict", gcfg, "--checkpoint", ckpt, "--out", out, "--sets", "gta5")
+    files = sorted((out / "gta5").iterdir())
+    assert [f.name for f in files] == ["00002.png", "00003.png"] and not (out / "cityscapes").exists()
+    for f in files:
+        with Image.open(f) as im:
+            assert im.mode == "L" and im.size == (W, H)
+            assert set(np.unique(np.asarray(im)).tolist()) <= {k for k, v in LABEL_TO_TRAIN_ID.items() if v != 255}
