@@ -211,7 +211,11 @@ def cmd_predict(args) -> int:
                              logger=False, enable_progress_bar=True, use_distributed_sampler=False,
                              enable_checkpointing=False)
         predictor = _predictor(task, todo, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.num_workers)
-        trainer.predict(predictor, return_predictions=False)
+        import warnings
+        with warnings.catch_warnings():
+            # predict_step writes files and returns nothing, on purpose.
+            warnings.filterwarnings("ignore", message="predict returned None")
+            trainer.predict(predictor, return_predictions=False)
         trainer.strategy.barrier("predictions written")
         if not trainer.is_global_zero:
             return 0
