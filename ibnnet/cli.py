@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .commands.data import add_data_commands
     add_data_commands(sub)
+    from .commands.figures import add_figure_commands
+    add_figure_commands(sub)
+    from .commands.predict import add_predict_command
+    add_predict_command(sub)
     return parser
 
 
@@ -112,6 +116,12 @@ def _dispatch(args) -> int:
     if args.command == "weights":
         from .commands import weights
         return weights.run(args)
+    if args.command == "plot" or getattr(args, "analyze_command", None) == "sn-weights":
+        from .commands import figures
+        return figures.run(args)
+    if args.command == "predict":
+        from .commands import predict
+        return predict.run(args)
     if args.command in ("data", "analyze", "evaluate"):
         from .commands import data
         return data.run(args)

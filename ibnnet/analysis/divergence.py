@@ -363,10 +363,26 @@ def divergence_report(results: Mapping[str, Sequence[float]], layer_names: Seque
         lines.append(f"| {name} | " + " | ".join(f"{float(results[lb][i]):.4g}" for lb in labels) + " |")
     means = [sum(map(float, results[lb])) / max(len(layer_names), 1) for lb in labels]
     lines.append("| mean | " + " | ".join(f"{v:.4g}" for v in means) + " |")
+    lines += ["", "Layer numbers of the figure (IBN-Net Fig. 5): "
+              + ", ".join(f"{n} = {name}" for (n, _), name in zip(paper_numbering(layer_names), layer_names)) + "."]
     _atomic_write(paths["md"], ("\n".join(lines) + "\n").encode())
 
     _atomic_write(paths["png"], _bar_plot(results, layer_names, title))
     return paths
+
+
+def paper_numbering(layer_names: Sequence[str]) -> list[tuple[int, str]]:
+    """(number, stage) of each layer as IBN-Net Fig. 5 counts them: 1..17 in forward order.
+
+    The paper numbers the 17 ReLU layers of the main path from 1 (the stem) and refers to them by those
+    numbers (sec. 4.3: IBN-Net-b's divergence drops "after IN layer at position 2,4,8").  The stage is
+    the ResNet group a layer belongs to: conv1 (stem), conv2_x .. conv5_x (layer1 .. layer4).
+    """
+    out = []
+    for i, name in enumerate(layer_names, 1):
+        m = re.match(r"^layer(\d+)\.", name)
+        out.append((i, f"conv{int(m.group(1)) + 1}_x" if m else ("conv1" if name == "stem" else name)))
+    return out
 
 
 def _bar_plot(results: Mapping[str, Sequence[float]], layer_names: list[str], title: str) -> bytes:
@@ -375,18 +391,27 @@ def _bar_plot(results: Mapping[str, Sequence[float]], layer_names: list[str], ti
     from matplotlib.figure import Figure
 
     labels = list(results)
-    fig = Figure(figsize=(max(6.0, 0.55 * len(layer_names) + 2), 4.0))
+    fig = Figure(figsize=(max(6.0, 0.55 * len(layer_names) + 2), 4.3))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / max(len(labels), 1)
-    xs = range(len(layer_names))
+    numbering = paper_numbering(layer_names)
+    xs = [n for n, _ in numbering]
     for k, label in enumerate(labels):
         offset = (k - (len(labels) - 1) / 2) * width
         vals = [float(v) if math.isfinite(float(v)) else float("nan") for v in results[label]]
         ax.bar([x + offset for x in xs], vals, width, label=label)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(layer_names, rotation=45, ha="right")
-    ax.set_xlabel("layer (ReLU output)")
+    # The paper's x-axis: layers 1..17; the ResNet stage of each group of layers written underneath.
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(n) for n in xs])
+    stages = [st for _, st in numbering]
+    starts = [i for i in range(len(stages)) if i == 0 or stages[i] != stages[i - 1]]
+    for a, b in zip(starts, starts[1:] + [len(stages)]):
+        if a > 0:
+            ax.axvline(xs[a] - 0.5, color="gray", linewidth=0.6, linestyle=":")
+        ax.annotate(stages[a], xy=((xs[a] + xs[b - 1]) / 2, 0), xycoords=("data", "axes fraction"),
+                    xytext=(0, -22), textcoords="offset points", ha="center", va="top", fontsize="small")
+    ax.set_xlabel("layer (ReLU output on the main path, numbered as in IBN-Net Fig. 5)", labelpad=16)
     ax.set_ylabel("feature divergence")
     ax.set_title(title)
     ax.legend()

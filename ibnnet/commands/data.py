@@ -72,6 +72,8 @@ def add_data_commands(sub) -> None:
     d.add_argument("--device", default=None, help="default: cuda if available")
     d.add_argument("--out", help="output folder (default: results/<experiment or 'divergence'>)")
     d.add_argument("--title", default="Feature divergence")
+    from .figures import add_sn_weights_parser
+    add_sn_weights_parser(asub)
 
     e = sub.add_parser("evaluate", help="evaluate one checkpoint on every eval set and appearance transform",
                        description="IBN Table 1 in one command: the config's evaluation sets, each also under "
