@@ -125,6 +125,7 @@ def _predictor(task, jobs: list[_Job], batch_size: int, num_workers: int):
     from torch.nn import functional as F
     from torch.utils.data import DataLoader, SequentialSampler
 
+    from ..data.transforms import normalize_batch
     from ..launch.files import atomic_write_bytes
 
     lut = torch.from_numpy(train_to_label_id_lut())
@@ -147,6 +148,7 @@ def _predictor(task, jobs: list[_Job], batch_size: int, num_workers: int):
 
         def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
             x, indices, hs, ws = batch
+            x = normalize_batch(x)   # workers hand over uint8 (multi-scale resizing needs the float image)
             job = jobs[dataloader_idx]
             scores = self.task.predict_scores(x, job.spec.scales, job.spec.flip)
             for k in range(x.shape[0]):

@@ -208,8 +208,13 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
         + ([PreemptionCheckpoint(flag, folder.checkpoint_dir)] if flag is not None else []),
         plugins=build_plugins(cfg),
     )
+    import warnings
     try:
-        trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        with warnings.catch_warnings():
+            # Our loader does resume mid-epoch, through the data module's checkpointed position
+            # (ibnnet.data.sampling); Lightning only knows about loaders with their own state_dict.
+            warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+            trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
     except Preempted as e:
         raise RequeueRequested(e.reason) from None
     if trainer.interrupted:

@@ -23,6 +23,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from ..launch.emulation import effective_norm
 from ..layers.norm import get_norm_layer
+from ..data.transforms import normalize_batch
 from .base import TaskBase
 from .common import build_model, load_initial_weights, load_segmentation_weights, model_kwargs, resolve_weights_path
 from .metrics import ConfusionMatrix
@@ -191,6 +192,7 @@ class SegmentationTask(TaskBase):
 
     def predict_scores(self, x: torch.Tensor, scales=(1.0,), flip: bool = False) -> torch.Tensor:
         """Class probabilities at the input size, averaged over test scales (and mirrored copies)."""
+        x = normalize_batch(x)   # uint8 from a loader: resizing for the scales needs the float image
         if list(scales) == [1.0] and not flip:
             return self._infer(x)
         h, w = x.shape[-2:]
