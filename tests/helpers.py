@@ -24,6 +24,22 @@ optim: {name: sgd, lr: 0.01, schedule: constant, warmup_epochs: 0}
 trainer: {max_epochs: 8, enable_progress_bar: false, log_every_n_steps: 1}
 """
 
+# The smallest real training run: 2 epochs of 2 batches at 32 px, no wandb, one thread.
+TINY = """
+defaults: [{optim: demo}, {trainer: cpu_demo}, {logger: disabled}, {launcher: local}]
+task: classification
+model: {name: resnet18_bn}
+data:
+  train: {dataset: builtin_cls, split: train, domain: synthetic, num_samples: 32}
+  val:
+    - {name: synthetic, dataset: builtin_cls, split: val, domain: synthetic, num_samples: 8}
+  batch_size: 16
+  num_workers: 0
+  augment: {image_size: 32, eval_resize: 32}
+optim: {name: sgd, lr: 0.01, schedule: constant, warmup_epochs: 0}
+trainer: {max_epochs: 2, enable_progress_bar: false, log_every_n_steps: 1, num_threads: 1}
+"""
+
 SEG = """
 defaults: [{optim: demo}, {trainer: cpu_demo}, {logger: offline}, {launcher: local}]
 task: segmentation

@@ -8,26 +8,13 @@ import textwrap
 import pytest
 import torch
 
-from helpers import ENV, REPO, cli, config
+from helpers import ENV, REPO, TINY, cli, config
 from ibnnet.config import compose
 from ibnnet.launch.grid import load_experiment
 from ibnnet.launch.rundir import CheckpointError, RunFolder, run_dir
 from ibnnet.launch.runner import prepare
 
-BODY = """
-defaults: [{optim: demo}, {trainer: cpu_demo}, {logger: disabled}, {launcher: local}]
-task: classification
-model: {name: resnet18_bn}
-data:
-  train: {dataset: builtin_cls, split: train, domain: synthetic, num_samples: 32}
-  val:
-    - {name: synthetic, dataset: builtin_cls, split: val, domain: synthetic, num_samples: 8}
-  batch_size: 16
-  num_workers: 0
-  augment: {image_size: 32, eval_resize: 32}
-optim: {name: sgd, lr: 0.01, schedule: constant, warmup_epochs: 0}
-trainer: {max_epochs: 2, enable_progress_bar: false, log_every_n_steps: 1, num_threads: 1}
-"""
+BODY = TINY
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import ENV, REPO, cli, config
+from helpers import ENV, REPO, TINY, cli, config
 from ibnnet.launch import claims
 from ibnnet.launch.grid import load_experiment
 from ibnnet.launch.rundir import RunFolder
@@ -73,20 +73,7 @@ def test_a_claimed_run_is_not_started_twice(tmp_path):
         held.release()
 
 
-BODY = """
-defaults: [{optim: demo}, {trainer: cpu_demo}, {logger: disabled}, {launcher: local}]
-task: classification
-model: {name: resnet18_bn}
-data:
-  train: {dataset: builtin_cls, split: train, domain: synthetic, num_samples: 32}
-  val:
-    - {name: synthetic, dataset: builtin_cls, split: val, domain: synthetic, num_samples: 8}
-  batch_size: 16
-  num_workers: 0
-  augment: {image_size: 32, eval_resize: 32}
-optim: {name: sgd, lr: 0.01, schedule: constant, warmup_epochs: 0}
-trainer: {max_epochs: 2, enable_progress_bar: false, log_every_n_steps: 1, num_threads: 1}
-launcher: {heartbeat_s: 1, claim_timeout_s: 30}
+BODY = TINY + """launcher: {heartbeat_s: 1, claim_timeout_s: 30}
 """
 
 
