@@ -106,3 +106,39 @@ def test_a_run_interrupted_mid_epoch_resumes_bit_identically(reference, tmp_path
     assert attempts[1]["resume_from"] == ("last.ckpt" if how == "sigkill" else "preempt.ckpt")
     assert_same_run(ref, folder)
     assert not (folder.checkpoint_dir / "preempt.ckpt").exists()
+
+
+def test_resume_and_evaluate_need_nothing_but_the_run_folder(tmp_path):
+    """Starting weights are read on a fresh start only: the source file may be gone for a resume or evaluate."""
+    import os
+    import threading
+
+    import timm
+    from helpers import TINY
+    source = tmp_path / "start.pth"
+    from ibnnet.data.synthetic import SHAPE_CLASSES
+    start = timm.create_model("resnet18_bn", num_classes=len(SHAPE_CLASSES)).state_dict()
+    torch.save(start, source)
+    path = config(tmp_path, TINY.replace("model: {name: resnet18_bn}", f"model: {{name: resnet18_bn, "
+                                         f"pretrained_file: {source}}}").replace("lr: 0.01", "lr: 1.0e-9")
+                  .replace("log_every_n_steps: 1,", "log_every_n_steps: 1, log_sample_indices: true,"))
+    folder = RunFolder(run_dir(compose(path)))
+    samples = folder.path / "logs" / "samples-rank0.jsonl"
+
+    def stop_after_first_batch():   # what a cluster's SIGTERM does, to this very process
+        while not (samples.is_file() and samples.read_text().strip()):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_after_first_batch, daemon=True).start()
+    cli("train", path)
+    assert folder.state()["status"] == "interrupted" and (folder.checkpoint_dir / "preempt.ckpt").is_file()
+    source.unlink()   # the starting weights are gone (a deleted `run:` folder, an emptied download cache)
+    cli("run", folder.path)
+    assert folder.is_done() and folder.state()["attempts"][-1]["resume_from"] == "preempt.ckpt"
+    trained = torch.load(folder.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    # the fresh start did load the file: with lr 1e-9 the conv weights are still the file's
+    assert torch.allclose(trained["model.conv1.weight"], start["conv1.weight"], atol=1e-6)
+    out = tmp_path / "eval"
+    cli("evaluate", path, "--checkpoint", folder.checkpoint_dir / "last.ckpt", "--out", out)
+    assert json.loads((out / "evaluation.json").read_text())["results"]["synthetic"]["top1_err"] >= 0
