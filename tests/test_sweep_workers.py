@@ -113,7 +113,7 @@ def test_three_workers_share_six_cells_and_survive_a_killed_one(tmp_path):
         time.sleep(0.05)
     os.killpg(lone.pid, signal.SIGKILL)
     lone.wait()
-    out = pair.communicate(timeout=600)[0]
+    out = pair.communicate(timeout=900)[0]
     assert pair.returncode == 0, out
     assert all(f.is_done() for f in folders), out
     for f in folders:
