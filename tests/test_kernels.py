@@ -251,3 +251,22 @@ def test_inductor_compiled_training_matches_eager(name):
     for a, b in zip(eager.buffers(), compiled.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert compiled._compiled_call_impl is not None  # really compiled, not silently eager
+
+
+@pytest.mark.parametrize("kind", ["fused", "native"])
+def test_switch_norm_saves_one_activation_for_backward(kind):
+    """SN's memory win on both paths: autograd keeps the input (one activation-sized tensor) and (N, C)
+    statistics, not the official formula's chain of full-size intermediates."""
+    layer = SwitchNorm2d(32)
+    x = torch.randn(4, 32, 16, 16, requires_grad=True)
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), use_kernel(kind):
+        y = layer(x)
+    y.sum().backward()
+    activation = x.numel() * x.element_size()
+    assert activation <= sum(storages.values()) <= 1.05 * activation
