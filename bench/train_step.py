@@ -5,8 +5,12 @@ ratio of each model's median step time to torchvision's resnet50 measured in the
 "Official SN math" is the official layer's formula in plain autograd (what the official code runs),
 for comparison with our fused SwitchNorm2d.
 
-    uv run python bench/train_step.py                 # CPU defaults: batch 8 at 224 px, 8 rounds
-    uv run python bench/train_step.py --device cuda --batch 64 --channels-last --bf16
+One run prints every ratio as one table: float32 and bf16-autocast step times, saved-for-backward
+memory (CPU; peak memory on CUDA) under both, optionally channels-last and the Inductor-compiled step.
+
+    uv run python bench/train_step.py                           # CPU: batch 8 at 224 px, 6 rotated rounds
+    uv run python bench/train_step.py --channels-last --compile # every column (compiling takes minutes)
+    uv run python bench/train_step.py --device cuda --batch 64 --half float16
 """
 from __future__ import annotations
 
@@ -72,19 +76,33 @@ def build(name: str) -> nn.Module:
     return timm.create_model(name)
 
 
-def saved_activation_bytes(model, x, y, loss_fn) -> int:
+def saved_activation_bytes(model, x, y, loss_fn, autocast: torch.dtype | None) -> int:
     """Bytes autograd keeps for backward in one step (distinct storages): the activation memory."""
     seen: dict[int, int] = {}
 
     def pack(t):
-        if t.untyped_storage().data_ptr() not in seen:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_fn(model(x), y)
+        with torch.autocast(x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = loss_fn(model(x), y)
     loss.backward()
     return sum(seen.values())
+
+
+def time_rounds(steps: dict, rounds: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each callable, interleaved in rotated order (each round starts one later)."""
+    names = list(steps)
+    for _ in range(warmup):
+        for n in names:
+            steps[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            times[n].append(steps[n]())
+    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def main() -> None:
@@ -92,63 +110,100 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
+    ap.add_argument("--channels-last", action="store_true", help="also time every model in channels-last")
+    ap.add_argument("--half", default="bfloat16", choices=["bfloat16", "float16", "none"],
+                    help="autocast dtype of the second set of columns ('none' skips them)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the Inductor-compiled step of torchvision's and our IBN-a/IBN-b/SN models "
+                         "(minutes of compilation on a small CPU)")
+    ap.add_argument("--compile-models", nargs="+",
+                    default=["torchvision_resnet50", "resnet50_ibn_a", "resnet50_ibn_b", "resnet50_sn"])
     ap.add_argument("--models", nargs="+", default=["torchvision_resnet50", "resnet50_bn", "resnet50_ibn_a",
                                                      "resnet50_ibn_b", "resnet50_sn", "official_sn_math"])
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=dev)
+    x_nchw = torch.randn(args.batch, 3, args.size, args.size, device=dev)
     y = torch.randint(0, 1000, (args.batch,), device=dev)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    x = x.contiguous(memory_format=fmt)
     loss_fn = nn.CrossEntropyLoss()
+    half = None if args.half == "none" else getattr(torch, args.half)
     models, opts = {}, {}
     for name in args.models:
-        m = build(name).to(dev, memory_format=fmt).train()
+        m = build(name).to(dev).train()
         models[name] = m
         opts[name] = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
-    def step(name: str) -> float:
-        m, opt = models[name], opts[name]
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
-            loss = loss_fn(m(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+    def make_step(name: str, model: nn.Module, autocast: torch.dtype | None, fmt=torch.contiguous_format):
+        opt = opts[name]
+        x = x_nchw.contiguous(memory_format=fmt)
 
-    for _ in range(args.warmup):
-        for name in models:
-            step(name)
-    times: dict[str, list[float]] = {n: [] for n in models}
-    for _ in range(args.rounds):
-        for name in models:
-            times[name].append(step(name))
-    memory = {}
-    for name, m in models.items():
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            step(name)
-            memory[name] = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            memory[name] = saved_activation_bytes(m, x, y, loss_fn) / 2**20
-    base = statistics.median(times[args.models[0]])
-    mem_label = "peak MiB" if dev.type == "cuda" else "saved-for-backward MiB"
+        def step() -> float:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.autocast(dev.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+        return step
+
+    base = args.models[0]
+    columns: dict[str, dict[str, float]] = {}
+    precisions = [("fp32", None)] + ([(args.half, half)] if half is not None else [])
+    for label, ac in precisions:
+        med = time_rounds({n: make_step(n, m, ac) for n, m in models.items()}, args.rounds, args.warmup)
+        columns[f"{label} s/step"] = med
+        columns[f"{label} ratio"] = {n: med[n] / med[base] for n in med}
+        mem = {}
+        for n, m in models.items():
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                make_step(n, m, ac)()
+                mem[n] = torch.cuda.max_memory_allocated() / 2**20
+            else:
+                mem[n] = saved_activation_bytes(m, x_nchw, y, loss_fn, ac) / 2**20
+        kind = "peak" if dev.type == "cuda" else "saved"
+        columns[f"{label} {kind} MiB"] = mem
+        columns[f"{label} mem ratio"] = {n: mem[n] / mem[base] for n in mem}
+    if args.channels_last:
+        for m in models.values():
+            m.to(memory_format=torch.channels_last)
+        med = time_rounds({n: make_step(n, m, None, torch.channels_last) for n, m in models.items()},
+                          args.rounds, args.warmup)
+        columns["fp32 CL ratio"] = {n: med[n] / med[base] for n in med}
+        for m in models.values():
+            m.to(memory_format=torch.contiguous_format)
+    if args.compile:
+        compiled = {}
+        for n in args.compile_models:
+            if n not in models:
+                continue
+            models[n].compile()  # Inductor, in place; the first calls (warm-up) compile forward and backward
+            compiled[n] = make_step(n, models[n], None)
+        med = time_rounds(compiled, args.rounds, max(2, args.warmup))
+        columns["compiled fp32 ratio"] = {n: med[n] / med[base] for n in med}
     print(f"device={dev} threads={torch.get_num_threads()} batch={args.batch} size={args.size} "
-          f"rounds={args.rounds} channels_last={args.channels_last} bf16={args.bf16}")
-    print(f"{'model':24s} {'median s/step':>14s} {'images/s':>9s} {'ratio':>6s} {mem_label:>22s}")
-    for name in models:
-        med = statistics.median(times[name])
-        print(f"{name:24s} {med:14.4f} {args.batch / med:9.1f} {med / base:6.3f} {memory[name]:22.1f}")
+          f"rounds={args.rounds} (median of rotated rounds; ratios to {base} in the same rounds)")
+    kernels = {p: ibnnet.layers.kernel_for("SwitchNorm2d", dev.type, d or torch.float32) for p, d in precisions}
+    print("norm kernels chosen: " + ", ".join(
+        f"{p}: IN {ibnnet.layers.kernel_for('InstanceNorm2d', dev.type, d or torch.float32)}, "
+        f"IBN {ibnnet.layers.kernel_for('IBN', dev.type, d or torch.float32)}, SN {kernels[p]}"
+        for p, d in precisions))
+    heads = list(columns)
+    print(f"{'model':22s} " + " ".join(f"{h:>16s}" for h in heads))
+    for n in models:
+        cells = []
+        for h in heads:
+            v = columns[h].get(n)
+            cells.append(f"{'-':>16s}" if v is None else f"{v:16.3f}" if "ratio" in h or "s/step" in h
+                         else f"{v:16.1f}")
+        print(f"{n:22s} " + " ".join(cells))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from . import native
+from .kernels import use_fused
 from .moments import moment_normalize, pool_over_samples
 
 
@@ -52,17 +54,27 @@ def affine_from_moments(mean: Tensor, var: Tensor, eps: float, weight: Tensor | 
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):
-    """``nn.InstanceNorm2d`` (same parameters and state_dict) computed by the fused moment kernel.
+    """``nn.InstanceNorm2d`` (same parameters and state_dict) computed by the fused moment kernel where
+    :mod:`ibnnet.layers.kernels` chooses it, else by PyTorch's ``F.instance_norm``.
 
-    PyTorch normalizes instances by reshaping to a (1, N*C, H, W) batch norm, which costs extra copies;
-    here it is one statistics pass and one affine pass. Configurations the kernel does not cover
-    (running statistics) fall back to PyTorch's implementation.
+    PyTorch normalizes instances by reshaping to a (1, N*C, H, W) batch norm, which costs extra copies
+    (and a copy to NCHW for channels-last input); the fused kernel is one statistics pass and one
+    affine pass. Running statistics are PyTorch's implementation on every path.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.track_running_stats or x.dim() != 4:
-            return super().forward(x)
+        return self._normalize(x)
 
+    def _normalize(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            if use_fused("InstanceNorm2d", x) and not self.track_running_stats and x.dim() == 4:
+                return self._fused_forward(x)
+        momentum = self.momentum if self.momentum is not None else 0.0
+        return native.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                    self.training or not self.track_running_stats, momentum, self.eps)
+
+    @torch.jit.unused
+    def _fused_forward(self, x: Tensor) -> Tensor:
         def stats(mean, var, *params):
             return affine_from_moments(mean, var, self.eps, *(params or (None, None)))
 
@@ -86,6 +98,15 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         return super().extra_repr() + f", ghost_batch_size={self.ghost_batch_size}"
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            if use_fused("GhostBatchNorm2d", x):
+                return self._fused_forward(x)
+        return native.batch_norm(x, self.running_mean, self.running_var, self.num_batches_tracked, self.weight,
+                                 self.bias, self.training, self.momentum, self.eps,
+                                 self.ghost_batch_size if self.training else 0)
+
+    @torch.jit.unused
+    def _fused_forward(self, x: Tensor) -> Tensor:
         g = self.ghost_batch_size
         if not self.training or g <= 0 or g >= x.shape[0]:
             return super().forward(x)

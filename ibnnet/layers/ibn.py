@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .batch_norm import GhostBatchNorm2d, InstanceNorm2d, affine_from_moments, bn_moments
+from .kernels import use_fused
 from .moments import moment_normalize
 
 
@@ -47,9 +48,15 @@ class IBN(nn.Module):
             return self.BN(x)
         if self.BN is None:
             return self.IN(x)
-        if not self._fusable():
-            a, b = torch.split(x, (self.half, self.channels - self.half), dim=1)
-            return torch.cat((self.IN(a.contiguous()), self.BN(b.contiguous())), 1)
+        if not torch.jit.is_scripting():
+            if self._fusable() and use_fused("IBN", x):
+                return self._fused_forward(x)
+        # No .contiguous(): each half keeps x's memory format (channels-last stays channels-last).
+        a, b = torch.split(x, [self.half, self.channels - self.half], dim=1)
+        return torch.cat([self.IN(a), self.BN(b)], 1)
+
+    @torch.jit.unused
+    def _fused_forward(self, x: Tensor) -> Tensor:
         k, hw = self.half, x.shape[2] * x.shape[3]
         group = getattr(self.BN, "ghost_batch_size", 0)
 
@@ -97,6 +104,6 @@ class PartialInstanceNorm2d(InstanceNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         k = self.num_features
         if k == self.channels:
-            return super().forward(x)
-        head, tail = torch.split(x, (k, self.channels - k), dim=1)
-        return torch.cat((super().forward(head.contiguous()), tail), 1)
+            return self._normalize(x)
+        head, tail = torch.split(x, [k, self.channels - k], dim=1)
+        return torch.cat([self._normalize(head), tail], 1)

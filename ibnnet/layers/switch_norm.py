@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from . import native
+from .kernels import use_fused
 from .moments import moment_normalize, pool_over_channels, pool_over_samples
 
 
@@ -51,6 +53,9 @@ class SwitchNorm2d(nn.Module):
         if using_bn:
             self.register_buffer("running_mean", torch.zeros(num_features))
             self.register_buffer("running_var", torch.zeros(num_features))
+        else:  # None buffers: not in the state_dict, and TorchScript sees the missing BN branch statically
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
         # Set by ibnnet.layers.batch_stats while re-estimating statistics; None otherwise.
         self.stats_accumulator = None
         self.reset_parameters()
@@ -87,22 +92,38 @@ class SwitchNorm2d(nn.Module):
         scale = weight * torch.rsqrt(var + self.eps)
         return scale, bias - mean * scale
 
-    @torch.no_grad()
+    @torch.jit.unused
     def _track(self, mean_bn: Tensor, var_bn: Tensor) -> None:
         # mean_bn/var_bn are per-sample (N, C) copies of their (ghost) batch's BN moments; running
         # statistics average them, and like the official layer the variance gets no N/(N-1) correction.
-        dtype = self.running_mean.dtype
-        mean_bn, var_bn = mean_bn.detach().to(dtype), var_bn.detach().to(dtype)
-        batch_mean, batch_var = mean_bn.mean(0), var_bn.mean(0)
-        if self.stats_accumulator is not None:
-            self.stats_accumulator.add(batch_mean, (var_bn + mean_bn.square()).mean(0))
-        elif self.using_moving_average:
-            self.running_mean.lerp_(batch_mean, self.momentum)
-            self.running_var.lerp_(batch_var, self.momentum)
+        with torch.no_grad():
+            dtype = self.running_mean.dtype
+            mean_bn, var_bn = mean_bn.detach().to(dtype), var_bn.detach().to(dtype)
+            if self.stats_accumulator is not None:
+                self.stats_accumulator.add(mean_bn.mean(0), (var_bn + mean_bn.square()).mean(0))
+            else:
+                self._moving_average(mean_bn, var_bn)
+
+    def _moving_average(self, mean_bn: Tensor, var_bn: Tensor) -> None:
+        running_mean, running_var = self.running_mean, self.running_var
+        if self.using_moving_average and running_mean is not None and running_var is not None:
+            with torch.no_grad():
+                running_mean.lerp_(mean_bn.detach().to(running_mean.dtype).mean(0), self.momentum)
+                running_var.lerp_(var_bn.detach().to(running_var.dtype).mean(0), self.momentum)
 
     def forward(self, x: Tensor) -> Tensor:
-        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
-        return moment_normalize(x, self._stats, params, correction=1)
+        if not torch.jit.is_scripting():
+            if use_fused("SwitchNorm2d", x):
+                params = (self.weight, self.bias, self.mean_weight, self.var_weight)
+                return moment_normalize(x, self._stats, params, correction=1)
+        out = native.switch_norm(x, self.weight, self.bias, self.mean_weight, self.var_weight, self.running_mean,
+                                 self.running_var, self.training, self.eps, self.ghost_batch_size)
+        if self.training and self.running_mean is not None:
+            if torch.jit.is_scripting():
+                self._moving_average(out[1], out[2])
+            else:
+                self._track(out[1], out[2])
+        return out[0]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Official checkpoints store (1,C,1,1) affine parameters and (1,C,1) running statistics.

@@ -306,12 +306,14 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(nn.Sequential(*stages), x, flatten=True)
-        for stage in stages:
-            x = stage(x)
-        return x
+        if not torch.jit.is_scripting():  # a static branch for TorchScript: checkpointing is not scriptable
+            if self.grad_checkpointing:
+                stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+                return checkpoint_seq(nn.Sequential(*stages), x, flatten=True)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x)
