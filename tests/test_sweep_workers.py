@@ -130,4 +130,8 @@ def test_three_workers_share_six_cells_and_survive_a_killed_one(tmp_path):
         else:
             assert len(attempts) == 1, (f.path.name, attempts)
     assert "6 done" in cli("status", exp_path)
+    # a sweep of the finished grid touches nothing
+    mtimes = [f.metrics_path.stat().st_mtime for f in folders]
+    assert "0 finished, 6 already done, 0 failed" in cli("sweep", exp_path, "--no-table")
+    assert [f.metrics_path.stat().st_mtime for f in folders] == mtimes
     assert (tmp_path / "results" / "shared" / "table.md").is_file()
