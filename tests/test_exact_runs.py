@@ -93,6 +93,12 @@ def test_a_run_interrupted_mid_epoch_resumes_bit_identically(reference, tmp_path
     proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
     assert not folder.is_done(), out
+    if how == "sigkill":   # killed after the first epoch's checkpoint; status sees that its process is gone
+        from ibnnet.launch.status import live_status
+        killed_at = torch.load(folder.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
+        assert killed_at["epoch"] == 0 and killed_at["global_step"] == STEPS_PER_EPOCH
+        status, info = live_status(folder)
+        assert status == "failed" and "process is gone" in info["note"]
     if how == "sigterm":
         assert proc.returncode == 0, out
         assert (folder.checkpoint_dir / "preempt.ckpt").is_file(), out
