@@ -42,15 +42,8 @@ def bn_moments(bn: nn.modules.batchnorm._BatchNorm, mean_in: Tensor, var_in: Ten
     return bn.running_mean[None], bn.running_var[None]
 
 
-def affine_from_moments(mean: Tensor, var: Tensor, eps: float, weight: Tensor | None, bias: Tensor | None):
-    """(scale, shift) so that ``x * scale + shift == weight * (x - mean) / sqrt(var + eps) + bias``."""
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    return scale, shift
+# (scale, shift) of a normalisation from its moments: one definition, in native.py's scriptable form.
+affine_from_moments = native.affine
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):

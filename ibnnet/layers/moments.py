@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .native import group_mean, pool_over_samples  # one definition each, in scriptable form
+
 StatsFn = Callable[..., tuple[Tensor, Tensor]]
 
 
@@ -193,34 +195,6 @@ def moment_normalize(x: Tensor, stats_fn: StatsFn, params: Sequence[Tensor], cor
         return scale.expand(n, c), shift.expand(n, c)
 
     return _MomentNormalize.apply(x, full_stats, correction, *params)
-
-
-def group_mean(t: Tensor, group_size: int) -> Tensor:
-    """Average (N, C) statistics over consecutive groups of ``group_size`` samples, broadcast back to (N, C).
-
-    ``group_size <= 0`` or ``>= N`` averages over the whole batch (ordinary batch statistics).  A last
-    group smaller than ``group_size`` gets its own statistics.
-    """
-    n = t.shape[0]
-    if group_size <= 0 or group_size >= n:
-        return t.mean(0, keepdim=True).expand_as(t)
-    full = (n // group_size) * group_size
-    head = t[:full].reshape(n // group_size, group_size, -1).mean(1, keepdim=True)
-    head = head.expand(-1, group_size, -1).reshape(full, -1)
-    if full == n:
-        return head
-    tail = t[full:].mean(0, keepdim=True).expand(n - full, -1)
-    return torch.cat([head, tail], 0)
-
-
-def pool_over_samples(mean: Tensor, var: Tensor, group_size: int = 0) -> tuple[Tensor, Tensor]:
-    """BN moments from IN moments (paper eq. 4), per (ghost) batch, broadcast to (N, C).
-
-    Written as mean-of-variances + variance-of-means rather than E[x^2] - mean^2, which is the same
-    number without the cancellation error when |mean| >> std.
-    """
-    m = group_mean(mean, group_size)
-    return m, group_mean(var, group_size) + group_mean((mean - m).square(), group_size)
 
 
 def pool_over_channels(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:

@@ -73,8 +73,9 @@ def group_mean(t: Tensor, group_size: int) -> Tensor:
     return torch.cat([head, tail], 0)
 
 
-def pool_over_samples(mean: Tensor, var: Tensor, group_size: int) -> Tuple[Tensor, Tensor]:
-    """BN moments from IN moments (SN paper eq. 4) per (ghost) batch, as mean of variances + variance of means."""
+def pool_over_samples(mean: Tensor, var: Tensor, group_size: int = 0) -> Tuple[Tensor, Tensor]:
+    """BN moments from IN moments (SN paper eq. 4) per (ghost) batch, broadcast to (N, C): mean of variances
+    + variance of means, the same number as E[x^2] - mean^2 without its cancellation when |mean| >> std."""
     m = group_mean(mean, group_size)
     return m, group_mean(var, group_size) + group_mean((mean - m).square(), group_size)
 
