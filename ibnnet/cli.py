@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "cross-domain, on the CPU in minutes.")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
+    p = sub.add_parser("init", help="copy the shipped configs and experiment files into a project folder",
+                       description="Write DIR/configs and DIR/experiments for editing; run ibnnet from DIR and "
+                                   "they shadow the shipped files of the same name.")
+    p.add_argument("dir", help="project folder (created if missing)")
+    p.add_argument("--force", action="store_true", help="overwrite files that are already there")
+
     p = sub.add_parser("run", help="execute one prepared run folder (used by the launchers)")
     p.add_argument("run_dir")
 
@@ -119,6 +125,9 @@ def _dispatch(args) -> int:
     if args.command == "plot" or getattr(args, "analyze_command", None) == "sn-weights":
         from .commands import figures
         return figures.run(args)
+    if args.command == "init":
+        from .commands import project
+        return project.run(args)
     if args.command == "predict":
         from .commands import predict
         return predict.run(args)

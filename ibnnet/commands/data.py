@@ -183,10 +183,8 @@ def cmd_divergence(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     jobs = []  # (name, set_a, set_b, models, max_images, title)
     if args.experiment:
-        path = Path(args.experiment)
-        if not path.is_file():
-            from ..launch.grid import EXPERIMENTS_DIR
-            path = EXPERIMENTS_DIR / f"{args.experiment}.yaml"
+        from ..launch.grid import resolve_experiment_path
+        path = resolve_experiment_path(args.experiment)
         # paths.* resolve as in run configs (IBNNET_DATA, IBNNET_RUNS), so pairs can say ${paths.data}/...
         raw = OmegaConf.merge({"paths": OmegaConf.structured(PathsConfig)}, load_yaml(path))
         data = OmegaConf.to_container(raw, resolve=True)

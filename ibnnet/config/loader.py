@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -20,8 +19,9 @@ from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, Omega
 
 from .schema import RunConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = PROJECT_ROOT / "configs"
+from .shipped import lookup_dirs, shipped_dir
+
+CONFIG_DIR = shipped_dir("configs")   # the shipped parts; the user's ./configs and IBNNET_CONFIG_PATH come first
 PART_GROUPS = ("model", "data", "optim", "trainer", "logger", "launcher", "segmentation", "paths")
 
 
@@ -36,11 +36,11 @@ class Source:
 
 
 def search_dirs(near: Path | None = None) -> list[Path]:
+    """Folders holding ``<group>/<name>.yaml`` parts: next to the file, the user's, the shipped ones."""
     dirs = []
     if near is not None:
         dirs += [near / "configs", near.parent / "configs"]
-    dirs += [Path(p) for p in os.environ.get("IBNNET_CONFIG_PATH", "").split(os.pathsep) if p]
-    dirs.append(CONFIG_DIR)
+    dirs += lookup_dirs("configs")
     seen, out = set(), []
     for d in dirs:
         if d.resolve() not in seen and d.is_dir():

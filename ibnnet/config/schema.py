@@ -14,7 +14,7 @@ from typing import Any, List, Optional, Union
 class PathsConfig:
     data: str = "${oc.env:IBNNET_DATA,data}"   # root of the dataset folders
     runs: str = "${oc.env:IBNNET_RUNS,runs}"   # root of the run folders
-    results: str = "results"                    # rendered tables and plots
+    results: str = "${oc.env:IBNNET_RESULTS,results}"   # rendered tables and plots
 
 
 @dataclass

@@ -8,7 +8,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from ..config import PROJECT_ROOT
+from ..config.shipped import source_checkout
 
 _PACKAGES = ("ibnnet", "torch", "torchvision", "timm", "pytorch-lightning", "torchmetrics", "omegaconf", "wandb",
              "numpy")
@@ -40,7 +40,13 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def git_state(root: Path = PROJECT_ROOT) -> dict[str, object]:
+def git_state(root: Path | None = None) -> dict[str, object]:
+    """The commit of the checkout ibnnet runs from; ``installed`` (no commit) for a wheel, whose version
+    in ``versions`` says what ran (never the git state of whatever folder a wheel happens to sit in)."""
+    root = root or source_checkout()
+    if root is None:
+        return {"commit": None, "dirty": None, "installed": True}
+
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,

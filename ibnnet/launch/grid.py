@@ -33,10 +33,11 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config.loader import PROJECT_ROOT, ConfigError, Source, compose, dotlist_to_config, load_yaml
+from ..config.loader import ConfigError, Source, compose, dotlist_to_config, load_yaml
+from ..config.shipped import lookup_dirs, shipped_dir
 from .rundir import RunFolder, run_dir, run_id
 
-EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+EXPERIMENTS_DIR = shipped_dir("experiments")   # the user's ./experiments and IBNNET_EXPERIMENT_PATH come first
 _TOP_KEYS = {"experiment", "title", "description", "base", "overrides", "scales", "default_scale", "grid", "cases",
              "exclude", "patches", "table", "paper", "notes"}
 _TABLE_KEYS = {"rows", "columns", "metrics", "format", "eval_labels", "row_title", "join", "select"}
@@ -95,14 +96,30 @@ class Experiment:
 
 
 def resolve_experiment_path(name_or_path: str | Path) -> Path:
+    """A path to an experiment file, or a name looked up in ./experiments, IBNNET_EXPERIMENT_PATH, shipped."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    for candidate in (EXPERIMENTS_DIR / f"{name_or_path}.yaml", EXPERIMENTS_DIR / str(name_or_path)):
-        if candidate.is_file():
-            return candidate
-    known = sorted(x.stem for x in EXPERIMENTS_DIR.glob("*.yaml"))
+    for d in lookup_dirs("experiments"):
+        for candidate in (d / f"{name_or_path}.yaml", d / str(name_or_path)):
+            if candidate.is_file():
+                return candidate
+    known = sorted({x.stem for d in lookup_dirs("experiments") for x in d.glob("*.yaml")})
     raise ConfigError(f"{name_or_path}: no such experiment file (known: {', '.join(known)})")
+
+
+def resolve_base(path: Path, base: str) -> Path:
+    """An experiment's ``base``: relative to its file; a ``../configs/NAME.yaml`` that is not there (an
+    experiment written outside a project folder) is looked up like a config part: user folders, then shipped."""
+    direct = (path.parent / base).resolve()
+    if direct.is_file() or Path(base).is_absolute():
+        return direct
+    parts = Path(base).parts
+    rest = parts[parts.index("configs") + 1:] if "configs" in parts else ()
+    for d in lookup_dirs("configs") if rest else ():
+        if (d.joinpath(*rest)).is_file():
+            return d.joinpath(*rest).resolve()
+    return direct
 
 
 def _as_plain(node: Any) -> Any:
@@ -153,7 +170,7 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} (allowed: {', '.join(sorted(_TOP_KEYS))})")
     if "base" not in data:
         raise ConfigError(f"{path}: `base` (the run config every cell starts from) is required")
-    base = (path.parent / data["base"]).resolve()
+    base = resolve_base(path, str(data["base"]))
     if not base.is_file():
         raise ConfigError(f"{path}: base config {data['base']} not found (looked at {base})")
     scales = data.get("scales") or {}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config import ConfigError, PROJECT_ROOT
+from ..config import ConfigError
 from .emulation import physical_config
 from .files import atomic_write_text
 from .rundir import FAILED, INTERRUPTED, PENDING
@@ -84,7 +84,9 @@ def render_script(cfg: DictConfig, experiment: str, runs_file: Path, out_dir: Pa
         f'RUN_DIR=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(runs_file))})',
         'echo "[ibnnet] $(date -Is) job ${SLURM_JOB_ID} (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}, '
         'restart ${SLURM_RESTART_COUNT:-0}) on $(hostname): ${RUN_DIR}"',
-        f"cd {shlex.quote(str(PROJECT_ROOT))}",
+        # The folder `ibnnet sweep` ran in, so relative paths (paths.data, paths.runs) mean what they meant
+        # there; the interpreter brings ibnnet (no source checkout is needed on the nodes).
+        f"cd {shlex.quote(str(Path.cwd()))}",
         "export PYTHONUNBUFFERED=1",
         "# one process per device; Lightning reads the SLURM environment for ranks and the master address",
         f'srun --kill-on-bad-exit=1 {shlex.quote(python)} -m ibnnet run "$RUN_DIR" \\',
@@ -161,7 +163,7 @@ def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False)
     for item in todo:
         groups.setdefault(resources_key(item[1]), []).append(item)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    root = Path(todo[0][1].paths.runs) / todo[0][1].experiment / "_slurm"
+    root = Path(todo[0][1].paths.runs).resolve() / todo[0][1].experiment / "_slurm"   # absolute in the script
     for k, members in enumerate(groups.values()):
         out_dir = root / f"{stamp}-{k}"
         runs_file = out_dir / "runs.txt"
