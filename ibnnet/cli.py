@@ -42,11 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show each cell's state (merging squeue/sacct for SLURM runs).")
     _add_experiment_args(p)
     p.add_argument("--lines", type=int, default=8, help="log lines shown for failed runs")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE",
+                   help="only runs whose config has KEY=VALUE (repeatable), to pick among variants of a cell")
 
     p = sub.add_parser("table", help="render the experiment's table (markdown, CSV, PNG) under results/",
                        description="Collect finished runs into the paper's table layout with the paper's numbers.")
     _add_experiment_args(p)
     p.add_argument("--results", help="results root (default: paths.results of the config)")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE",
+                   help="only runs whose config has KEY=VALUE (repeatable), to pick among variants of a cell")
 
     p = sub.add_parser("demo", help="run experiments/demo.yaml on the built-in data and render its table",
                        description="BN vs IBN-a vs IBN-b ResNets on the built-in two-domain data, in-domain and "

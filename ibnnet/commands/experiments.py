@@ -90,7 +90,7 @@ def cmd_sweep(args) -> int:
               f"{len(summary['failed'])} failed")
         code = 1 if summary["failed"] else 0
     if not args.no_table:
-        _render_table(exp, tuple(args.overrides), triples[0][1].paths.results)
+        _render_table(exp, tuple(args.overrides), triples[0][1].paths.results, discover=False)
     return code
 
 
@@ -114,36 +114,45 @@ def _spawn_workers(args, n: int) -> int:
     return max(codes)
 
 
-def _render_table(exp: Experiment, overrides: tuple[str, ...], results_root: str) -> dict:
+def _render_table(exp: Experiment, overrides: tuple[str, ...], results_root: str,
+                  where: list[str] | None = None, discover: bool = True) -> dict:
     from ..results.table import write_table
-    paths = write_table(exp, results_root, overrides)
+    paths = write_table(exp, results_root, overrides, where, discover)
     print(f"[ibnnet] table: {paths['markdown']}\n[ibnnet] csv:   {paths['csv']}\n[ibnnet] plot:  {paths['plot']}")
     return paths
 
 
 def cmd_status(args) -> int:
+    from ..launch.discover import experiment_runs
     exp = load_experiment(args.experiment, args.scale)
-    triples = exp.folders(tuple(args.overrides))
+    runs = experiment_runs(exp, tuple(args.overrides), getattr(args, "where", None))
     slurm_states = None
-    jobs = {f.state().get("slurm_job") for _, _, f in triples} - {None}
+    jobs = {f.state().get("slurm_job") for r in runs for f in r.folders} - {None}
     if jobs:
         from ..launch.slurm import scheduler_states
         slurm_states = scheduler_states(sorted(jobs))
     counts: dict[str, int] = {}
     rows = []
-    for cell, cfg, folder in triples:
-        status, info = live_status(folder, slurm_states, cfg.launcher.claim_timeout_s)
-        counts[status] = counts.get(status, 0) + 1
-        extra = f"job {info['job']}" if info.get("job") else ""
-        if info.get("scheduler"):
-            extra += f" ({info['scheduler']})"
-        if info.get("holder"):
-            extra = f"held by {info['holder']}"
-        if info.get("note"):
-            extra = (extra + "; " if extra else "") + info["note"]
-        if status == DONE:
-            extra = _summary_line(folder.metrics())
-        rows.append((cell.name, status, folder.path.name, extra, folder))
+    for r in runs:
+        if not r.folders:
+            rows.append((r.cell.name, "-", "(no run matches --where)", "", None))
+            continue
+        variants = r.differences() if len(r.folders) > 1 else [""]
+        for i, (folder, differs) in enumerate(zip(r.folders, variants)):
+            status, info = live_status(folder, slurm_states, r.cfg.launcher.claim_timeout_s)
+            counts[status] = counts.get(status, 0) + 1
+            extra = f"job {info['job']}" if info.get("job") else ""
+            if info.get("scheduler"):
+                extra += f" ({info['scheduler']})"
+            if info.get("holder"):
+                extra = f"held by {info['holder']}"
+            if info.get("note"):
+                extra = (extra + "; " if extra else "") + info["note"]
+            if status == DONE:
+                extra = _summary_line(folder.metrics())
+            if len(r.folders) > 1:
+                extra = f"[variant {i + 1}/{len(r.folders)}: {differs or 'same settings'}] {extra}".rstrip()
+            rows.append((r.cell.name if i == 0 else "", status, folder.path.name, extra, folder))
     width = max(len(r[0]) for r in rows)
     for name, status, rid, extra, folder in rows:
         print(f"{name:{width}s}  {status:9s} {rid}  {extra}")
@@ -155,6 +164,9 @@ def cmd_status(args) -> int:
             if tail:
                 print("    " + "\n    ".join(tail.splitlines()))
     print("\n" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    multi = sum(1 for r in runs if len(r.folders) > 1)
+    if multi:
+        print(f"{multi} cell(s) have several runs (variants); select one with --where KEY=VALUE")
     return 0
 
 
@@ -162,7 +174,7 @@ def cmd_table(args) -> int:
     exp = load_experiment(args.experiment, args.scale)
     overrides = tuple(args.overrides)
     results_root = args.results or exp.compose_cell(exp.cells[0], overrides).paths.results
-    paths = _render_table(exp, overrides, results_root)
+    paths = _render_table(exp, overrides, results_root, getattr(args, "where", None))
     print()
     print(paths["markdown"].read_text())
     return 0

@@ -50,10 +50,15 @@ def select_metrics(metrics: dict[str, Any], select: str, where: str = "") -> dic
     return metrics.get("metrics") or {}
 
 
-def collect(exp: Experiment, overrides: tuple[str, ...] = ()) -> list[Record]:
+def collect(exp: Experiment, overrides: tuple[str, ...] = (), where: list[str] | None = None,
+            discover: bool = True) -> list[Record]:
+    from ..launch.discover import experiment_runs, single_folders
     records = []
     select = exp.table.get("select", "final")
-    for cell, cfg, folder in exp.folders(overrides):
+    for cell, cfg, folder in single_folders(experiment_runs(exp, overrides, where, discover)):
+        if folder is None:   # --where excluded every run of this cell
+            records += [Record(dict(cell.labels), spec.name, PENDING, "", {}) for spec in cfg.data.val]
+            continue
         metrics = folder.metrics() or {}
         per_eval = select_metrics(metrics, select, str(folder.path))
         status = DONE if folder.is_done() else BROKEN if folder.problem() else folder.state().get("status", PENDING)
@@ -231,8 +236,10 @@ def render_plot(exp: Experiment, tab: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
-def write_table(exp: Experiment, results_root: str | Path, overrides: tuple[str, ...] = ()) -> dict[str, Path]:
-    records = collect(exp, overrides)
+def write_table(exp: Experiment, results_root: str | Path, overrides: tuple[str, ...] = (),
+                where: list[str] | None = None, discover: bool = True) -> dict[str, Path]:
+    """``discover=False``: the folders this command names (after a sweep: the runs it made), not every variant."""
+    records = collect(exp, overrides, where, discover)
     tab = build_table(exp, records)
     out = exp.results_dir(results_root)
     out.mkdir(parents=True, exist_ok=True)
