@@ -45,6 +45,9 @@ def data_root(tmp_path_factory):
     write_imagenet(root / "imagenet", "train", wnids, per_class=6, size=(40, 32))
     write_imagenet(root / "imagenet", "val", wnids, per_class=2, size=(40, 32))
     write_imagenet(root / "imagenet_monet", "val", wnids, per_class=2, size=(40, 32))
+    # the `ibnnet data shrink` copy the reduced ImageNet scales of Tables 1-3 train from
+    from ibnnet.data.shrink import shrink_imagenet
+    shrink_imagenet(root / "imagenet", root / "imagenet-160", 160, progress=False)
     write_cityscapes(root / "cityscapes", splits={"train": {"aachen": 6, "bochum": 4}, "val": {"frankfurt": 2}},
                      size=(64, 32))
     write_gta5(root / "gta5", n=12, size=(64, 32))
@@ -86,6 +89,12 @@ def test_one_classification_cell_runs_on_fixtures(tmp_path, data_root, name, cel
     evals = set(metrics["metrics"])
     assert {e["eval"] for e in exp.paper if "eval" in e} <= evals | {"origin"} and evals
     assert all(0 <= v["top1_err"] <= 100 for v in metrics["metrics"].values())
+    # metrics.json names the copy of the training images that was read
+    shrunk = metrics["train_data"]["shrunk_copy"]
+    if "data.shrunk_short_side" in str(exp.scales["reduced"]):
+        assert shrunk["short_side"] == 160 and shrunk["root"] == str(data_root / "imagenet-160")
+    else:
+        assert shrunk is None
     md = write_table(exp, tmp_path / "results", overrides)["markdown"].read_text()
     assert "(pending)" in md or len(exp.cells) == 1
 

@@ -143,6 +143,8 @@ def _finish(cfg, folder: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
         "host": host(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **({"class_names": result["class_names"]} if result.get("class_names") else {}),
+        # which copy of the training images was read (`ibnnet data shrink`): it changes the input statistics
+        **({"train_data": result["train_data"]} if "train_data" in result else {}),
         **result.get("inference", {}),   # inference mode of "metrics"; moving-average metrics beside batch-average
     }
     atomic_write_json(folder.metrics_path, metrics)
@@ -223,7 +225,9 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
         trainer.validate(task, datamodule=dm, verbose=False)
     inference = evaluate_both_inference_modes(trainer, task, dm) if dm.val_names else {}
     class_names = getattr(dm.raw_train_dataset(), "classes", None)
+    shrunk = getattr(dm.raw_train_dataset(), "shrunk", None)   # the reduced-resolution copy read, if any
     return {
+        "train_data": {"shrunk_copy": shrunk} if shrunk else {"shrunk_copy": None},
         "metrics": task.last_val,
         "best": task.best_summary(),
         "epoch": trainer.current_epoch,
