@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 from timm.layers import create_classifier
-from timm.models._manipulate import checkpoint_seq
+from timm.models import checkpoint_seq
 from torch import Tensor, nn
 from torch.nn import functional as F
 

@@ -15,8 +15,7 @@ from typing import Any, Callable
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._registry import _model_default_cfgs, is_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, register_model
 
 from .resnet import ResNet
 from .weights import checkpoint_filter_fn, expected_hash_prefix
@@ -156,12 +155,9 @@ def _build_default_cfgs() -> dict:
 
 def _timm_pretrained_cfgs(name: str) -> dict[str, Any]:
     """timm's own weights for a name we take over (``resnet50_gn``: same layout, so they load into ours)."""
-    if not is_model(name) or name not in _model_default_cfgs:
-        return {}
-    default = _model_default_cfgs[name]
     # custom_load routes local files given through pretrained_cfg_overlay to our loader as well.
-    return {f"{name}.{tag}" if tag else name: dict(cfg.to_dict(), custom_load=True)
-            for tag, cfg in default.cfgs.items()}
+    return {full_name: dict(cfg.to_dict(), custom_load=True)
+            for full_name, cfg in get_arch_pretrained_cfgs(name).items()}
 
 
 default_cfgs = _build_default_cfgs()
