@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, register_model
+from timm.models import (build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, is_model,
+                         model_entrypoint, register_model)
 
 from .resnet import ResNet
 from .weights import checkpoint_filter_fn, expected_hash_prefix
@@ -40,7 +41,9 @@ ARCHS: dict[str, dict[str, Any]] = {
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "bn": dict(),
-    "gn": dict(norm="gn"),
+    # GroupNorm with 32 groups (get_norm_layer's default, Wu & He's and the SN paper's GN baseline).  Named
+    # gn32, not gn: timm has its own resnet50_gn, and ours must not replace it (nor a later timm's resnet18_gn).
+    "gn32": dict(norm="gn"),
     # The official SN ResNet v1: SN everywhere, zero-initialised last gamma, dropout 0.5 before fc.
     "sn": dict(norm="sn", zero_init_last=True, drop_rate=0.5),
     "ibn_a": dict(ibn="a"),
@@ -53,12 +56,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 MODELS: dict[str, tuple[str, str]] = {}
 for _depth in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
-    for _v in ("bn", "gn", "sn", "ibn_a", "ibn_b"):
+    for _v in ("bn", "gn32", "sn", "ibn_a", "ibn_b"):
         MODELS[f"{_depth}_{_v}"] = (_depth, _v)
 for _v in ("ibn_c", "ibn_d", "ibn_ad", "ibn_a2"):
     MODELS[f"resnet50_{_v}"] = ("resnet50", _v)
 MODELS["resnext101_ibn_a"] = ("resnext101", "ibn_a")
 MODELS["se_resnet101_ibn_a"] = ("se_resnet101", "ibn_a")
+
+# Ours whose layout is that of a timm model with ImageNet weights: ours offer those weights too (timm's
+# standard loader fetches them, from the Hugging Face hub or timm's URL, through our checkpoint_filter_fn).
+TIMM_WEIGHTS: dict[str, str] = {"resnet50_gn32": "resnet50_gn"}
 
 
 @dataclass(frozen=True)
@@ -145,19 +152,25 @@ def _build_default_cfgs() -> dict:
         cfgs[r.name] = _release_cfg(r)
     for name in MODELS:
         if not any(k.startswith(name + ".") for k in cfgs):
-            inherited = _timm_pretrained_cfgs(name)
-            if inherited:
-                cfgs.update(inherited)
-            else:
-                cfgs[name] = _cfg()
+            inherited = _timm_pretrained_cfgs(name, TIMM_WEIGHTS[name]) if name in TIMM_WEIGHTS else {}
+            cfgs.update(inherited or {name: _cfg()})
     return generate_default_cfgs(cfgs)
 
 
-def _timm_pretrained_cfgs(name: str) -> dict[str, Any]:
-    """timm's own weights for a name we take over (``resnet50_gn``: same layout, so they load into ours)."""
-    # custom_load routes local files given through pretrained_cfg_overlay to our loader as well.
-    return {full_name: dict(cfg.to_dict(), custom_load=True)
-            for full_name, cfg in get_arch_pretrained_cfgs(name).items()}
+def _timm_pretrained_cfgs(name: str, timm_name: str) -> dict[str, Any]:
+    """timm's pretrained cfgs of ``timm_name`` (copies, read through timm's public API) under our ``name``.
+
+    The source stays timm's: its ``hf_hub_id`` (``timm/resnet50_gn.a1h_in1k``) and URL, and the notes name
+    it.  No ``custom_load``: timm's own loader reads these files (it also handles the hub), then passes the
+    state_dict through our ``checkpoint_filter_fn``.
+    """
+    out = {}
+    for full_name, cfg in get_arch_pretrained_cfgs(timm_name).items():
+        tag = full_name.partition(".")[2]
+        d = {k: v for k, v in cfg.to_dict().items() if k not in ("architecture", "tag")}
+        d["notes"] = (*(d.get("notes") or ()), f"timm's {full_name} weights (the same layout, loaded unchanged)")
+        out[f"{name}.{tag}" if tag else name] = dict(d, custom_load=False)
+    return out
 
 
 default_cfgs = _build_default_cfgs()
@@ -187,16 +200,32 @@ def _make_entrypoint(name: str) -> Callable[..., ResNet]:
     return entrypoint
 
 
+def _register(fn: Callable[..., ResNet]) -> bool:
+    """Register ``fn`` in timm unless that would replace a model that is not ours; False if skipped."""
+    name = fn.__name__
+    if is_model(name) and getattr(model_entrypoint(name), "__module__", None) != __name__:
+        # Importing ibnnet must never change timm's own models.  Our names avoid timm's (a test checks this
+        # against the locked timm); should a later timm take one, it keeps it.
+        warnings.warn(f"timm already has a model named {name!r}; ibnnet's {name} is not registered "
+                      f"(ibnnet.models.create_model({name!r}) raises)", RuntimeWarning, stacklevel=2)
+        return False
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Overwriting .* in registry")  # our own, re-imported
+        register_model(fn)
+    return True
+
+
+# Our names that a timm model took (empty with the locked timm).
+NOT_REGISTERED: list[str] = []
+
+
 def _register_all() -> None:
     module = sys.modules[__name__]
     for name in MODELS:
         fn = _make_entrypoint(name)
         setattr(module, name, fn)
-        with warnings.catch_warnings():
-            # resnet50_gn replaces timm's model of the same name on purpose: identical layout, and its
-            # pretrained tags are carried over above, so timm users lose nothing.
-            warnings.filterwarnings("ignore", message="Overwriting .* in registry")
-            register_model(fn)
+        if not _register(fn):
+            NOT_REGISTERED.append(name)
 
 
 _register_all()
@@ -205,7 +234,7 @@ _register_all()
 def list_models(pattern: str = "*") -> list[str]:
     """Names this package registers (a subset of ``timm.list_models``), optionally glob-filtered."""
     import fnmatch
-    return sorted(n for n in MODELS if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in MODELS if fnmatch.fnmatch(n, pattern) and n not in NOT_REGISTERED)
 
 
 def releases_for(name: str) -> list[Release]:
