@@ -131,6 +131,29 @@ def test_new_head_keeps_backbone(tmp_path, trained_r18):
     assert model.fc.out_features == 3
 
 
+@pytest.mark.parametrize("feature_cls", ["list", "getter"])
+def test_pretrained_file_with_one_channel_new_head_features_and_stride_8(tmp_path, trained_r18, feature_cls):
+    # an official-format file: {'state_dict': {'module.' + key: ...}}, named with its sha256 prefix
+    sd = {f"module.{k}": v for k, v in trained_r18[0].state_dict().items()}
+    path = hashed_file(tmp_path, "resnet18_ibn_a", {"state_dict": sd, "epoch": 100})
+    kw = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), in_chans=1, num_classes=10,
+              output_stride=8)
+    whole = timm.create_model("resnet18_ibn_a", **kw).eval()
+    trained = trained_r18[0]
+    torch.testing.assert_close(whole.conv1.weight, trained.conv1.weight.sum(1, keepdim=True))  # RGB -> grey
+    torch.testing.assert_close(whole.layer4[1].bn2.running_var, trained.layer4[1].bn2.running_var)
+    assert whole.fc.out_features == 10
+    feats = timm.create_model("resnet18_ibn_a", features_only=True, feature_cls=feature_cls, **kw).eval()
+    assert feats.feature_info.reduction() == [2, 4, 8, 8, 8]
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        expected = whole.forward_intermediates(x, intermediates_only=True)
+        out = feats(x)
+    assert [o.shape for o in out] == [(2, 64, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 8, 8), (2, 512, 8, 8)]
+    for a, b in zip(out, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_hash_mismatch_names_file(tmp_path, trained_r18):
     path = hashed_file(tmp_path, "bare", trained_r18[0].state_dict())
     bad = path.with_name("resnet18_ibn_a-deadbeef.pth")
