@@ -31,6 +31,26 @@ def test_registered_in_timm():
     assert "resnet50_ibn_a.official_in1k" in timm.list_models(pretrained=True)
 
 
+def test_every_entry_point_says_what_it_is():
+    from ibnnet.models import TIMM_WEIGHTS, releases_for
+    kinds = {"bn": "BatchNorm", "gn32": "GroupNorm with 32 groups", "sn": "Switchable Normalization"}
+    for name, (arch, flavour) in MODELS.items():
+        doc = timm.models.model_entrypoint(name).__doc__ or ""
+        assert kinds.get(flavour, f"IBN-{flavour[4:]}".replace("IBN-ad", "IBN-a&d").replace("IBN-a2", "IBN-a x2")
+                         ) in doc, name
+        assert "arXiv:" in doc and "\nPaper: " in doc and "\nWeights:\n" in doc, name
+        for r in releases_for(name):
+            assert r.file in doc and r.origin in doc and (r.top1 is None or f"top-1 {r.top1} %" in doc), name
+        if not releases_for(name) and name not in TIMM_WEIGHTS:
+            assert "none released (pretrained=True raises)" in doc, name
+    doc = timm.models.model_entrypoint("resnet50_gn32").__doc__
+    assert "timm's resnet50_gn.a1h_in1k ImageNet weights (hub timm/resnet50_gn.a1h_in1k" in doc
+    assert "SN Table 2's GN row" in doc
+    assert "IBN-Net Table 3" in ibnnet.models.zoo.resnet50_ibn_ad.__doc__
+    assert "never released" in ibnnet.models.zoo.resnet50_ibn_ad.__doc__
+    assert "IBN-Net50-a of IBN-Net Tables 1-6 and 8" in ibnnet.models.zoo.resnet50_ibn_a.__doc__
+
+
 @pytest.mark.parametrize("name,count", sorted(OFFICIAL_PARAMS.items()))
 def test_parameter_counts_equal_official(name, count):
     assert sum(p.numel() for p in meta_model(name).parameters()) == count
