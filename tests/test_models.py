@@ -27,8 +27,28 @@ def test_registered_in_timm():
     expected |= {"resnext101_ibn_a", "se_resnet101_ibn_a", "resnet50_ibn_c", "resnet50_ibn_d", "resnet50_ibn_ad",
                  "resnet50_ibn_a2"}
     assert expected <= names
-    assert {"resnet50_sn", "resnet101_sn", "resnet50_gn"} <= set(timm.list_models())
+    assert {"resnet50_sn", "resnet101_sn", "resnet50_gn32"} <= set(timm.list_models())
     assert "resnet50_ibn_a.official_in1k" in timm.list_models(pretrained=True)
+
+
+def test_every_entry_point_says_what_it_is():
+    from ibnnet.models import TIMM_WEIGHTS, releases_for
+    kinds = {"bn": "BatchNorm", "gn32": "GroupNorm with 32 groups", "sn": "Switchable Normalization"}
+    for name, (arch, flavour) in MODELS.items():
+        doc = timm.models.model_entrypoint(name).__doc__ or ""
+        assert kinds.get(flavour, f"IBN-{flavour[4:]}".replace("IBN-ad", "IBN-a&d").replace("IBN-a2", "IBN-a x2")
+                         ) in doc, name
+        assert "arXiv:" in doc and "\nPaper: " in doc and "\nWeights:\n" in doc, name
+        for r in releases_for(name):
+            assert r.file in doc and r.origin in doc and (r.top1 is None or f"top-1 {r.top1} %" in doc), name
+        if not releases_for(name) and name not in TIMM_WEIGHTS:
+            assert "none released (pretrained=True raises)" in doc, name
+    doc = timm.models.model_entrypoint("resnet50_gn32").__doc__
+    assert "timm's resnet50_gn.a1h_in1k ImageNet weights (hub timm/resnet50_gn.a1h_in1k" in doc
+    assert "SN Table 2's GN row" in doc
+    assert "IBN-Net Table 3" in ibnnet.models.zoo.resnet50_ibn_ad.__doc__
+    assert "never released" in ibnnet.models.zoo.resnet50_ibn_ad.__doc__
+    assert "IBN-Net50-a of IBN-Net Tables 1-6 and 8" in ibnnet.models.zoo.resnet50_ibn_a.__doc__
 
 
 @pytest.mark.parametrize("name,count", sorted(OFFICIAL_PARAMS.items()))
@@ -163,3 +183,91 @@ def test_torch_hub_entry_points(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     model = torch.hub.load(str(repo), "resnet18_ibn_b", source="local", num_classes=5)
     assert isinstance(model, ResNet) and model.fc.out_features == 5
+
+
+def _sd_without_head(model):
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+@pytest.mark.parametrize("name,stride", [("resnet18_ibn_a", 32), ("resnet18_ibn_b", 8)])
+def test_forward_intermediates_equal_forward_features_and_features_only(name, stride):
+    model = randomize_(timm.create_model(name, output_stride=stride)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x), rtol=0, atol=0)
+        assert [m.shape[1] for m in maps] == [64, 64, 128, 256, 512]
+        assert [64 // m.shape[-1] for m in maps] == [2, 4, 8, min(16, stride), stride]
+        only = model.forward_intermediates(x, intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(only, maps)) and len(only) == 5
+        picked = model.forward_intermediates(x, indices=(1, -2), intermediates_only=True)
+        assert torch.equal(picked[0], maps[1]) and torch.equal(picked[1], maps[3])
+        last2 = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert torch.equal(last2[0], maps[3]) and torch.equal(last2[1], maps[4])
+        early, early_maps = model.forward_intermediates(x, indices=(0, 2), stop_early=True)
+        assert torch.equal(early, maps[2]) and len(early_maps) == 2
+    with pytest.raises(ValueError, match="NCHW"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward_intermediates(x, indices=(5,))
+
+    infos = {}
+    for cls in ("list", "hook", "getter"):  # timm's default (list), its hook variant, and forward_intermediates
+        feats = timm.create_model(name, output_stride=stride, features_only=True, feature_cls=cls).eval()
+        target = {"list": feats, "hook": getattr(feats, "body", None), "getter": getattr(feats, "model", None)}[cls]
+        target.load_state_dict(_sd_without_head(model), strict=True)
+        with torch.no_grad():
+            out = feats(x)
+        assert len(out) == 5 and all(torch.equal(a, b) for a, b in zip(out, maps)), cls
+        infos[cls] = (feats.feature_info.channels(), feats.feature_info.reduction(), feats.feature_info.module_name())
+    assert infos["list"] == infos["hook"] == infos["getter"]
+    assert infos["list"][1] == [2, 4, 8, min(16, stride), stride]
+
+
+def test_features_only_getter_prunes_what_it_does_not_need():
+    feats = timm.create_model("resnet18_bn", features_only=True, feature_cls="getter", out_indices=(1, 2))
+    assert len(feats.model.layer3) == 0 and len(feats.model.layer4) == 0
+    assert isinstance(feats.model.fc, nn.Identity) and feats.feature_info.channels() == [64, 128]
+    assert [f.shape[1] for f in feats(torch.randn(1, 3, 64, 64))] == [64, 128]
+
+
+def test_prune_intermediate_layers():
+    model = randomize_(timm.create_model("resnet18_bn", num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, intermediates_only=True)
+    assert model.prune_intermediate_layers((1, -3)) == [1, 2]
+    assert len(model.layer3) == 0 and len(model.layer4) == 0 and len(model.layer2) == 2
+    assert model.num_features == model.head_hidden_size == 128 and model.num_classes == 0
+    assert isinstance(model.fc, nn.Identity) and not any(k.startswith(("fc.", "layer3", "layer4"))
+                                                        for k in model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), maps[2]) and torch.equal(model(x), maps[2])
+        assert all(torch.equal(a, b) for a, b in zip(model.forward_intermediates(x, (1, 2), intermediates_only=True),
+                                                    maps[1:3]))
+    # all five kept: the head goes only when asked; the stem alone: the max-pool goes too
+    full = timm.create_model("resnet18_bn", num_classes=10)
+    assert full.prune_intermediate_layers(None, prune_head=False) == [0, 1, 2, 3, 4] and full.fc.out_features == 10
+    stem = timm.create_model("resnet18_bn")
+    assert stem.prune_intermediate_layers((0,)) == [0] and isinstance(stem.maxpool, nn.Identity)
+    assert stem(torch.randn(1, 3, 32, 32)).shape == (1, 64, 16, 16)
+
+
+def test_reset_classifier_keeps_the_pool_unless_told():
+    model = timm.create_model("resnet18_bn", global_pool="max")
+    model.reset_classifier(5)
+    assert model.global_pool.pool_type == "max" and model.fc.out_features == 5
+    assert model.get_classifier() is model.fc and model.get_classifier(name_only=True) == "fc"
+    model.reset_classifier(0, "")
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 512, 1, 1)
+
+
+def test_forward_intermediates_with_gradient_checkpointing():
+    model = timm.create_model("resnet18_bn").eval()
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    plain = model.forward_intermediates(x, intermediates_only=True)
+    model.set_grad_checkpointing()
+    ckpt = model.forward_intermediates(x, intermediates_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, ckpt))
+    sum(t.sum() for t in ckpt).backward()
+    assert x.grad.abs().sum() > 0

@@ -82,14 +82,45 @@ def test_official_sn_checkpoint_layout(tmp_path):
     torch.testing.assert_close(model.bn1.weight, sd["module.sn1.weight"].flatten())
 
 
-def test_timm_resnet50_gn_weights_fit_ours(tmp_path):
-    from timm.models.resnet import Bottleneck, ResNet as TimmResNet
-    theirs = randomize_(TimmResNet(block=Bottleneck, layers=(3, 4, 6, 3), norm_layer="groupnorm")).eval()
-    ours = timm.create_model("resnet50_gn").eval()
-    load_weights(ours, theirs.state_dict())
+def test_resnet50_gn32_offers_timms_resnet50_gn_weights(tmp_path):
+    theirs_cfg = timm.models.get_pretrained_cfg("resnet50_gn.a1h_in1k")
+    cfg = timm.models.get_pretrained_cfg("resnet50_gn32")
+    assert cfg.architecture == "resnet50_gn32" and cfg.tag == "a1h_in1k"
+    assert cfg.hf_hub_id == "timm/resnet50_gn.a1h_in1k" == theirs_cfg.hf_hub_id and cfg.url == theirs_cfg.url
+    assert "timm's resnet50_gn.a1h_in1k weights" in cfg.notes[-1] and not cfg.custom_load
+    assert (cfg.mean, cfg.std, cfg.crop_pct, cfg.interpolation) == (
+        theirs_cfg.mean, theirs_cfg.std, theirs_cfg.crop_pct, theirs_cfg.interpolation)
+    # timm's own resnet50_gn (import ibnnet leaves it alone), random weights standing in for its ImageNet file;
+    # through timm's loader and our checkpoint_filter_fn
+    torch.manual_seed(0)
+    theirs = randomize_(timm.create_model("resnet50_gn")).eval()
+    ours = timm.create_model("resnet50_gn32", pretrained=True,
+                             pretrained_cfg_overlay=dict(state_dict=theirs.state_dict())).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_resnet50_gn32_pretrained_reads_the_hub_file_of_timms_resnet50_gn(tmp_path, monkeypatch):
+    """``pretrained=True`` fetches timm/resnet50_gn.a1h_in1k (here from an offline hub cache)."""
+    hub = pytest.importorskip("huggingface_hub")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(0)
+    theirs = randomize_(timm.create_model("resnet50_gn"))
+    repo, commit = tmp_path / "models--timm--resnet50_gn.a1h_in1k", "0123456789" * 4
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    safetensors_torch.save_file({k: v.contiguous() for k, v in theirs.state_dict().items()},
+                                str(repo / "snapshots" / commit / "model.safetensors"))
+    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    ours = timm.create_model("resnet50_gn32", pretrained=True, num_classes=10, in_chans=1)
+    theirs_sd, ours_sd = theirs.state_dict(), ours.state_dict()
+    same = [k for k in theirs_sd if not k.startswith(("fc.", "conv1.")) and torch.equal(ours_sd[k], theirs_sd[k])]
+    assert len(same) == len(theirs_sd) - 3  # all but the new 10-class head and the adapted 1-channel stem
+    torch.testing.assert_close(ours.conv1.weight, theirs.conv1.weight.sum(1, keepdim=True))
+    assert ours.fc.out_features == 10
 
 
 def test_new_head_keeps_backbone(tmp_path, trained_r18):
@@ -98,6 +129,29 @@ def test_new_head_keeps_backbone(tmp_path, trained_r18):
                               num_classes=3)
     torch.testing.assert_close(model.conv1.weight, trained_r18[0].conv1.weight)
     assert model.fc.out_features == 3
+
+
+@pytest.mark.parametrize("feature_cls", ["list", "getter"])
+def test_pretrained_file_with_one_channel_new_head_features_and_stride_8(tmp_path, trained_r18, feature_cls):
+    # an official-format file: {'state_dict': {'module.' + key: ...}}, named with its sha256 prefix
+    sd = {f"module.{k}": v for k, v in trained_r18[0].state_dict().items()}
+    path = hashed_file(tmp_path, "resnet18_ibn_a", {"state_dict": sd, "epoch": 100})
+    kw = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), in_chans=1, num_classes=10,
+              output_stride=8)
+    whole = timm.create_model("resnet18_ibn_a", **kw).eval()
+    trained = trained_r18[0]
+    torch.testing.assert_close(whole.conv1.weight, trained.conv1.weight.sum(1, keepdim=True))  # RGB -> grey
+    torch.testing.assert_close(whole.layer4[1].bn2.running_var, trained.layer4[1].bn2.running_var)
+    assert whole.fc.out_features == 10
+    feats = timm.create_model("resnet18_ibn_a", features_only=True, feature_cls=feature_cls, **kw).eval()
+    assert feats.feature_info.reduction() == [2, 4, 8, 8, 8]
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        expected = whole.forward_intermediates(x, intermediates_only=True)
+        out = feats(x)
+    assert [o.shape for o in out] == [(2, 64, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 8, 8), (2, 512, 8, 8)]
+    for a, b in zip(out, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_hash_mismatch_names_file(tmp_path, trained_r18):

@@ -1,11 +1,11 @@
 """Models: one configurable ResNet family, registered in timm on import."""
 from .resnet import IBN_VARIANTS, ResNet, canonical_ibn
 from .weights import WeightsError, checkpoint_filter_fn, load_weights, read_checkpoint, verify_hash
-from .zoo import ARCHS, MODELS, RELEASES, VARIANTS, Release, list_models, releases_for
+from .zoo import ARCHS, MODELS, NOT_REGISTERED, RELEASES, TIMM_WEIGHTS, VARIANTS, Release, list_models, releases_for
 
 __all__ = [
-    "ResNet", "IBN_VARIANTS", "canonical_ibn", "ARCHS", "VARIANTS", "MODELS", "RELEASES", "Release",
-    "list_models", "releases_for", "create_model", "load_weights", "checkpoint_filter_fn", "read_checkpoint",
+    "ResNet", "IBN_VARIANTS", "canonical_ibn", "ARCHS", "VARIANTS", "MODELS", "RELEASES", "Release", "TIMM_WEIGHTS",
+    "NOT_REGISTERED", "list_models", "releases_for", "create_model", "load_weights", "checkpoint_filter_fn", "read_checkpoint",
     "verify_hash", "WeightsError",
 ]
 
@@ -19,4 +19,7 @@ def create_model(name: str, pretrained: bool = False, **kwargs):
         close = difflib.get_close_matches(name, list(MODELS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `ibnnet weights list`"
         raise ValueError(f"unknown model {name!r}{hint}")
+    if name in NOT_REGISTERED:
+        raise RuntimeError(f"{name}: this timm ({timm.__version__}) has a model of that name, so ibnnet's is not "
+                           f"registered; use the timm version in ibnnet's lock file")
     return timm.create_model(name, pretrained=pretrained, **kwargs)

@@ -2,7 +2,8 @@
 Switchable / Group / (ghost, sync) Batch Normalization, ResNeXt and SE blocks, dilation.
 
 Follows timm's conventions (``timm/models/resnet.py``): the model class, ``default_cfgs`` with the
-official weights, ``build_model_with_cfg`` and a ``checkpoint_filter_fn``.  Module names are those of
+official weights, ``build_model_with_cfg`` and a ``checkpoint_filter_fn``, ``forward_intermediates`` /
+``prune_intermediate_layers`` (so every ``features_only`` class works, ``feature_cls="getter"`` included).  Module names are those of
 the official IBN-Net checkpoints (``bn1``, ``layerX.Y.bn1.IN``, ``layerX.Y.IN``, ``se.fc.0`` ...), so
 official files load with ``strict=True``.  How each variant is read from the paper: docs/variants.md.
 """
@@ -15,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 from timm.layers import create_classifier
-from timm.models._manipulate import checkpoint_seq
+from timm.models import checkpoint_seq
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -174,6 +175,25 @@ class Bottleneck(nn.Module):
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
+def feature_indices(num_features: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """The absolute feature indices ``indices`` selects, and the largest (timm's ``indices`` convention).
+
+    None: all; an int n: the last n; a sequence: those listed, negative ones counted from the end.
+    """
+    if indices is None:
+        indices = num_features
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ValueError(f"the last {indices} of {num_features} feature maps: out of range")
+        take = list(range(num_features - indices, num_features))
+    else:
+        take = [i + num_features if i < 0 else i for i in indices]
+        bad = [i for i, t in zip(indices, take) if not 0 <= t < num_features]
+        if bad or not take:
+            raise ValueError(f"feature indices {list(indices)} out of range for {num_features} feature maps")
+    return take, max(take)
+
+
 class ResNet(nn.Module):
     """ResNet with configurable instance/batch/switchable normalization.
 
@@ -297,12 +317,84 @@ class ResNet(nn.Module):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
+    def get_classifier(self, name_only: bool = False) -> nn.Module | str:
+        return "fc" if name_only else self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head: ``num_classes`` outputs (0: none), ``global_pool`` type (None: keep the current one)."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
         self.num_classes = num_classes
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """``forward_features`` that also returns the feature maps of ``feature_info`` (timm's API).
+
+        Args:
+            x: input images.
+            indices: which of the 5 feature maps (0: stem after its activation, 1-4: the residual groups):
+                None all, an int n the last n, a sequence the listed ones (negative counts from the end).
+            norm: accepted for timm's API; these networks have no final norm layer to apply.
+            stop_early: stop after the deepest feature map asked for (the final features are then that map).
+            output_fmt: only ``"NCHW"``.
+            intermediates_only: return only the list of feature maps.
+
+        Returns:
+            ``(final features, [feature maps])``, or only the list.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, max_index = feature_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in take:
+            intermediates.append(x)
+        x = self.maxpool(x)
+        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
+        for i, stage in enumerate(stages[:max_index] if stop_early else stages, start=1):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)  # per block, as in forward_features
+            else:
+                x = stage(x)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop what no requested feature map needs (timm's API); returns the absolute indices kept.
+
+        Groups after the deepest requested map become empty ``nn.Sequential`` (and the max-pool an
+        ``Identity`` when only the stem is kept), so ``forward_features`` ends at that map.  The classifier
+        goes with ``prune_head`` or when the final features change.  ``prune_norm``: nothing to prune.
+        """
+        take, max_index = feature_indices(len(self.feature_info), indices)
+        for i in range(max_index + 1, 5):
+            setattr(self, f"layer{i}", nn.Sequential())
+        if max_index == 0:
+            self.maxpool = nn.Identity()
+        prune_end = max_index < 4
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from timm.models._manipulate import adapt_input_conv
+from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
 HASH_RE = re.compile(r"-([a-f0-9]{8,64})\.[A-Za-z0-9]+$")

@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._registry import _model_default_cfgs, is_model
+from timm.models import (build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, is_model,
+                         model_entrypoint, register_model)
 
 from .resnet import ResNet
 from .weights import checkpoint_filter_fn, expected_hash_prefix
@@ -41,7 +41,9 @@ ARCHS: dict[str, dict[str, Any]] = {
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "bn": dict(),
-    "gn": dict(norm="gn"),
+    # GroupNorm with 32 groups (get_norm_layer's default, Wu & He's and the SN paper's GN baseline).  Named
+    # gn32, not gn: timm has its own resnet50_gn, and ours must not replace it (nor a later timm's resnet18_gn).
+    "gn32": dict(norm="gn"),
     # The official SN ResNet v1: SN everywhere, zero-initialised last gamma, dropout 0.5 before fc.
     "sn": dict(norm="sn", zero_init_last=True, drop_rate=0.5),
     "ibn_a": dict(ibn="a"),
@@ -54,12 +56,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 MODELS: dict[str, tuple[str, str]] = {}
 for _depth in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
-    for _v in ("bn", "gn", "sn", "ibn_a", "ibn_b"):
+    for _v in ("bn", "gn32", "sn", "ibn_a", "ibn_b"):
         MODELS[f"{_depth}_{_v}"] = (_depth, _v)
 for _v in ("ibn_c", "ibn_d", "ibn_ad", "ibn_a2"):
     MODELS[f"resnet50_{_v}"] = ("resnet50", _v)
 MODELS["resnext101_ibn_a"] = ("resnext101", "ibn_a")
 MODELS["se_resnet101_ibn_a"] = ("se_resnet101", "ibn_a")
+
+# Ours whose layout is that of a timm model with ImageNet weights: ours offer those weights too (timm's
+# standard loader fetches them, from the Hugging Face hub or timm's URL, through our checkpoint_filter_fn).
+TIMM_WEIGHTS: dict[str, str] = {"resnet50_gn32": "resnet50_gn"}
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,10 @@ RELEASES: list[Release] = [
 ]
 
 
+def releases_for(name: str) -> list[Release]:
+    return [r for r in RELEASES if r.model == name]
+
+
 def _cfg(url: str = "", **kwargs) -> dict[str, Any]:
     # Official evaluation: resize 256, centre crop 224 (crop_pct 0.875), bilinear, ImageNet mean/std.
     return {
@@ -146,22 +156,25 @@ def _build_default_cfgs() -> dict:
         cfgs[r.name] = _release_cfg(r)
     for name in MODELS:
         if not any(k.startswith(name + ".") for k in cfgs):
-            inherited = _timm_pretrained_cfgs(name)
-            if inherited:
-                cfgs.update(inherited)
-            else:
-                cfgs[name] = _cfg()
+            inherited = _timm_pretrained_cfgs(name, TIMM_WEIGHTS[name]) if name in TIMM_WEIGHTS else {}
+            cfgs.update(inherited or {name: _cfg()})
     return generate_default_cfgs(cfgs)
 
 
-def _timm_pretrained_cfgs(name: str) -> dict[str, Any]:
-    """timm's own weights for a name we take over (``resnet50_gn``: same layout, so they load into ours)."""
-    if not is_model(name) or name not in _model_default_cfgs:
-        return {}
-    default = _model_default_cfgs[name]
-    # custom_load routes local files given through pretrained_cfg_overlay to our loader as well.
-    return {f"{name}.{tag}" if tag else name: dict(cfg.to_dict(), custom_load=True)
-            for tag, cfg in default.cfgs.items()}
+def _timm_pretrained_cfgs(name: str, timm_name: str) -> dict[str, Any]:
+    """timm's pretrained cfgs of ``timm_name`` (copies, read through timm's public API) under our ``name``.
+
+    The source stays timm's: its ``hf_hub_id`` (``timm/resnet50_gn.a1h_in1k``) and URL, and the notes name
+    it.  No ``custom_load``: timm's own loader reads these files (it also handles the hub), then passes the
+    state_dict through our ``checkpoint_filter_fn``.
+    """
+    out = {}
+    for full_name, cfg in get_arch_pretrained_cfgs(timm_name).items():
+        tag = full_name.partition(".")[2]
+        d = {k: v for k, v in cfg.to_dict().items() if k not in ("architecture", "tag")}
+        d["notes"] = (*(d.get("notes") or ()), f"timm's {full_name} weights (the same layout, loaded unchanged)")
+        out[f"{name}.{tag}" if tag else name] = dict(d, custom_load=False)
+    return out
 
 
 default_cfgs = _build_default_cfgs()
@@ -187,8 +200,103 @@ def _make_entrypoint(name: str) -> Callable[..., ResNet]:
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"{arch} with {flavour.replace('_', '-').upper()} normalization ({VARIANTS[flavour]})."
+    entrypoint.__doc__ = model_doc(name)
     return entrypoint
+
+
+# What each entry point is, for its docstring: the architecture, the variant with its paper, where the
+# papers' tables use it, and its weights.
+IBN_PAPER = "IBN-Net (Pan et al., ECCV 2018, arXiv:1807.09441)"
+SN_PAPER = "Switchable Normalization (Luo et al., ICLR 2019, arXiv:1806.10779)"
+_ARCH_DOCS = {
+    "resnet18": "ResNet-18 (basic blocks 2-2-2-2)",
+    "resnet34": "ResNet-34 (basic blocks 3-4-6-3)",
+    "resnet50": "ResNet-50 (bottlenecks 3-4-6-3)",
+    "resnet101": "ResNet-101 (bottlenecks 3-4-23-3)",
+    "resnet152": "ResNet-152 (bottlenecks 3-8-36-3)",
+    "resnext101": "ResNeXt-101 32x4d (bottlenecks 3-4-23-3, 32 groups of width 4)",
+    "se_resnet101": "SE-ResNet-101 (bottlenecks 3-4-23-3, squeeze-and-excitation with reduction 16)",
+}
+_VARIANT_DOCS = {
+    "bn": "BatchNorm everywhere: the plain ResNet (He et al., arXiv:1512.03385)",
+    "gn32": "GroupNorm with 32 groups in place of every BatchNorm (Wu & He, ECCV 2018, arXiv:1803.08494)",
+    "sn": f"{SN_PAPER} in place of every BatchNorm, as the official SN ResNet v1: the last norm of each block "
+          "zero-initialised, dropout 0.5 before fc",
+    "ibn_a": f"IBN-a of {IBN_PAPER}, sec. 3.2: instance normalization on half the channels of bn1 in every block "
+             "of residual groups 1-3",
+    "ibn_b": f"IBN-b of {IBN_PAPER}, sec. 3.2: instance normalization in the stem and after the residual addition "
+             "of the last block of groups 1-2",
+    "ibn_c": f"IBN-c of {IBN_PAPER}, sec. 3.2: IN and BN side by side on all channels of bn1, concatenated "
+             "(groups 1-3); never released, our reading in docs/variants.md",
+    "ibn_d": f"IBN-d of {IBN_PAPER}, sec. 3.2: IBN-b's placement with IN on half the channels (IBN in the stem, "
+             "partial IN after the addition); never released, our reading in docs/variants.md",
+    "ibn_ad": f"IBN-a&d of {IBN_PAPER}, sec. 3.2: IBN-a and IBN-d combined; never released, our reading in "
+              "docs/variants.md",
+    "ibn_a2": f"IBN-a x2 of {IBN_PAPER}, sec. 3.2: IBN-a with bn2 an IBN layer too; never released, our reading "
+              "in docs/variants.md",
+}
+# Where the papers' tables use a model (experiments/*.yaml build them, some from another name with
+# overrides that make the same network; the segmentation tables with output_stride=8).
+_PAPER_USE = {
+    "resnet50_bn": "the ResNet50 of IBN-Net Tables 1-6 and 8 (Table 2: its re-implementation), the network of SN "
+                   "Table 2's BN row and (as SyncBN) of SN Table 5's SyncBN column",
+    "resnet101_bn": "the ResNet101 re-implementation of IBN-Net Table 2",
+    "resnet50_gn32": "the network of SN Table 2's GN row and of SN Table 5's GN column",
+    "resnet50_sn": "SN Table 2's SN row and SN Table 5's SN column",
+    "resnet101_sn": "not in the SN paper's tables; the SN model zoo's ResNet-101 v1",
+    "resnet50_ibn_a": "IBN-Net50-a of IBN-Net Tables 1-6 and 8 (Tables 4 and 5 vary its groups and IN ratio)",
+    "resnet50_ibn_b": "IBN-Net50-b of IBN-Net Tables 1, 3 and 6",
+    "resnet101_ibn_a": "the ResNet101 IBN-a of IBN-Net Table 2",
+    "resnext101_ibn_a": "the ResNeXt101 IBN-a of IBN-Net Table 2 (with ibn='none' its re-implementation)",
+    "se_resnet101_ibn_a": "the SE-ResNet101 IBN-a of IBN-Net Table 2 (with ibn='none' its re-implementation)",
+    **{f"resnet50_{v}": f"IBN-{label} of IBN-Net Table 3"
+       for v, label in (("ibn_c", "c"), ("ibn_d", "d"), ("ibn_ad", "a&d"), ("ibn_a2", "a x2"))},
+}
+
+
+def _weights_doc(name: str) -> list[str]:
+    lines = []
+    for r in releases_for(name):
+        acc = ", ".join(f"{k} {v} %" for k, v in (("top-1", r.top1), ("top-5", r.top5)) if v)
+        where = "downloaded and sha256-checked" if r.url else f"save it as <torch hub dir>/checkpoints/{r.file}"
+        detail = "; ".join(x for x in (acc, r.note, where) if x)
+        lines.append(f"{r.name}: {r.file} from {r.origin} ({detail})")
+    if name in TIMM_WEIGHTS:
+        for full_name, cfg in get_arch_pretrained_cfgs(TIMM_WEIGHTS[name]).items():
+            lines.append(f"{name}.{cfg.tag}: timm's {full_name} ImageNet weights (hub {cfg.hf_hub_id}, else "
+                         f"{cfg.url}); timm's training, not a release of the papers")
+    return lines or ["none released (pretrained=True raises); pass pretrained_cfg_overlay=dict(file=...) for "
+                     "a file of your own"]
+
+
+def model_doc(name: str) -> str:
+    """The docstring of entry point ``name``: what the variant is, its paper and table, its weights."""
+    arch, flavour = MODELS[name]
+    paper = _PAPER_USE.get(name, "not in the papers' tables")
+    weights = "\n".join(f"    {line}" for line in _weights_doc(name))
+    return (f"{_ARCH_DOCS[arch]} with {_VARIANT_DOCS[flavour]}.\n\n"
+            f"Paper: {paper}.\n"
+            f"Weights:\n{weights}\n\n"
+            f"Model arguments: {dict(ARCHS[arch], **VARIANTS[flavour])}; keyword arguments go to ResNet.\n")
+
+
+def _register(fn: Callable[..., ResNet]) -> bool:
+    """Register ``fn`` in timm unless that would replace a model that is not ours; False if skipped."""
+    name = fn.__name__
+    if is_model(name) and getattr(model_entrypoint(name), "__module__", None) != __name__:
+        # Importing ibnnet must never change timm's own models.  Our names avoid timm's (a test checks this
+        # against the locked timm); should a later timm take one, it keeps it.
+        warnings.warn(f"timm already has a model named {name!r}; ibnnet's {name} is not registered "
+                      f"(ibnnet.models.create_model({name!r}) raises)", RuntimeWarning, stacklevel=2)
+        return False
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Overwriting .* in registry")  # our own, re-imported
+        register_model(fn)
+    return True
+
+
+# Our names that a timm model took (empty with the locked timm).
+NOT_REGISTERED: list[str] = []
 
 
 def _register_all() -> None:
@@ -196,11 +304,8 @@ def _register_all() -> None:
     for name in MODELS:
         fn = _make_entrypoint(name)
         setattr(module, name, fn)
-        with warnings.catch_warnings():
-            # resnet50_gn replaces timm's model of the same name on purpose: identical layout, and its
-            # pretrained tags are carried over above, so timm users lose nothing.
-            warnings.filterwarnings("ignore", message="Overwriting .* in registry")
-            register_model(fn)
+        if not _register(fn):
+            NOT_REGISTERED.append(name)
 
 
 _register_all()
@@ -209,8 +314,5 @@ _register_all()
 def list_models(pattern: str = "*") -> list[str]:
     """Names this package registers (a subset of ``timm.list_models``), optionally glob-filtered."""
     import fnmatch
-    return sorted(n for n in MODELS if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in MODELS if fnmatch.fnmatch(n, pattern) and n not in NOT_REGISTERED)
 
-
-def releases_for(name: str) -> list[Release]:
-    return [r for r in RELEASES if r.model == name]
