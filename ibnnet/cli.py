@@ -88,8 +88,13 @@ def _console_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
-    from .models.weights import WeightsError
+    """Run one command; returns the exit code.
+
+    0 success; 2 a user error (:class:`ibnnet.errors.UserError`: config, paths, data, weight files),
+    printed as ``ibnnet: error: ...``; 1 anything else, printed with its traceback and, when it
+    happened inside a run, the path of the run's ``train.log``; 130 interrupted.
+    """
+    from .errors import UserError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -104,12 +109,26 @@ def main(argv: list[str] | None = None) -> int:
     _console_logging()
     try:
         return _dispatch(args)
-    except (ConfigError, WeightsError, FileNotFoundError, ValueError) as e:
+    except UserError as e:
         print(f"ibnnet: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+        return 2
     except KeyboardInterrupt:
         print("ibnnet: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or an unexpected failure: everything needed to find it
+        report_internal_error(e)
+        return 1
+
+
+def report_internal_error(e: BaseException) -> None:
+    """The full traceback on stderr, then where the run's own log is (if it happened inside a run)."""
+    import traceback
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    print(f"ibnnet: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(),
+          file=sys.stderr)
+    run_log = getattr(e, "run_log", None)
+    if run_log:
+        print(f"ibnnet: the run's log: {run_log}", file=sys.stderr)
 
 
 def _dispatch(args) -> int:

@@ -250,7 +250,7 @@ def test_shrink_sizes_labels_progress_and_resume(tmp_path):
 
     # Other settings on the same copy would mix resolutions: refused, naming the marker.
     code, out, err = run_cli("data", "shrink", "imagenet", src, dst, "--short-side", 32, "--no-progress")
-    assert code == 1 and MARKER in err and "short side 24" in err
+    assert code == 2 and MARKER in err and "short side 24" in err
 
 
 def test_shrink_reports_unreadable_images_and_leaves_the_split_incomplete(tmp_path):

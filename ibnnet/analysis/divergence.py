@@ -31,6 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import ConfigError, DataError, DataNotFoundError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -230,22 +232,22 @@ class ImageSet(Dataset):
                  classes: tuple[int, int] | None = None, seed: int = 0, resize_size: int | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: not a folder")
+            raise DataNotFoundError(f"{self.root}: not a folder")
         self.image_size = int(image_size)
         self.resize_size = int(resize_size or image_size)
         if self.resize_size < self.image_size:
-            raise ValueError(f"resize_size {self.resize_size} is smaller than image_size {self.image_size}")
+            raise ConfigError(f"resize_size {self.resize_size} is smaller than image_size {self.image_size}")
         if classes is None:
             dirs = [self.root]
         else:
             lo, hi = (int(c) for c in classes)
             all_dirs = sorted(p for p in self.root.iterdir() if p.is_dir())
             if not 0 <= lo <= hi < len(all_dirs):
-                raise ValueError(f"class range {lo}-{hi} outside the {len(all_dirs)} class folders of {self.root}")
+                raise DataError(f"class range {lo}-{hi} outside the {len(all_dirs)} class folders of {self.root}")
             dirs = all_dirs[lo:hi + 1]
         files = sorted(p for d in dirs for p in d.rglob("*") if _is_image(p))
         if not files:
-            raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {self.root}"
+            raise DataNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {self.root}"
                                     + (f" in class folders {classes[0]}-{classes[1]}" if classes else ""))
         if max_images and max_images < len(files):
             # Sorted back so that the order (and batch composition) does not depend on the draw.
@@ -282,11 +284,11 @@ def parse_image_set(spec: str) -> tuple[Path, tuple[int, int] | None]:
     m = _SPEC.match(spec)
     if m is None:
         if not spec:
-            raise ValueError("empty image-set spec")
+            raise ConfigError("empty image-set spec")
         return Path(spec), None
     lo, hi = int(m["lo"]), int(m["hi"])
     if lo > hi:
-        raise ValueError(f"{spec!r}: class range {lo}-{hi} is empty")
+        raise ConfigError(f"{spec!r}: class range {lo}-{hi} is empty")
     return Path(m["root"]), (lo, hi)
 
 

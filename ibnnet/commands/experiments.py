@@ -197,9 +197,6 @@ def cmd_run(args) -> int:
     except RunClaimed as e:
         print(f"[ibnnet] {e}; skipping", flush=True)
         return EXIT_CLAIMED
-    except Exception as e:
-        print(f"ibnnet: run failed: {type(e).__name__}: {e}", file=sys.stderr)
-        import traceback
-        traceback.print_exc()
-        return 1
+    # Errors go to ibnnet.cli.main: a user error in one line (exit 2), anything else with its traceback
+    # and the run's train.log (exit 1). The launcher reports the run as failed either way.
     return 0

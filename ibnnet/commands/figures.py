@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config.loader import ConfigError
+from ..errors import ConfigError, MissingPathError
 
 log = logging.getLogger("ibnnet")
 
@@ -103,7 +103,7 @@ def cmd_sn_weights(args) -> int:
     if skipped:
         print(f"[ibnnet] skipped (no SN layers): {', '.join(skipped)}", file=sys.stderr)
     if not results:
-        raise FileNotFoundError(f"{args.experiment}: none of the {len(sources)} runs found has SN layers "
+        raise MissingPathError(f"{args.experiment}: none of the {len(sources)} runs found has SN layers "
                                 "(choose SN cells with --cells)")
     paths = write_sn_weights(results, out, title)
     for label, layers in results.items():

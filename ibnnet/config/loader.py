@@ -18,15 +18,12 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException, ValidationError
 
+from ..errors import ConfigError
 from .schema import RunConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 PART_GROUPS = ("model", "data", "optim", "trainer", "logger", "launcher", "segmentation", "paths")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with the file, key and value in the message."""
 
 
 @dataclass
@@ -198,7 +195,8 @@ def compose(path: str | Path | None, overrides: Sequence[str] = (), extra: Seque
     problems = validate(cfg)
     if problems:
         lines = [f"{source_of(k, sources)}: {k}={v!r}: {msg}" for k, v, msg in problems]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+        raise ConfigError("invalid configuration: " + lines[0] if len(lines) == 1
+                          else "invalid configuration:\n  " + "\n  ".join(lines))
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
 from .cityscapes import (
     CITYSCAPES_SPLITS, cityscapes_label_path, find_cityscapes_dir, list_cityscapes_images,
 )
@@ -354,7 +355,7 @@ def check_dataset(
     """Check a dataset folder; ``name`` is one of ``"imagenet"``, ``"cityscapes"``, ``"gta5"``."""
     key = name.lower()
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
+        raise ConfigError(f"unknown dataset {name!r}; choose from {DATASETS}")
     root = Path(root)
     report = CheckReport(name=key, root=str(root))
     if not root.is_dir():

@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..config import ConfigError, PROJECT_ROOT
+from ..errors import UserError
 from .emulation import physical_config
 from .files import atomic_write_text
 from .rundir import FAILED, INTERRUPTED, PENDING
@@ -93,10 +94,14 @@ def render_script(cfg: DictConfig, experiment: str, runs_file: Path, out_dir: Pa
     return "\n".join(lines) + "\n"
 
 
+class SubmitError(UserError, RuntimeError):
+    """``sbatch`` refused a job (unknown partition or account, limits); its own message is included."""
+
+
 def sbatch(script: Path) -> str:
     proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        raise SubmitError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip().split(";")[0]
 
 

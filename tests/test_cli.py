@@ -1,0 +1,65 @@
+"""The command line as people use it: errors, dry runs, overrides, costs, progress bars, wandb sync.
+
+Everything runs in this process through ``ibnnet.cli.main`` (no interpreter start-up) and nothing here
+trains a model: the one run that starts fails before its first batch.
+"""
+import contextlib
+import io
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, TINY, config
+from ibnnet.cli import main
+
+
+def run_cli(*args, stdin: str | None = None, tty: bool = False, monkeypatch=None) -> tuple[int, str, str]:
+    """``ibnnet ARGS`` in this process -> (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    if monkeypatch is not None:
+        fake = io.StringIO(stdin or "")
+        fake.isatty = lambda: tty
+        monkeypatch.setattr("sys.stdin", fake)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def experiment(tmp_path: Path, body: str, name: str = "exp") -> Path:
+    """An experiment file on the tiny run config, its runs and results under tmp_path."""
+    base = config(tmp_path, TINY, "base.yaml")
+    path = tmp_path / "experiments" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"experiment: {name}\nbase: {base}\n" + textwrap.dedent(body))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+def test_a_config_typo_is_one_line_with_exit_code_2(tmp_path):
+    cfg = config(tmp_path, TINY)
+    code, out, err = run_cli("train", cfg, "trainer.max_epoch=3")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [err.strip()]  # one line
+    assert err.startswith("ibnnet: error: command line: unknown key 'trainer.max_epoch'") and "max_epochs" in err
+    assert "Traceback" not in err
+    code, _, err = run_cli("run", tmp_path / "nowhere")   # a missing path is a user error too
+    assert code == 2 and err.strip() == f"ibnnet: error: {tmp_path / 'nowhere'}: not a run folder (no config.yaml)"
+
+
+def test_an_internal_error_inside_a_run_shows_its_traceback_and_the_run_log(tmp_path, monkeypatch):
+    def broken_factory(name, **kwargs):
+        raise ValueError("factory bug: channels do not add up")
+    monkeypatch.setattr("ibnnet.tasks.common.create_model", broken_factory)
+    cfg = config(tmp_path, TINY)
+    code, out, err = run_cli("train", cfg)
+    assert code == 1
+    assert "Traceback (most recent call last)" in err and "broken_factory" in err  # where it came from
+    assert "ValueError: factory bug: channels do not add up" in err
+    (folder,) = (tmp_path / "runs").glob("*/*/")
+    assert f"ibnnet: the run's log: {folder / 'train.log'}" in err
+    log = (folder / "train.log").read_text()
+    assert "Traceback" in log and "factory bug" in log   # the log has the whole story too
+    assert json.loads((folder / "state.json").read_text())["status"] == "failed"
