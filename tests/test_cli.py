@@ -63,3 +63,21 @@ def test_an_internal_error_inside_a_run_shows_its_traceback_and_the_run_log(tmp_
     log = (folder / "train.log").read_text()
     assert "Traceback" in log and "factory bug" in log   # the log has the whole story too
     assert json.loads((folder / "state.json").read_text())["status"] == "failed"
+
+
+# ------------------------------------------------------------------------------------ dry runs
+
+def test_dry_runs_show_interpolations_resolved(tmp_path):
+    path = experiment(tmp_path, """
+        scales: {small: {gpu_hours: 1}}
+        grid:
+          init:
+            scratch: {model.pretrained_file: null}
+            chained: {model.pretrained_file: "run:other/cell@${scale}", data.train.root: "${paths.runs}/x"}
+    """)
+    for launcher in ("local", "slurm"):
+        code, out, err = run_cli("sweep", path, "--dry-run", "--launcher", launcher)
+        assert code == 0, err
+        assert "model.pretrained_file=run:other/cell@small" in out, out
+        assert f"data.train.root={tmp_path / 'runs'}/x" in out
+        assert "${scale}" not in out and "${paths" not in out   # (the SLURM script has shell ${...} of its own)

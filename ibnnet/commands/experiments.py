@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from ..config import compose
 from ..config.loader import Source
-from ..launch.grid import Experiment, load_experiment, select
+from ..launch.grid import Experiment, describe_cell, load_experiment, select
 from ..launch.rundir import DONE, FAILED
 from ..launch.status import live_status
 
@@ -43,10 +43,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _differing(cell) -> str:
-    return " ".join(f"{k}={v}" for k, v in cell.overrides.items()) or "(base config)"
-
-
 def cmd_sweep(args) -> int:
     exp = load_experiment(args.experiment, args.scale)
     triples = select(exp.folders(tuple(args.overrides)), args.only)
@@ -71,7 +67,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         for cell, cfg, folder in triples:
             status, _ = live_status(folder)
-            print(f"  {status:8s} {folder.path.name:50s} {_differing(cell)}")
+            print(f"  {status:8s} {folder.path.name:50s} {describe_cell(cell, cfg)}")
         return 0
     from ..launch.local import run_local
     from ..launch.runner import prepare

@@ -227,6 +227,26 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
                       table=table, paper=paper, raw=raw, axes=axes)
 
 
+def describe_cell(cell: Cell, cfg: DictConfig) -> str:
+    """The cell's own settings as its run sees them (``key=value ...``): values are read from the cell's
+    composed config, so interpolations such as ``${scale}`` or ``${paths.data}`` show what they resolve to."""
+    parts = []
+    for key in cell.overrides:
+        value = OmegaConf.select(cfg, key, default=cell.overrides[key])
+        parts.append(f"{key}={show_value(value)}")
+    return " ".join(parts) or "(base config)"
+
+
+def show_value(value: Any) -> str:
+    """A config value on one line: scalars as they are, lists and mappings in YAML flow style."""
+    import yaml
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
+    return str(value)
+
+
 def select(cells_with: list[tuple], pattern: str | None) -> list[tuple]:
     """Keep cells whose name or run id matches the glob ``pattern`` (substring match without wildcards)."""
     if not pattern:

@@ -24,6 +24,7 @@ from ..config import ConfigError, PROJECT_ROOT
 from ..errors import UserError
 from .emulation import physical_config
 from .files import atomic_write_text
+from .grid import describe_cell
 from .rundir import FAILED, INTERRUPTED, PENDING
 from .runner import prepare
 from .status import SUBMITTED, live_status
@@ -173,8 +174,8 @@ def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False)
         script = render_script(members[0][1], exp.name, runs_file, out_dir, len(members))
         if dry_run:
             print(f"\n# --- array {k}: {len(members)} runs (dry run: nothing written or submitted) ---")
-            for i, (cell, _, folder) in enumerate(members):
-                print(f"#   [{i}] {folder.path}")
+            for i, (cell, cfg, folder) in enumerate(members):
+                print(f"#   [{i}] {folder.path}  {describe_cell(cell, cfg)}")
             print(script)
             continue
         for _, cfg, _ in members:
