@@ -81,3 +81,43 @@ def test_dry_runs_show_interpolations_resolved(tmp_path):
         assert "model.pretrained_file=run:other/cell@small" in out, out
         assert f"data.train.root={tmp_path / 'runs'}/x" in out
         assert "${scale}" not in out and "${paths" not in out   # (the SLURM script has shell ${...} of its own)
+
+
+# ------------------------------------------------------------------------- list-element overrides
+
+def test_one_list_element_can_be_overridden(tmp_path):
+    from ibnnet.config import compose
+    from ibnnet.launch.grid import load_experiment
+    path = experiment(tmp_path, """
+        overrides:
+          data.val:
+            - {name: a, dataset: builtin_cls, split: val, num_samples: 8}
+            - {name: b, dataset: builtin_cls, split: val, domain: real, num_samples: 8}
+        grid:
+          b_size: {key: data.val.1.num_samples, values: [4, 12]}   # an axis may set an element too
+    """)
+    code, out, err = run_cli("sweep", path, "--dry-run", "data.val.0.num_samples=64", "data.val[1].seed=3")
+    assert code == 0, err
+    assert "data.val.1.num_samples=4" in out and "data.val.1.num_samples=12" in out
+    configs = load_experiment(path).configs(("data.val.0.num_samples=64", "data.val[1].seed=3"))
+    for (cell, cfg), b in zip(configs, (4, 12)):
+        a_spec, b_spec = cfg.data.val
+        assert (a_spec.name, a_spec.num_samples, a_spec.seed, a_spec.domain) == ("a", 64, 0, "synthetic")
+        assert (b_spec.name, b_spec.num_samples, b_spec.seed, b_spec.domain) == ("b", b, 3, "real")
+    cfg = compose(config(tmp_path, TINY), ["data.val.0.num_samples=5"])   # train composes the same way
+    assert cfg.data.val[0].num_samples == 5 and cfg.data.val[0].name == "synthetic"
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("data.val.5.num_samples=1", "command line: data.val.5.num_samples=1: index 5 is out of range: data.val "
+                                 "has 1 element (indices from 0)"),
+    ("data.val.0.nmu_samples=1", "command line: unknown key 'data.val.0.nmu_samples'"),
+    ("data.val.num_samples=1", "command line: 'data.val' is a list, so 'data.val.num_samples' names no element"),
+])
+def test_a_bad_list_element_override_is_one_line_naming_the_key(tmp_path, override, expected):
+    cfg = config(tmp_path, TINY)
+    exp = experiment(tmp_path, "grid: {model.name: [resnet18_bn]}\n")
+    for args in (("train", cfg), ("sweep", exp, "--dry-run")):
+        code, out, err = run_cli(*args, override)
+        assert code == 2, err
+        assert err.startswith(f"ibnnet: error: {expected}") and len(err.strip().splitlines()) == 1, err

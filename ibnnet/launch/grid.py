@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config.loader import PROJECT_ROOT, ConfigError, Source, compose, dotlist_to_config, load_yaml
+from ..config.loader import PROJECT_ROOT, ConfigError, Source, compose, dotlist_source, load_yaml
 from .rundir import RunFolder, run_dir, run_id
 
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -76,11 +76,11 @@ class Experiment:
 
     def compose_cell(self, cell: Cell, overrides: tuple[str, ...] = ()) -> DictConfig:
         label = str(self.path)
-        extra = [Source(f"{label} (overrides)", dotlist_to_config(self.common, label))]
+        extra = [dotlist_source(self.common, f"{label} (overrides)")]
         if self.scale:
             scale_over = dict(self.scales[self.scale].get("overrides") or {})
-            extra.append(Source(f"{label} (scale {self.scale})", dotlist_to_config(scale_over, label)))
-        extra.append(Source(f"{label} (cell {cell.name})", dotlist_to_config(cell.overrides, label)))
+            extra.append(dotlist_source(scale_over, f"{label} (scale {self.scale})"))
+        extra.append(dotlist_source(cell.overrides, f"{label} (cell {cell.name})"))
         identity = {"experiment": self.name, "scale": self.scale or "", "run_name": cell.name,
                     "grid": dict(cell.labels)}
         extra.append(Source(label, OmegaConf.create(identity)))
