@@ -121,3 +121,14 @@ def test_a_bad_list_element_override_is_one_line_naming_the_key(tmp_path, overri
         code, out, err = run_cli(*args, override)
         assert code == 2, err
         assert err.startswith(f"ibnnet: error: {expected}") and len(err.strip().splitlines()) == 1, err
+
+
+# ----------------------------------------------------------------------------------- analysis files
+
+def test_sweeping_an_analysis_file_says_how_to_run_it():
+    for command in ("sweep", "status", "table"):
+        code, out, err = run_cli(command, "ibn_fig5")
+        assert code == 2 and out == ""
+        assert err.startswith("ibnnet: error: ") and "ibn_fig5.yaml is an analysis file" in err, err
+        assert "run it with `ibnnet analyze divergence ibn_fig5`" in err
+        assert len(err.strip().splitlines()) == 1 and "unknown top-level keys" not in err

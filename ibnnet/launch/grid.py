@@ -148,6 +148,10 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
     path = resolve_experiment_path(name_or_path)
     raw = load_yaml(path)
     data = _as_plain(raw)
+    if "analysis" in data and "base" not in data:   # e.g. ibn_fig5.yaml: a figure computed from trained models
+        kind = data["analysis"]
+        raise ConfigError(f"{path} is an analysis file, not an experiment grid (nothing to sweep, track or tabulate): "
+                          f"run it with `ibnnet analyze {kind} {name_or_path}`")
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} (allowed: {', '.join(sorted(_TOP_KEYS))})")
