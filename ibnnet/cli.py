@@ -9,7 +9,7 @@ OVERRIDES_HELP = "config overrides as key=value (e.g. trainer.max_epochs=1 model
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="experiment file, or its name under experiments/ (e.g. demo)")
-    p.add_argument("--scale", help="experiment scale (e.g. reduced, full); default: the file's first")
+    p.add_argument("--scale", help="experiment scale (e.g. reduced, full); default: the cheapest (fewest GPU-hours)")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
 
@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: N worker processes sharing the grid (one GPU each when there are GPUs). "
                         "Further `ibnnet sweep` commands on the same grid, here or on other machines, join in")
     p.add_argument("--no-table", action="store_true", help="local: do not render the table afterwards")
+    p.add_argument("--yes", "-y", action="store_true",
+                   help="start even if the estimate is above --confirm-above (no question asked)")
+    p.add_argument("--confirm-above", type=float, metavar="GPU_HOURS",
+                   help="ask before starting a sweep estimated above this many GPU-hours, and refuse without --yes "
+                        "when stdin is not a terminal (default: $IBNNET_CONFIRM_GPU_HOURS or 100); "
+                        "--dry-run never asks")
 
     p = sub.add_parser("status", help="done / running / failed / pending per cell",
                        description="Show each cell's state (merging squeue/sacct for SLURM runs).")
@@ -115,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ibnnet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `ibnnet ... | head`: the reader is gone, nothing is wrong
+        try:
+            import os
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
     except Exception as e:  # a bug or an unexpected failure: everything needed to find it
         report_internal_error(e)
         return 1

@@ -132,3 +132,94 @@ def test_sweeping_an_analysis_file_says_how_to_run_it():
         assert err.startswith("ibnnet: error: ") and "ibn_fig5.yaml is an analysis file" in err, err
         assert "run it with `ibnnet analyze divergence ibn_fig5`" in err
         assert len(err.strip().splitlines()) == 1 and "unknown top-level keys" not in err
+
+
+# ------------------------------------------------------------------------------ scales and costs
+
+SCALES = """
+scales:
+  paper: {gpu_hours: 900}
+  small: {gpu_hours: 6, overrides: {trainer.max_epochs: 1}}
+grid:
+  model: {key: model.name, values: {BN: resnet18_bn, IBN-a: resnet18_ibn_a, IBN-b: resnet18_ibn_b}}
+"""
+
+
+def test_without_scale_the_cheapest_is_used_and_the_estimate_printed(tmp_path):
+    from ibnnet.config import ConfigError
+    from ibnnet.launch.grid import load_experiment
+    path = experiment(tmp_path, SCALES)
+    exp = load_experiment(path)
+    assert exp.scale == "small" and exp.scale_is_default and exp.gpu_hours == 6   # not the first, "paper"
+    code, out, err = run_cli("sweep", path, "--dry-run")
+    assert code == 0, err
+    assert "(scale small, the cheapest, used without --scale; also: paper 900 GPU-hours): 3 cells, 3 to run" in out
+    assert "estimate: ~6.0 GPU-hours for 3 runs" in out
+    code, out, err = run_cli("sweep", path, "--dry-run", "--only", "IBN-a", "--scale", "paper")
+    assert "estimate: ~300 GPU-hours for 1 run " in out          # a third of the grid
+    assert "above 100 GPU-hours: the sweep itself asks for confirmation" in out   # and the dry run asked nothing
+    # default_scale may only choose among the cheapest
+    (tmp_path / "tie.yaml").write_text(path.read_text().replace("paper: {gpu_hours: 900}", "paper: {gpu_hours: 6}")
+                                       + "default_scale: paper\n")
+    assert load_experiment(tmp_path / "tie.yaml").scale == "paper"
+    (tmp_path / "dear.yaml").write_text(path.read_text() + "default_scale: paper\n")
+    with pytest.raises(ConfigError, match=r"default_scale 'paper' \(900 GPU-hours\) is not the cheapest scale "
+                                          r"\('small', 6 GPU-hours\)"):
+        load_experiment(tmp_path / "dear.yaml")
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Local and SLURM sweeps record what they would start instead of training or calling sbatch."""
+    started = []
+
+    def run_local(folders, **kwargs):
+        started.extend(f.path.name for f in folders)
+        return {"done": list(folders), "skipped": [], "failed": []}
+
+    def sbatch(script):
+        started.append(script.name)
+        return "4242"
+    monkeypatch.setattr("ibnnet.launch.local.run_local", run_local)
+    monkeypatch.setattr("ibnnet.launch.slurm.sbatch", sbatch)
+    monkeypatch.delenv("IBNNET_CONFIRM_GPU_HOURS", raising=False)
+    return started
+
+
+def test_an_expensive_sweep_needs_yes_without_a_terminal(tmp_path, monkeypatch, launches):
+    path = experiment(tmp_path, SCALES)
+    for launcher in ("local", "slurm"):
+        code, out, err = run_cli("sweep", path, "--scale", "paper", "--launcher", launcher, "--no-table",
+                                 monkeypatch=monkeypatch)   # stdin: not a terminal
+        assert code == 2 and launches == [] and not (tmp_path / "runs").exists()
+        assert err.strip() == ("ibnnet: error: not started: ~900 GPU-hours is above the 100 GPU-hours that start "
+                               "without confirmation; rerun with --yes to start it, or --scale small (limit: "
+                               "--confirm-above or IBNNET_CONFIRM_GPU_HOURS)")
+        assert "estimate: ~900 GPU-hours for 3 runs" in out   # printed before anything else happens
+    code, out, err = run_cli("sweep", path, "--scale", "paper", "--no-table", "--yes", monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert len(launches) == 3 and all(n.startswith("model=") for n in launches)
+    code, out, err = run_cli("sweep", path, "--scale", "paper", "--launcher", "slurm", "--yes", monkeypatch=monkeypatch)
+    assert code == 0 and launches[-1] == "job.sbatch" and "submitted job array 4242 (3 runs)" in out
+    # the limit is configurable: option or environment
+    launches.clear()
+    code, _, _ = run_cli("sweep", path, "--scale", "paper", "--no-table", "--confirm-above", "1000",
+                         monkeypatch=monkeypatch)
+    assert code == 0 and len(launches) == 3
+    monkeypatch.setenv("IBNNET_CONFIRM_GPU_HOURS", "5")
+    code, _, err = run_cli("sweep", path, "--no-table", monkeypatch=monkeypatch)   # even the small scale (6)
+    assert code == 2 and "above the 5 GPU-hours" in err and len(launches) == 3
+
+
+def test_an_expensive_sweep_asks_at_a_terminal(tmp_path, monkeypatch, launches):
+    path = experiment(tmp_path, SCALES)
+    code, out, err = run_cli("sweep", path, "--scale", "paper", "--no-table", stdin="n\n", tty=True,
+                             monkeypatch=monkeypatch)
+    assert code == 1 and "start ~900 GPU-hours of training? [y/N]" in out and launches == []
+    assert err.strip() == "ibnnet: not started"
+    code, out, err = run_cli("sweep", path, "--scale", "paper", "--no-table", stdin="y\n", tty=True,
+                             monkeypatch=monkeypatch)
+    assert code == 0 and len(launches) == 3
+    code, out, err = run_cli("sweep", path, "--scale", "paper", "--dry-run", stdin="", tty=True,
+                             monkeypatch=monkeypatch)
+    assert code == 0 and "[y/N]" not in out    # a dry run never asks

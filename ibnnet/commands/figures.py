@@ -14,7 +14,7 @@ log = logging.getLogger("ibnnet")
 def _experiment_args(p: argparse.ArgumentParser, positional_optional: bool = False) -> None:
     p.add_argument("experiment", nargs="?" if positional_optional else None,
                    help="experiment file, or its name under experiments/ (e.g. sn_table2)")
-    p.add_argument("--scale", help="experiment scale (e.g. reduced, full); default: the file's first")
+    p.add_argument("--scale", help="experiment scale (e.g. reduced, full); default: the cheapest (fewest GPU-hours)")
     p.add_argument("--cells", nargs="+", metavar="PATTERN",
                    help="only these cells (glob or substring of the cell name, e.g. 'norm=SN' '8x2')")
     p.add_argument("--runs", help="runs root (default: paths.runs of the experiment's config)")
