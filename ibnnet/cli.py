@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = wsub.add_parser("download", help="download and verify an official weight file into the torch hub cache")
     w.add_argument("name", help="model name, e.g. resnet50_ibn_a (or name.tag)")
     w.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
+    from .progress import add_progress_option
+    add_progress_option(w)
     w = wsub.add_parser("verify", help="check a weight file: hash, readability, which models it fits")
     w.add_argument("path")
 

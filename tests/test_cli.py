@@ -223,3 +223,37 @@ def test_an_expensive_sweep_asks_at_a_terminal(tmp_path, monkeypatch, launches):
     code, out, err = run_cli("sweep", path, "--scale", "paper", "--dry-run", stdin="", tty=True,
                              monkeypatch=monkeypatch)
     assert code == 0 and "[y/N]" not in out    # a dry run never asks
+
+
+# ---------------------------------------------------------------------------------- progress bars
+
+def test_progress_bars_show_when_forced_and_not_in_pipes(tmp_path, monkeypatch):
+    from fixtures_datasets import write_imagenet
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        write_imagenet(root, split, ["n01", "n02", "n03"], per_class=1)
+    monkeypatch.delenv("IBNNET_PROGRESS", raising=False)
+    code, out, err = run_cli("data", "check", "imagenet", root)        # stderr is not a terminal here
+    assert code in (0, 1) and "imagenet train" not in err and "train: 3" in out
+    code, out, err = run_cli("data", "check", "imagenet", root, "--progress")
+    assert "imagenet train: 100%" in err and "3/3" in err and "imagenet val: 100%" in err
+    monkeypatch.setenv("IBNNET_PROGRESS", "1")
+    _, _, err = run_cli("data", "check", "imagenet", root)
+    assert "imagenet train: 100%" in err
+    _, _, err = run_cli("data", "check", "imagenet", root, "--no-progress")   # the option wins
+    assert "imagenet train" not in err
+
+
+def test_weight_downloads_follow_the_same_switch(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append(progress)
+        Path(dst).write_bytes(b"weights")
+    monkeypatch.setattr("torch.hub.download_url_to_file", fake_download)
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv("IBNNET_PROGRESS", raising=False)
+    for flag in ([], ["--progress"], ["--no-progress"]):
+        code, out, err = run_cli("weights", "download", "resnet50_ibn_a", "--force", *flag)
+        assert code == 0, err
+    assert calls == [False, True, False]   # default off: stderr is not a terminal

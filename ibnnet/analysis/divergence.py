@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError, DataNotFoundError
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -296,21 +297,22 @@ def parse_image_set(spec: str) -> tuple[Path, tuple[int, int] | None]:
 
 def run_divergence(models: Mapping[str, nn.Module], set_a: Dataset | Iterable, set_b: Dataset | Iterable,
                    batch_size: int = 32, device: torch.device | str = "cpu", num_workers: int = 0,
-                   rel_eps: float = DEFAULT_REL_EPS) -> tuple[list[str], dict[str, list[float]]]:
+                   rel_eps: float = DEFAULT_REL_EPS, progress: bool = False) -> tuple[list[str], dict[str, list[float]]]:
     """Feature divergence between two image sets for each model -> (layer names, {label: per layer}).
 
     Datasets are batched with a DataLoader; any other iterable is used as is.  All models must have
-    the same main-path layers (e.g. ResNet-50 BN / IBN-a / IBN-b).
+    the same main-path layers (e.g. ResNet-50 BN / IBN-a / IBN-b).  ``progress``: a bar (stderr) per
+    model and set, over its batches.
     """
     if not models:
         raise ValueError("no models given")
     device = torch.device(device)
 
-    def loader(ds):
+    def loader(ds, desc: str):
         if isinstance(ds, Dataset):
-            return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                              pin_memory=device.type == "cuda")
-        return ds
+            ds = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+        return progress_bar(ds, enabled=progress, desc=desc, unit="batch") if progress else ds
 
     layer_names: list[str] | None = None
     results: dict[str, list[float]] = {}
@@ -320,8 +322,8 @@ def run_divergence(models: Mapping[str, nn.Module], set_a: Dataset | Iterable, s
             layer_names = names
         elif names != layer_names:
             raise ValueError(f"model {label!r} has layers {names}, unlike the first model's {layer_names}")
-        stats_a = channel_statistics(model, loader(set_a), device)
-        stats_b = channel_statistics(model, loader(set_b), device)
+        stats_a = channel_statistics(model, loader(set_a, f"{label}: set A"), device)
+        stats_b = channel_statistics(model, loader(set_b, f"{label}: set B"), device)
         results[label] = feature_divergence(stats_a, stats_b, rel_eps)
         log.info("%s: mean divergence over layers %.4g", label, sum(results[label]) / len(results[label]))
     return layer_names, results
