@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(p)
     p.add_argument("--results", help="results root (default: paths.results of the config)")
 
+    p = sub.add_parser("sync", help="upload the offline wandb runs of an experiment's run folders (login node)",
+                       description="For compute nodes without internet: runs log with logger=offline, then this "
+                                   "command, on a machine with internet, hands each run folder's offline wandb runs "
+                                   "to `wandb sync`. Uploaded ones are recorded in <run>/wandb/synced.json and "
+                                   "skipped next time; failures are reported per run and exit 1.")
+    _add_experiment_args(p)
+    p.add_argument("--only", metavar="PATTERN", help="only cells whose name or run id matches (glob or substring)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="give up on one run folder's upload after this long (default 600; 0: no limit)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+
     p = sub.add_parser("demo", help="run experiments/demo.yaml on the built-in data and render its table",
                        description="BN vs IBN-a vs IBN-b ResNets on the built-in two-domain data, in-domain and "
                                    "cross-domain, on the CPU in minutes.")

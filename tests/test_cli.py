@@ -257,3 +257,106 @@ def test_weight_downloads_follow_the_same_switch(tmp_path, monkeypatch):
         code, out, err = run_cli("weights", "download", "resnet50_ibn_a", "--force", *flag)
         assert code == 0, err
     assert calls == [False, True, False]   # default off: stderr is not a terminal
+
+
+# ------------------------------------------------------------------------------------ wandb sync
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory) -> Path:
+    """A real offline wandb run, as a run logged with logger=offline leaves it in its folder."""
+    import os
+    import subprocess
+    import sys
+    root = tmp_path_factory.mktemp("wandb-offline")
+    code = (f"import wandb; r = wandb.init(mode='offline', dir={str(root)!r}, project='ibnnet-test', "
+            f"id='exp-cell', name='cell'); r.log({{'loss': 1.0}}); r.finish()")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True,
+                   env=dict(os.environ, WANDB_SILENT="true"))
+    (run,) = (root / "wandb").glob("offline-run-*")
+    assert list(run.glob("*.wandb"))
+    return run
+
+
+def two_run_folders(tmp_path):
+    from ibnnet.launch.grid import load_experiment
+    from ibnnet.launch.runner import prepare
+    path = experiment(tmp_path, "grid: {model.name: [resnet18_bn, resnet18_ibn_a]}\n")
+    folders = [prepare(cfg) for _, cfg, _ in load_experiment(path).folders()]
+    return path, folders
+
+
+def fake_offline_run(folder, stamp: str) -> Path:
+    run = folder.path / "wandb" / f"offline-run-{stamp}-exp-cell"
+    run.mkdir(parents=True)
+    (run / "run-exp-cell.wandb").write_bytes(b"W&B")
+    return run
+
+
+def test_sync_uploads_each_offline_run_once(tmp_path, monkeypatch):
+    calls = []
+
+    def wandb_sync(runs, timeout_s):   # what a successful `wandb sync` leaves: its .synced markers
+        calls.append([r.name for r in runs])
+        for r in runs:
+            for f in r.glob("*.wandb"):
+                f.with_suffix(".wandb.synced").touch()
+        return 0, "wandb: Syncing 1 run(s)"
+    monkeypatch.setattr("ibnnet.launch.sync.run_wandb_sync", wandb_sync)
+    path, (a, b) = two_run_folders(tmp_path)
+    first = fake_offline_run(a, "20260101_000000")
+    code, out, err = run_cli("sync", path)
+    assert code == 0, err
+    assert calls == [[first.name]] and f"synced          {a.path.name}  1 offline run(s)" in out
+    assert "1 synced, 1 no offline runs" in out   # b logged nothing offline
+    record = json.loads((a.path / "wandb" / "synced.json").read_text())
+    assert record["run_dir"] == str(a.path.resolve()) and set(record["runs"]) == {first.name}
+    assert record["runs"][first.name]["synced_at"]
+
+    def no_wandb(runs, timeout_s):
+        raise AssertionError("wandb must not run for runs already synced")
+    monkeypatch.setattr("ibnnet.launch.sync.run_wandb_sync", no_wandb)
+    code, out, _ = run_cli("sync", path)
+    assert code == 0 and f"already synced  {a.path.name}" in out
+    # a resumed attempt adds an offline run: only that one is uploaded
+    monkeypatch.setattr("ibnnet.launch.sync.run_wandb_sync", wandb_sync)
+    second = fake_offline_run(a, "20260102_000000")
+    code, out, _ = run_cli("sync", path)
+    assert code == 0 and calls[-1] == [second.name]
+    assert set(json.loads((a.path / "wandb" / "synced.json").read_text())["runs"]) == {first.name, second.name}
+
+
+def closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]    # nothing listens there once closed
+
+
+def test_a_failed_upload_is_reported_and_nothing_recorded(tmp_path, monkeypatch, offline_run):
+    import shutil
+    path, (a, b) = two_run_folders(tmp_path)
+    run = a.path / "wandb" / offline_run.name
+    shutil.copytree(offline_run, run)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    for key in ("WANDB__GRAPHQL_RETRY_MAX", "WANDB__FILE_STREAM_RETRY_MAX", "WANDB__FILE_TRANSFER_RETRY_MAX"):
+        monkeypatch.setenv(key, "1")   # wandb's own retry settings: fail in seconds, not minutes
+    monkeypatch.setenv("WANDB__GRAPHQL_RETRY_WAIT_MAX_SECONDS", "1")
+    code, out, err = run_cli("sync", path, "--timeout", "60")
+    assert code == 1
+    line = next(ln for ln in out.splitlines() if a.path.name in ln)
+    assert line.split()[0] == "failed" and "connection refused" in line, out
+    assert "1 failed, 1 no offline runs" in out and "not synced" in err
+    assert not (a.path / "wandb" / "synced.json").exists() and not list(run.glob("*.synced"))
+    # a server that never answers: the upload gives up after --timeout, still recording nothing
+    for key in ("WANDB__GRAPHQL_RETRY_MAX", "WANDB__FILE_STREAM_RETRY_MAX", "WANDB__FILE_TRANSFER_RETRY_MAX",
+                "WANDB__GRAPHQL_RETRY_WAIT_MAX_SECONDS"):
+        monkeypatch.delenv(key)
+    code, out, _ = run_cli("sync", path, "--timeout", "3")
+    assert code == 1 and "wandb sync timed out after 3 s" in out, out
+    assert not (a.path / "wandb" / "synced.json").exists()
+    # no API key at all: one line saying what to do
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    code, out, err = run_cli("sync", path, "--timeout", "60")
+    assert code == 2 and err.startswith("ibnnet: error: wandb has no API key on this machine") and "wandb login" in err

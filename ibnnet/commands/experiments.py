@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from ..config import ConfigError, compose
 from ..config.loader import Source
 from ..launch.grid import Experiment, describe_cell, load_experiment, select
-from ..launch.rundir import DONE, FAILED
+from ..launch.rundir import DONE, FAILED, RUNNING
 from ..launch.status import live_status
 
 
@@ -224,6 +224,39 @@ def cmd_status(args) -> int:
             if tail:
                 print("    " + "\n    ".join(tail.splitlines()))
     print("\n" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_sync(args) -> int:
+    """Upload the offline wandb runs of the experiment's run folders (see ibnnet/launch/sync.py)."""
+    from ..launch.sync import ALREADY, FAILED, LIVE, NOTHING, SYNCED, sync_folder, unsynced_runs
+    exp = load_experiment(args.experiment, args.scale)
+    triples = select(exp.folders(tuple(args.overrides)), args.only)
+    if not triples:
+        print(f"ibnnet: no cells of {exp.name} match --only {args.only!r}", file=sys.stderr)
+        return 1
+    scale = f" (scale {exp.scale})" if exp.scale else ""
+    print(f"[ibnnet] {exp.name}{scale}: offline wandb runs of {len(triples)} run folders")
+    counts: dict[str, int] = {}
+    for cell, cfg, folder in triples:
+        status, _ = live_status(folder, None, cfg.launcher.claim_timeout_s)
+        if args.dry_run:
+            todo = unsynced_runs(folder)
+            if todo:
+                print(f"  {'to sync':15s} {folder.path.name}  {', '.join(d.name for d in todo)}"
+                      + ("  (still training)" if status == RUNNING else ""))
+            counts["to sync" if todo else "nothing to do"] = counts.get("to sync" if todo else "nothing to do", 0) + 1
+            continue
+        outcome = sync_folder(folder, status, args.timeout)
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if outcome.status != NOTHING:
+            print(f"  {outcome.status:15s} {folder.path.name}  {outcome.detail}", flush=True)
+    order = [SYNCED, ALREADY, LIVE, FAILED, NOTHING, "to sync", "nothing to do"]
+    print("[ibnnet] " + ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k)))
+    if counts.get(FAILED):
+        print(f"ibnnet: {counts[FAILED]} run folder(s) not synced (reasons above); nothing was recorded for them, "
+              f"so `ibnnet sync` again retries just those", file=sys.stderr)
+        return 1
     return 0
 
 
