@@ -225,6 +225,26 @@ def test_an_expensive_sweep_asks_at_a_terminal(tmp_path, monkeypatch, launches):
     assert code == 0 and "[y/N]" not in out    # a dry run never asks
 
 
+def test_workers_do_not_ask_again(tmp_path, monkeypatch, launches):
+    from ibnnet.cli import build_parser
+    commands = []
+
+    class Worker:
+        def __init__(self, cmd, env=None):
+            commands.append(cmd)
+
+        def wait(self):
+            return 0
+    monkeypatch.setattr("subprocess.Popen", Worker)
+    path = experiment(tmp_path, SCALES)
+    code, out, err = run_cli("sweep", path, "--scale", "paper", "--workers", "2", "--no-table", stdin="y\n", tty=True,
+                             monkeypatch=monkeypatch)
+    assert code == 0 and out.count("[y/N]") == 1 and len(commands) == 2
+    for cmd in commands:   # each worker is a sweep of the same grid that starts without asking
+        args = build_parser().parse_args(cmd[cmd.index("sweep"):])
+        assert args.yes and args.scale == "paper" and args.workers == 1
+
+
 # ---------------------------------------------------------------------------------- progress bars
 
 def test_progress_bars_show_when_forced_and_not_in_pipes(tmp_path, monkeypatch):
@@ -304,6 +324,11 @@ def test_sync_uploads_each_offline_run_once(tmp_path, monkeypatch):
     monkeypatch.setattr("ibnnet.launch.sync.run_wandb_sync", wandb_sync)
     path, (a, b) = two_run_folders(tmp_path)
     first = fake_offline_run(a, "20260101_000000")
+    with monkeypatch.context() as m:   # a run still training is left for later
+        m.setattr("ibnnet.commands.experiments.live_status", lambda folder, *args: ("running", {}))
+        code, out, err = run_cli("sync", path)
+    assert code == 0 and calls == [] and f"running         {a.path.name}  still training" in out
+    assert not (a.path / "wandb" / "synced.json").exists()
     code, out, err = run_cli("sync", path)
     assert code == 0, err
     assert calls == [[first.name]] and f"synced          {a.path.name}  1 offline run(s)" in out
