@@ -297,7 +297,8 @@ def parse_image_set(spec: str) -> tuple[Path, tuple[int, int] | None]:
 
 def run_divergence(models: Mapping[str, nn.Module], set_a: Dataset | Iterable, set_b: Dataset | Iterable,
                    batch_size: int = 32, device: torch.device | str = "cpu", num_workers: int = 0,
-                   rel_eps: float = DEFAULT_REL_EPS, progress: bool = False) -> tuple[list[str], dict[str, list[float]]]:
+                   rel_eps: float = DEFAULT_REL_EPS,
+                   progress: bool = False) -> tuple[list[str], dict[str, list[float]]]:
     """Feature divergence between two image sets for each model -> (layer names, {label: per layer}).
 
     Datasets are batched with a DataLoader; any other iterable is used as is.  All models must have

@@ -64,7 +64,8 @@ def download(r: Release, force: bool = False, progress: bool | None = None) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         # torch.hub writes to a temporary file, checks the sha256 prefix, then renames into place.
-        torch.hub.download_url_to_file(r.url, str(path), hash_prefix=r.sha256_prefix, progress=progress_enabled(progress))
+        torch.hub.download_url_to_file(r.url, str(path), hash_prefix=r.sha256_prefix,
+                                       progress=progress_enabled(progress))
     except RuntimeError as e:
         raise WeightsError(f"{r.url}: {e}") from None
     except OSError as e:

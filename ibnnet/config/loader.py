@@ -17,8 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException,
-                              ValidationError)
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
+                              OmegaConfBaseException, ValidationError)
 
 from ..errors import ConfigError
 from .schema import RunConfig
