@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from ..config import ConfigError, compose
 from ..config.loader import Source
-from ..launch.grid import Experiment, describe_cell, load_experiment, select
+from ..launch.grid import Experiment, describe_cell, load_experiment, scale_gpu_hours, select
 from ..launch.rundir import DONE, FAILED, RUNNING
 from ..launch.status import live_status
 
@@ -58,8 +58,10 @@ def cmd_sweep(args) -> int:
         if estimate is not None and estimate > confirm_threshold(args):
             print(f"[ibnnet] above {confirm_threshold(args):g} GPU-hours: the sweep itself asks for confirmation "
                   f"(or --yes)")
-    elif not _cost_confirmed(args, exp, estimate):
-        return 2 if not sys.stdin.isatty() else 1
+    else:
+        refused = _cost_gate(args, exp, estimate)
+        if refused is not None:
+            return refused
     if launcher == "slurm":
         from ..launch.slurm import sweep_slurm
         return sweep_slurm(exp, triples, dry_run=args.dry_run, retry_failed=args.retry_failed)
@@ -101,11 +103,15 @@ def _hours(h: float) -> str:
     return f"{h:.1f}" if h < 10 else f"{h:.0f}"
 
 
+def _hours_or_unknown(h: float | None) -> str:
+    return "?" if h is None else f"{h:g}"
+
+
 def _announce(exp: Experiment, triples: list, launcher: str) -> float | None:
     """Print the grid, its scale and the cost estimate; returns the estimate (GPU-hours) or None."""
     to_run = sum(not folder.is_done() for _, _, folder in triples)
     if exp.scale:
-        others = ", ".join(f"{name} {spec.get('gpu_hours', '?')}" for name, spec in exp.scales.items()
+        others = ", ".join(f"{name} {_hours_or_unknown(scale_gpu_hours(spec))}" for name, spec in exp.scales.items()
                            if name != exp.scale)
         how = (", the cheapest, used without --scale" + (f"; also: {others} GPU-hours" if others else "")
                if exp.scale_is_default else "")
@@ -140,26 +146,27 @@ def confirm_threshold(args) -> float:
     return threshold
 
 
-def _cost_confirmed(args, exp: Experiment, estimate: float | None) -> bool:
-    """Whether the sweep may start: under the threshold, --yes, or 'y' at the prompt (stdin a terminal)."""
+def _cost_gate(args, exp: Experiment, estimate: float | None) -> int | None:
+    """None if the sweep may start (no estimate, under the threshold, --yes, or 'y' at the prompt when stdin
+    is a terminal); else the exit code: 2 refused without a terminal, 1 declined at the prompt."""
     threshold = confirm_threshold(args)
     if estimate is None or estimate <= threshold or getattr(args, "yes", False):
-        return True
-    cheaper = [n for n, spec in exp.scales.items() if (spec or {}).get("gpu_hours", estimate) < exp.gpu_hours]
+        return None
     if not sys.stdin.isatty():
+        cheaper = [n for n, spec in exp.scales.items() if (scale_gpu_hours(spec) or estimate) < exp.gpu_hours]
         alternatives = f", or --scale {cheaper[0]}" if cheaper else ""
         print(f"ibnnet: error: not started: ~{_hours(estimate)} GPU-hours is above the {threshold:g} GPU-hours that "
               f"start without confirmation; rerun with --yes to start it{alternatives} (limit: --confirm-above "
               f"or {CONFIRM_ENV})", file=sys.stderr)
-        return False
+        return 2
     try:
         answer = input(f"[ibnnet] start ~{_hours(estimate)} GPU-hours of training? [y/N] ")
     except EOFError:
         answer = ""
     if answer.strip().lower() in ("y", "yes"):
-        return True
+        return None
     print("ibnnet: not started", file=sys.stderr)
-    return False
+    return 1
 
 
 def _spawn_workers(args, n: int) -> int:

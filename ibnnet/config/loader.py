@@ -128,7 +128,7 @@ _INDEX = re.compile(r"\[(\d+)\]")
 
 def key_parts(key: str) -> list[str]:
     """``data.val.0.num_samples`` or ``data.val[0].num_samples`` -> ``['data', 'val', '0', 'num_samples']``."""
-    return [p for p in _INDEX.sub(r".\1", key.strip()).split(".")]
+    return _INDEX.sub(r".\1", key.strip()).split(".")
 
 
 def is_element_key(key: str) -> bool:
@@ -146,8 +146,6 @@ def dotlist_source(dotted: Mapping[str, Any], label: str) -> Source:
 def dotlist_to_config(dotted: Mapping[str, Any], label: str) -> DictConfig:
     cfg = OmegaConf.create({})
     for key, value in dotted.items():
-        if is_element_key(key):
-            raise ConfigError(f"{label}: {key}={value!r}: sets a list element; give it as an override instead")
         try:
             OmegaConf.update(cfg, key, value, merge=False, force_add=True)
         except OmegaConfBaseException as e:
@@ -242,8 +240,9 @@ def source_of(key: str, sources: Sequence[Source]) -> str:
     marker = object()
     dotted = ".".join(key_parts(key))
     for src in reversed(sources):
-        if any(dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".") for k, _ in src.element_updates):
-            return src.label
+        for k, _ in src.element_updates:
+            if dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + "."):
+                return src.label
         if OmegaConf.select(src.cfg, key, default=marker, throw_on_missing=False) is not marker:
             return src.label
     return "built-in defaults"

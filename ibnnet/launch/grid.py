@@ -72,7 +72,7 @@ class Experiment:
     @property
     def gpu_hours(self) -> float | None:
         """The file's estimate for the whole grid at this scale (None if it gives none)."""
-        return _gpu_hours(self.scales.get(self.scale)) if self.scale else None
+        return scale_gpu_hours(self.scales.get(self.scale)) if self.scale else None
 
     def configs(self, overrides: tuple[str, ...] = ()) -> list[tuple[Cell, DictConfig]]:
         """Compose and validate every cell's run config (all errors surface before anything runs)."""
@@ -240,7 +240,8 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
                       table=table, paper=paper, raw=raw, axes=axes, scale_is_default=scale_is_default)
 
 
-def _gpu_hours(spec: Any) -> float | None:
+def scale_gpu_hours(spec: Any) -> float | None:
+    """A scale's ``gpu_hours`` (None if it gives none)."""
     hours = (spec or {}).get("gpu_hours") if isinstance(spec, dict) else None
     return float(hours) if isinstance(hours, (int, float)) and not isinstance(hours, bool) else None
 
@@ -256,7 +257,7 @@ def default_scale(path: Path, scales: dict[str, Any], explicit: str | None) -> s
         return None
     if explicit is not None and explicit not in scales:
         raise ConfigError(f"{path}: default_scale {explicit!r} is not one of the scales ({', '.join(scales)})")
-    costs = {name: _gpu_hours(spec) for name, spec in scales.items()}
+    costs = {name: scale_gpu_hours(spec) for name, spec in scales.items()}
     known = {name: h for name, h in costs.items() if h is not None}
     if not known:
         return explicit or next(iter(scales))
