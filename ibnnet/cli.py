@@ -96,9 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _console_logging() -> None:
     import logging
+
+    class StderrHandler(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is when a message comes (redirected by an in-process caller)."""
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value):
+            pass
+
     log = logging.getLogger("ibnnet")
     if not any(getattr(h, "_ibnnet_console", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("[ibnnet] %(levelname)s: %(message)s"))
         handler._ibnnet_console = True
         log.addHandler(handler)

@@ -49,6 +49,20 @@ def test_a_config_typo_is_one_line_with_exit_code_2(tmp_path):
     assert code == 2 and err.strip() == f"ibnnet: error: {tmp_path / 'nowhere'}: not a run folder (no config.yaml)"
 
 
+def test_a_missing_dataset_inside_a_run_is_one_line(tmp_path):
+    cfg = config(tmp_path, TINY)
+    code, out, err = run_cli("train", cfg, "data.train.dataset=imagenet", f"paths.data={tmp_path / 'data'}",
+                             "data.val=[]")
+    assert code == 2, err
+    assert "Traceback" not in err and "ERROR" not in err   # progress notes ([ibnnet] INFO: ...) may come first
+    assert [ln for ln in err.splitlines() if "error" in ln.lower()] == [err.strip().splitlines()[-1]]
+    assert err.strip().splitlines()[-1] == (
+        f"ibnnet: error: ImageNet train folder not found: {tmp_path / 'data/imagenet/train'} "
+        f"(expected {tmp_path / 'data/imagenet/train'}/<wnid>/*.JPEG)")
+    (folder,) = (tmp_path / "runs").glob("*/*/")   # the run folder keeps the story
+    assert "run failed: DataNotFoundError: ImageNet train folder not found" in (folder / "train.log").read_text()
+
+
 def test_an_internal_error_inside_a_run_shows_its_traceback_and_the_run_log(tmp_path, monkeypatch):
     def broken_factory(name, **kwargs):
         raise ValueError("factory bug: channels do not add up")

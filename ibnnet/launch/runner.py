@@ -110,10 +110,13 @@ def _execute_claimed(cfg, folder: RunFolder, flag: SignalFlag) -> dict[str, Any]
         except BaseException as e:
             lines = traceback.format_exception(type(e), e, e.__traceback__)
             folder.end_attempt(FAILED, error=f"{type(e).__name__}: {e}\n{''.join(lines[-6:])}")
-            log.error("run failed: %s: %s", type(e).__name__, e)
-            if not isinstance(e, UserError):   # the whole traceback in train.log (the console gets it from the CLI)
-                handler.handle(logging.makeLogRecord({"name": "ibnnet", "levelno": logging.ERROR, "levelname": "ERROR",
-                                                      "msg": "%s", "args": ("".join(lines).rstrip(),)}))
+            # To train.log only: the command line reports it on the console (a user error in one line,
+            # anything else with this traceback). train.log gets the traceback of anything but a user error.
+            text = f"run failed: {type(e).__name__}: {e}"
+            if not isinstance(e, UserError):
+                text += "\n" + "".join(lines).rstrip()
+            handler.handle(logging.makeLogRecord({"name": "ibnnet", "levelno": logging.ERROR, "levelname": "ERROR",
+                                                  "msg": "%s", "args": (text,)}))
             try:
                 e.run_log = str(folder.log_path)   # the command line shows where to look
             except AttributeError:
