@@ -13,6 +13,7 @@ happened inside a run, the path of the run's ``train.log``).  Every user error d
   (or another input file, such as the CycleGAN generator, is unusable).
 - :class:`MissingPathError`: another file or folder named on the command line or in a config does not exist.
 - :class:`DownloadError`: a download failed (network, server).
+- ``CheckpointDiskFullError`` (:mod:`ibnnet.launch.callbacks`): no space or quota left for a checkpoint.
 - ``SubmitError`` (:mod:`ibnnet.launch.slurm`): ``sbatch`` refused a job (partition, account, limits).
 """
 from __future__ import annotations
