@@ -69,11 +69,14 @@ def marked_synced(run: Path) -> bool:
 
 
 def run_wandb_sync(runs: list[Path], timeout_s: float | None) -> tuple[int | None, str]:
-    """``python -m wandb sync RUN...``: (exit code, or None on timeout; its output)."""
+    """``python -m wandb sync RUN...``: (exit code, or None on timeout; its output).
+
+    It runs in the run folder, so wandb's own sync logs land in ``<run folder>/wandb/logs/``."""
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}   # offline/disabled would not upload
+    runs = [Path(r).resolve() for r in runs]
     cmd = [sys.executable, "-m", "wandb", "sync", *map(str, runs)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, start_new_session=True)
+                            text=True, env=env, cwd=runs[0].parent.parent, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout_s or None)
         return proc.returncode, out
