@@ -9,7 +9,7 @@ OVERRIDES_HELP = "config overrides as key=value (e.g. trainer.max_epochs=1 model
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", help="experiment file, or its name under experiments/ (e.g. demo)")
-    p.add_argument("--scale", help="experiment scale (e.g. reduced, full); default: the file's first")
+    p.add_argument("--scale", help="experiment scale (e.g. reduced, full); default: the cheapest (fewest GPU-hours)")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
 
@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: N worker processes sharing the grid (one GPU each when there are GPUs). "
                         "Further `ibnnet sweep` commands on the same grid, here or on other machines, join in")
     p.add_argument("--no-table", action="store_true", help="local: do not render the table afterwards")
+    p.add_argument("--yes", "-y", action="store_true",
+                   help="start even if the estimate is above --confirm-above (no question asked)")
+    p.add_argument("--confirm-above", type=float, metavar="GPU_HOURS",
+                   help="ask before starting a sweep estimated above this many GPU-hours, and refuse without --yes "
+                        "when stdin is not a terminal (default: $IBNNET_CONFIRM_GPU_HOURS or 100); "
+                        "--dry-run never asks")
 
     p = sub.add_parser("status", help="done / running / failed / pending per cell",
                        description="Show each cell's state (merging squeue/sacct for SLURM runs).")
@@ -51,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results root (default: paths.results of the config)")
     p.add_argument("--where", action="append", metavar="KEY=VALUE",
                    help="only runs whose config has KEY=VALUE (repeatable), to pick among variants of a cell")
+
+    p = sub.add_parser("sync", help="upload the offline wandb runs of an experiment's run folders (login node)",
+                       description="For compute nodes without internet: runs log with logger=offline, then this "
+                                   "command, on a machine with internet, hands each run folder's offline wandb runs "
+                                   "to `wandb sync`. Uploaded ones are recorded in <run>/wandb/synced.json and "
+                                   "skipped next time; failures are reported per run and exit 1.")
+    _add_experiment_args(p)
+    p.add_argument("--only", metavar="PATTERN", help="only cells whose name or run id matches (glob or substring)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="give up on one run folder's upload after this long (default 600; 0: no limit)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
 
     p = sub.add_parser("demo", help="run experiments/demo.yaml on the built-in data and render its table",
                        description="BN vs IBN-a vs IBN-b ResNets on the built-in two-domain data, in-domain and "
@@ -73,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = wsub.add_parser("download", help="download and verify an official weight file into the torch hub cache")
     w.add_argument("name", help="model name, e.g. resnet50_ibn_a (or name.tag)")
     w.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
+    from .progress import add_progress_option
+    add_progress_option(w)
     w = wsub.add_parser("verify", help="check a weight file: hash, readability, which models it fits")
     w.add_argument("path")
 
@@ -87,9 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _console_logging() -> None:
     import logging
+
+    class StderrHandler(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is when a message comes (redirected by an in-process caller)."""
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value):
+            pass
+
     log = logging.getLogger("ibnnet")
     if not any(getattr(h, "_ibnnet_console", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("[ibnnet] %(levelname)s: %(message)s"))
         handler._ibnnet_console = True
         log.addHandler(handler)
@@ -98,8 +129,13 @@ def _console_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
-    from .models.weights import WeightsError
+    """Run one command; returns the exit code.
+
+    0 success; 2 a user error (:class:`ibnnet.errors.UserError`: config, paths, data, weight files),
+    printed as ``ibnnet: error: ...``; 1 anything else, printed with its traceback and, when it
+    happened inside a run, the path of the run's ``train.log``; 130 interrupted.
+    """
+    from .errors import UserError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -114,12 +150,33 @@ def main(argv: list[str] | None = None) -> int:
     _console_logging()
     try:
         return _dispatch(args)
-    except (ConfigError, WeightsError, FileNotFoundError, ValueError) as e:
+    except UserError as e:
         print(f"ibnnet: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+        return 2
     except KeyboardInterrupt:
         print("ibnnet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `ibnnet ... | head`: the reader is gone, nothing is wrong
+        try:
+            import os
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
+    except Exception as e:  # a bug or an unexpected failure: everything needed to find it
+        report_internal_error(e)
+        return 1
+
+
+def report_internal_error(e: BaseException) -> None:
+    """The full traceback on stderr, then where the run's own log is (if it happened inside a run)."""
+    import traceback
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    print(f"ibnnet: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(),
+          file=sys.stderr)
+    run_log = getattr(e, "run_log", None)
+    if run_log:
+        print(f"ibnnet: the run's log: {run_log}", file=sys.stderr)
 
 
 def _dispatch(args) -> int:

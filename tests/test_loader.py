@@ -213,7 +213,7 @@ def run_cli(*args) -> tuple[int, str, str]:
 def test_shrink_sizes_labels_progress_and_resume(tmp_path):
     src, dst = tmp_path / "imagenet", tmp_path / "imagenet-24"
     sizes = write_tree(src)
-    code, out, err = run_cli("data", "shrink", "imagenet", src, "--short-side", 24, "--workers", 2)
+    code, out, err = run_cli("data", "shrink", "imagenet", src, "--short-side", 24, "--workers", 2, "--progress")
     assert code == 0, out + err
     assert "shrink train" in err and "7/7" in err and "shrink val" in err  # tqdm progress per split
     assert "train: 6 resized, 1 copied" in out  # only small.JPEG is already small enough
@@ -250,7 +250,7 @@ def test_shrink_sizes_labels_progress_and_resume(tmp_path):
 
     # Other settings on the same copy would mix resolutions: refused, naming the marker.
     code, out, err = run_cli("data", "shrink", "imagenet", src, dst, "--short-side", 32, "--no-progress")
-    assert code == 1 and MARKER in err and "short side 24" in err
+    assert code == 2 and MARKER in err and "short side 24" in err
 
 
 def test_shrink_reports_unreadable_images_and_leaves_the_split_incomplete(tmp_path):

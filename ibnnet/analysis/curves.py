@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import ConfigError, DataError, MissingPathError
 from ..launch.files import atomic_write_bytes, atomic_write_text
 
 # What a figure shows by default: SN Fig. 6 plots top-1 train/val accuracy; segmentation shows loss and mIoU.
@@ -59,7 +60,7 @@ def experiment_runs(experiment: str, scale: str | None = None, cells: Sequence[s
         chosen = {id(t) for pattern in cells for t in select(triples, pattern)}
         unmatched = [p for p in cells if not select(triples, p)]
         if unmatched:
-            raise ValueError(f"{exp.name}: no cell matches {', '.join(map(repr, unmatched))} "
+            raise ConfigError(f"{exp.name}: no cell matches {', '.join(map(repr, unmatched))} "
                              f"(cells: {', '.join(c.name for c, _, _ in triples)})")
         triples = [t for t in triples if id(t) in chosen]
     if runs_root:
@@ -69,7 +70,7 @@ def experiment_runs(experiment: str, scale: str | None = None, cells: Sequence[s
         where = triples[0][2].path.parent if triples else "?"
         scale_note = f" at scale {exp.scale!r}" if exp.scale else ""
         what = "finished runs" if finished else "runs with a logs/metrics.csv"
-        raise FileNotFoundError(f"experiment {exp.name}{scale_note}: no {what} under {where} for "
+        raise MissingPathError(f"experiment {exp.name}{scale_note}: no {what} under {where} for "
                                 f"{len(triples)} cell(s); run `ibnnet sweep {exp.name}"
                                 f"{' --scale ' + exp.scale if exp.scale else ''}` first, or pass --scale")
     labels = short_labels([dict(c.labels) for c, _, _ in present], [c.name for c, _, _ in present])
@@ -81,7 +82,7 @@ def read_log(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "epoch" not in reader.fieldnames:
-            raise ValueError(f"{path}: not a Lightning CSV log (no 'epoch' column in the header)")
+            raise DataError(f"{path}: not a Lightning CSV log (no 'epoch' column in the header)")
         return list(reader.fieldnames), list(reader)
 
 
@@ -120,7 +121,7 @@ def write_curves(runs: Sequence[RunRef], patterns: Sequence[str] | None, out_dir
         for col, pts in curves_of(run.folder / "logs" / "metrics.csv", pats).items():
             data.append((run, col, pts))
     if not data:
-        raise ValueError(f"{title}: none of the metrics {list(patterns or [])or 'default'} appear in the logs of "
+        raise ConfigError(f"{title}: none of the metrics {list(patterns or [])or 'default'} appear in the logs of "
                          f"{', '.join(r.folder.name for r in runs)}")
     out = Path(out_dir)
     buf = io.StringIO()

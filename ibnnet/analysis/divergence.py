@@ -31,6 +31,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import ConfigError, DataError, DataNotFoundError
+from ..progress import progress_bar
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -230,22 +233,22 @@ class ImageSet(Dataset):
                  classes: tuple[int, int] | None = None, seed: int = 0, resize_size: int | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: not a folder")
+            raise DataNotFoundError(f"{self.root}: not a folder")
         self.image_size = int(image_size)
         self.resize_size = int(resize_size or image_size)
         if self.resize_size < self.image_size:
-            raise ValueError(f"resize_size {self.resize_size} is smaller than image_size {self.image_size}")
+            raise ConfigError(f"resize_size {self.resize_size} is smaller than image_size {self.image_size}")
         if classes is None:
             dirs = [self.root]
         else:
             lo, hi = (int(c) for c in classes)
             all_dirs = sorted(p for p in self.root.iterdir() if p.is_dir())
             if not 0 <= lo <= hi < len(all_dirs):
-                raise ValueError(f"class range {lo}-{hi} outside the {len(all_dirs)} class folders of {self.root}")
+                raise DataError(f"class range {lo}-{hi} outside the {len(all_dirs)} class folders of {self.root}")
             dirs = all_dirs[lo:hi + 1]
         files = sorted(p for d in dirs for p in d.rglob("*") if _is_image(p))
         if not files:
-            raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {self.root}"
+            raise DataNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {self.root}"
                                     + (f" in class folders {classes[0]}-{classes[1]}" if classes else ""))
         if max_images and max_images < len(files):
             # Sorted back so that the order (and batch composition) does not depend on the draw.
@@ -282,11 +285,11 @@ def parse_image_set(spec: str) -> tuple[Path, tuple[int, int] | None]:
     m = _SPEC.match(spec)
     if m is None:
         if not spec:
-            raise ValueError("empty image-set spec")
+            raise ConfigError("empty image-set spec")
         return Path(spec), None
     lo, hi = int(m["lo"]), int(m["hi"])
     if lo > hi:
-        raise ValueError(f"{spec!r}: class range {lo}-{hi} is empty")
+        raise ConfigError(f"{spec!r}: class range {lo}-{hi} is empty")
     return Path(m["root"]), (lo, hi)
 
 
@@ -294,21 +297,23 @@ def parse_image_set(spec: str) -> tuple[Path, tuple[int, int] | None]:
 
 def run_divergence(models: Mapping[str, nn.Module], set_a: Dataset | Iterable, set_b: Dataset | Iterable,
                    batch_size: int = 32, device: torch.device | str = "cpu", num_workers: int = 0,
-                   rel_eps: float = DEFAULT_REL_EPS) -> tuple[list[str], dict[str, list[float]]]:
+                   rel_eps: float = DEFAULT_REL_EPS,
+                   progress: bool = False) -> tuple[list[str], dict[str, list[float]]]:
     """Feature divergence between two image sets for each model -> (layer names, {label: per layer}).
 
     Datasets are batched with a DataLoader; any other iterable is used as is.  All models must have
-    the same main-path layers (e.g. ResNet-50 BN / IBN-a / IBN-b).
+    the same main-path layers (e.g. ResNet-50 BN / IBN-a / IBN-b).  ``progress``: a bar (stderr) per
+    model and set, over its batches.
     """
     if not models:
         raise ValueError("no models given")
     device = torch.device(device)
 
-    def loader(ds):
+    def loader(ds, desc: str):
         if isinstance(ds, Dataset):
-            return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                              pin_memory=device.type == "cuda")
-        return ds
+            ds = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+        return progress_bar(ds, enabled=progress, desc=desc, unit="batch") if progress else ds
 
     layer_names: list[str] | None = None
     results: dict[str, list[float]] = {}
@@ -318,8 +323,8 @@ def run_divergence(models: Mapping[str, nn.Module], set_a: Dataset | Iterable, s
             layer_names = names
         elif names != layer_names:
             raise ValueError(f"model {label!r} has layers {names}, unlike the first model's {layer_names}")
-        stats_a = channel_statistics(model, loader(set_a), device)
-        stats_b = channel_statistics(model, loader(set_b), device)
+        stats_a = channel_statistics(model, loader(set_a, f"{label}: set A"), device)
+        stats_b = channel_statistics(model, loader(set_b, f"{label}: set B"), device)
         results[label] = feature_divergence(stats_a, stats_b, rel_eps)
         log.info("%s: mean divergence over layers %.4g", label, sum(results[label]) / len(results[label]))
     return layer_names, results

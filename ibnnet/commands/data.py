@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config.loader import ConfigError, load_yaml
 from ..config.schema import PathsConfig
+from ..progress import add_progress_option, progress_enabled
 
 
 def add_data_commands(sub) -> None:
@@ -19,6 +20,7 @@ def add_data_commands(sub) -> None:
     c.add_argument("name", choices=("imagenet", "cityscapes", "gta5"))
     c.add_argument("root")
     c.add_argument("--no-label-values", action="store_true", help="skip decoding labels (faster)")
+    add_progress_option(c)
     st = dsub.add_parser("stylize", help="IBN Tables 1/3 'Monet' set: a class-folder image set through CycleGAN",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Translate every image of SRC/<class>/<image> with CycleGAN's photo->Monet "
@@ -33,7 +35,7 @@ def add_data_commands(sub) -> None:
     st.add_argument("--batch-size", type=int, default=8, help="images per step (same-size images share a forward)")
     st.add_argument("--device", default=None, help="default: cuda if available")
     st.add_argument("--quality", type=int, default=95, help="JPEG quality of .jpeg/.jpg outputs")
-    st.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(st)
     k = dsub.add_parser("shrink", help="reduced-resolution copy of ImageNet for low-res training (FFCV-style)",
                         description="Copy SRC/{train,val}/<wnid>/* to DST at short side N (aspect kept), re-encoded "
                                     "as JPEG; resumable (done files are skipped), parallel, with a progress bar. "
@@ -47,7 +49,7 @@ def add_data_commands(sub) -> None:
     k.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
     k.add_argument("--split", action="append", choices=("train", "val"),
                    help="only this split (repeatable; default: every split present)")
-    k.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(k)
 
     p = sub.add_parser("analyze", help="analyses of trained models")
     asub = p.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
@@ -72,6 +74,7 @@ def add_data_commands(sub) -> None:
     d.add_argument("--device", default=None, help="default: cuda if available")
     d.add_argument("--out", help="output folder (default: results/<experiment or 'divergence'>)")
     d.add_argument("--title", default="Feature divergence")
+    add_progress_option(d)
     from .figures import add_sn_weights_parser
     add_sn_weights_parser(asub)
 
@@ -87,6 +90,7 @@ def add_data_commands(sub) -> None:
     e.add_argument("--styled", metavar="DIR", help="a styled copy of the eval set in class folders (DIR/<split>/...)")
     e.add_argument("--out", help="folder for evaluation.json/.md (default: results/evaluate/<model>)")
     e.add_argument("--devices", type=int, default=1, help="processes (GPUs, or CPU processes with gloo) under DDP")
+    add_progress_option(e)
     e.add_argument("overrides", nargs="*", help="config overrides as key=value")
 
 
@@ -101,7 +105,8 @@ def run(args) -> int:
 
 def cmd_data_check(args) -> int:
     from ..data.check import check_dataset
-    report = check_dataset(args.name, args.root, check_label_values=not args.no_label_values)
+    report = check_dataset(args.name, args.root, check_label_values=not args.no_label_values,
+                           progress=progress_enabled(args.progress))
     print(report.render())
     return 0 if report.ok else 1
 
@@ -115,10 +120,11 @@ def cmd_stylize(args) -> int:
     if not 1 <= args.quality <= 100:
         raise ConfigError(f"--quality must be in 1..100, got {args.quality}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    weights = args.weights or download_style_monet(progress=not args.no_progress)
+    progress = progress_enabled(args.progress)
+    weights = args.weights or download_style_monet(progress=progress)
     generator = load_generator(weights)
     counts = stylize_folder(generator, args.src, args.dst, batch_size=args.batch_size, device=device,
-                            progress=not args.no_progress, quality=args.quality)
+                            progress=progress, quality=args.quality)
     print(f"[ibnnet] {args.dst}: {counts['written']} images written, {counts['skipped']} already there, "
           f"{counts['classes']} class folders (weights {weights})")
     return 0
@@ -132,7 +138,8 @@ def cmd_data_shrink(args) -> int:
         print(f"[ibnnet] note: training runs look for the copy at {src.name}-{args.short_side} beside {src.name}; "
               f"{dst} is used only if you pass it as the dataset root", file=sys.stderr)
     results = shrink_imagenet(src, dst, args.short_side, quality=args.quality, workers=args.workers,
-                              splits=tuple(args.split) if args.split else None, progress=not args.no_progress)
+                              splits=tuple(args.split) if args.split else None,
+                              progress=progress_enabled(args.progress))
     failed = 0
     for split, r in results.items():
         print(f"[ibnnet] {split}: {r.written} resized, {r.copied} copied (already small), {r.skipped} done before, "
@@ -146,6 +153,12 @@ def cmd_data_shrink(args) -> int:
         return 1
     print(f"[ibnnet] {dst}: short side {args.short_side}, JPEG quality {args.quality}, complete")
     return 0
+
+
+def _download_progress(enabled: bool) -> None:
+    """A progress bar for the weight files timm downloads (pretrained=True), like every other bar here."""
+    from timm.models import set_pretrained_download_progress
+    set_pretrained_download_progress(enabled)
 
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:
@@ -181,6 +194,8 @@ def cmd_divergence(args) -> int:
 
     from ..analysis.divergence import ImageSet, divergence_report, parse_image_set, run_divergence
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    progress = progress_enabled(args.progress)
+    _download_progress(progress)
     jobs = []  # (name, set_a, set_b, models, max_images, title)
     if args.experiment:
         from ..launch.grid import resolve_experiment_path
@@ -216,7 +231,7 @@ def cmd_divergence(args) -> int:
                                  resize_size=int(size * 256 / 224)))
         print(f"[ibnnet] {name}: {len(sets[0])} vs {len(sets[1])} images, {len(models)} models on {device}")
         layers, results = run_divergence(models, sets[0], sets[1], batch_size=args.batch_size, device=device,
-                                         num_workers=args.num_workers)
+                                         num_workers=args.num_workers, progress=progress)
         paths = divergence_report(results, layers, out, title)
         print(paths["md"].read_text())
         print(f"[ibnnet] written: {', '.join(str(p) for p in paths.values())}")
@@ -262,6 +277,8 @@ def cmd_evaluate(args) -> int:
         val.append(styled_eval_spec(base, args.styled))
     extra = [Source("evaluate", OmegaConf.create({"data": {"val": val}}))]
     cfg = compose(args.config, args.overrides, extra=extra)
+    progress = progress_enabled(args.progress, default=cfg.trainer.enable_progress_bar)
+    _download_progress(progress)
     dm = DataModule(cfg)
     task = TASKS[cfg.task](OmegaConf.to_container(cfg, resolve=True), cfg.data.num_classes or dm.num_classes,
                            dm.val_names)
@@ -271,7 +288,7 @@ def cmd_evaluate(args) -> int:
         task.load_initial_weights()
     trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=args.devices,
                          strategy="ddp" if args.devices > 1 else "auto", precision=cfg.trainer.precision,
-                         logger=False, enable_progress_bar=cfg.trainer.enable_progress_bar,
+                         logger=False, enable_progress_bar=progress,
                          limit_val_batches=cfg.trainer.limit_val_batches, use_distributed_sampler=False)
     trainer.validate(task, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:

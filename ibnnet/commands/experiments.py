@@ -6,10 +6,10 @@ import time
 
 from omegaconf import OmegaConf
 
-from ..config import compose
+from ..config import ConfigError, compose
 from ..config.loader import Source
-from ..launch.grid import Experiment, load_experiment, select
-from ..launch.rundir import DONE, FAILED
+from ..launch.grid import Experiment, describe_cell, load_experiment, scale_gpu_hours, select
+from ..launch.rundir import DONE, FAILED, RUNNING
 from ..launch.status import live_status
 
 
@@ -43,10 +43,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _differing(cell) -> str:
-    return " ".join(f"{k}={v}" for k, v in cell.overrides.items()) or "(base config)"
-
-
 def cmd_sweep(args) -> int:
     exp = load_experiment(args.experiment, args.scale)
     triples = select(exp.folders(tuple(args.overrides)), args.only)
@@ -54,13 +50,18 @@ def cmd_sweep(args) -> int:
         print(f"ibnnet: no cells of {exp.name} match --only {args.only!r}", file=sys.stderr)
         return 1
     launcher = args.launcher or triples[0][1].launcher.name
-    scale = f" (scale {exp.scale})" if exp.scale else ""
-    print(f"[ibnnet] experiment {exp.name}{scale}: {len(triples)} cells, launcher {launcher}")
-    if exp.scale and exp.scales[exp.scale].get("gpu_hours") is not None:
-        print(f"[ibnnet] expected cost: ~{exp.scales[exp.scale]['gpu_hours']} GPU-hours for the whole grid")
     if launcher == "slurm" and getattr(args, "workers", 1) != 1:
         print("ibnnet: --workers is for local sweeps; a SLURM sweep runs one array task per cell", file=sys.stderr)
         return 2
+    estimate = _announce(exp, triples, launcher)
+    if args.dry_run:
+        if estimate is not None and estimate > confirm_threshold(args):
+            print(f"[ibnnet] above {confirm_threshold(args):g} GPU-hours: the sweep itself asks for confirmation "
+                  f"(or --yes)")
+    else:
+        refused = _cost_gate(args, exp, estimate)
+        if refused is not None:
+            return refused
     if launcher == "slurm":
         from ..launch.slurm import sweep_slurm
         return sweep_slurm(exp, triples, dry_run=args.dry_run, retry_failed=args.retry_failed)
@@ -71,7 +72,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         for cell, cfg, folder in triples:
             status, _ = live_status(folder)
-            print(f"  {status:8s} {folder.path.name:50s} {_differing(cell)}")
+            print(f"  {status:8s} {folder.path.name:50s} {describe_cell(cell, cfg)}")
         return 0
     from ..launch.local import run_local
     from ..launch.runner import prepare
@@ -94,6 +95,80 @@ def cmd_sweep(args) -> int:
     return code
 
 
+CONFIRM_ENV = "IBNNET_CONFIRM_GPU_HOURS"
+DEFAULT_CONFIRM_GPU_HOURS = 100.0
+
+
+def _hours(h: float) -> str:
+    return f"{h:.1f}" if h < 10 else f"{h:.0f}"
+
+
+def _hours_or_unknown(h: float | None) -> str:
+    return "?" if h is None else f"{h:g}"
+
+
+def _announce(exp: Experiment, triples: list, launcher: str) -> float | None:
+    """Print the grid, its scale and the cost estimate; returns the estimate (GPU-hours) or None."""
+    to_run = sum(not folder.is_done() for _, _, folder in triples)
+    if exp.scale:
+        others = ", ".join(f"{name} {_hours_or_unknown(scale_gpu_hours(spec))}" for name, spec in exp.scales.items()
+                           if name != exp.scale)
+        how = (", the cheapest, used without --scale" + (f"; also: {others} GPU-hours" if others else "")
+               if exp.scale_is_default else "")
+        scale = f" (scale {exp.scale}{how})"
+    else:
+        scale = ""
+    print(f"[ibnnet] experiment {exp.name}{scale}: {len(triples)} cells, {to_run} to run, launcher {launcher}")
+    if exp.gpu_hours is None:
+        print("[ibnnet] estimate: unknown (the experiment file gives no gpu_hours for this scale)")
+        return None
+    estimate = exp.gpu_hours * to_run / len(exp.cells)
+    print(f"[ibnnet] estimate: ~{_hours(estimate)} GPU-hours for {to_run} run{'s' if to_run != 1 else ''} "
+          f"(the file: {exp.gpu_hours:g} GPU-hours for all {len(exp.cells)} cells at scale {exp.scale})")
+    return estimate
+
+
+def confirm_threshold(args) -> float:
+    """GPU-hours above which a sweep needs confirmation: --confirm-above, else $IBNNET_CONFIRM_GPU_HOURS, else 100."""
+    import os
+    value = getattr(args, "confirm_above", None)
+    where = "--confirm-above"
+    if value is None and os.environ.get(CONFIRM_ENV, "").strip():
+        value, where = os.environ[CONFIRM_ENV].strip(), CONFIRM_ENV
+    if value is None:
+        return DEFAULT_CONFIRM_GPU_HOURS
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = -1.0
+    if not threshold >= 0:
+        raise ConfigError(f"{where}={value!r}: must be a number of GPU-hours >= 0")
+    return threshold
+
+
+def _cost_gate(args, exp: Experiment, estimate: float | None) -> int | None:
+    """None if the sweep may start (no estimate, under the threshold, --yes, or 'y' at the prompt when stdin
+    is a terminal); else the exit code: 2 refused without a terminal, 1 declined at the prompt."""
+    threshold = confirm_threshold(args)
+    if estimate is None or estimate <= threshold or getattr(args, "yes", False):
+        return None
+    if not sys.stdin.isatty():
+        cheaper = [n for n, spec in exp.scales.items() if (scale_gpu_hours(spec) or estimate) < exp.gpu_hours]
+        alternatives = f", or --scale {cheaper[0]}" if cheaper else ""
+        print(f"ibnnet: error: not started: ~{_hours(estimate)} GPU-hours is above the {threshold:g} GPU-hours that "
+              f"start without confirmation; rerun with --yes to start it{alternatives} (limit: --confirm-above "
+              f"or {CONFIRM_ENV})", file=sys.stderr)
+        return 2
+    try:
+        answer = input(f"[ibnnet] start ~{_hours(estimate)} GPU-hours of training? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return None
+    print("ibnnet: not started", file=sys.stderr)
+    return 1
+
+
 def _spawn_workers(args, n: int) -> int:
     """``--workers N``: N single-worker sweeps of the same grid as child processes; the worst exit code."""
     import subprocess
@@ -102,6 +177,7 @@ def _spawn_workers(args, n: int) -> int:
     cmd = [sys.executable, "-m", "ibnnet", "sweep", str(args.experiment), "--launcher", "local", "--no-table"]
     cmd += (["--scale", args.scale] if args.scale else []) + (["--only", args.only] if args.only else [])
     cmd += (["--retry-failed"] if args.retry_failed else []) + (["--stop-on-error"] if args.stop_on_error else [])
+    cmd += ["--yes"]   # the cost was confirmed (or below the limit) here; the workers must not ask again
     cmd += list(args.overrides)
     envs = worker_environments(n)
     procs = []
@@ -170,6 +246,39 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_sync(args) -> int:
+    """Upload the offline wandb runs of the experiment's run folders (see ibnnet/launch/sync.py)."""
+    from ..launch.sync import ALREADY, FAILED, LIVE, NOTHING, SYNCED, sync_folder, unsynced_runs
+    exp = load_experiment(args.experiment, args.scale)
+    triples = select(exp.folders(tuple(args.overrides)), args.only)
+    if not triples:
+        print(f"ibnnet: no cells of {exp.name} match --only {args.only!r}", file=sys.stderr)
+        return 1
+    scale = f" (scale {exp.scale})" if exp.scale else ""
+    print(f"[ibnnet] {exp.name}{scale}: offline wandb runs of {len(triples)} run folders")
+    counts: dict[str, int] = {}
+    for cell, cfg, folder in triples:
+        status, _ = live_status(folder, None, cfg.launcher.claim_timeout_s)
+        if args.dry_run:
+            todo = unsynced_runs(folder)
+            if todo:
+                print(f"  {'to sync':15s} {folder.path.name}  {', '.join(d.name for d in todo)}"
+                      + ("  (still training)" if status == RUNNING else ""))
+            counts["to sync" if todo else "nothing to do"] = counts.get("to sync" if todo else "nothing to do", 0) + 1
+            continue
+        outcome = sync_folder(folder, status, args.timeout)
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if outcome.status != NOTHING:
+            print(f"  {outcome.status:15s} {folder.path.name}  {outcome.detail}", flush=True)
+    order = [SYNCED, ALREADY, LIVE, FAILED, NOTHING, "to sync", "nothing to do"]
+    print("[ibnnet] " + ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k)))
+    if counts.get(FAILED):
+        print(f"ibnnet: {counts[FAILED]} run folder(s) not synced (reasons above); nothing was recorded for them, "
+              f"so `ibnnet sync` again retries just those", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_table(args) -> int:
     exp = load_experiment(args.experiment, args.scale)
     overrides = tuple(args.overrides)
@@ -185,7 +294,7 @@ def cmd_demo(args) -> int:
     start = time.time()
     sweep_args = SimpleNamespace(experiment="demo", scale=None, overrides=args.overrides, launcher="local",
                                  dry_run=False, only=None, retry_failed=False, stop_on_error=False, no_table=False,
-                                 workers=1)
+                                 workers=1, yes=False, confirm_above=None)
     code = cmd_sweep(sweep_args)
     exp = load_experiment("demo")
     out = exp.results_dir(exp.compose_cell(exp.cells[0], tuple(args.overrides)).paths.results)
@@ -209,9 +318,6 @@ def cmd_run(args) -> int:
     except RunClaimed as e:
         print(f"[ibnnet] {e}; skipping", flush=True)
         return EXIT_CLAIMED
-    except Exception as e:
-        print(f"ibnnet: run failed: {type(e).__name__}: {e}", file=sys.stderr)
-        import traceback
-        traceback.print_exc()
-        return 1
+    # Errors go to ibnnet.cli.main: a user error in one line (exit 2), anything else with its traceback
+    # and the run's train.log (exit 1). The launcher reports the run as failed either way.
     return 0

@@ -6,7 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..config.loader import ConfigError
+from ..errors import ConfigError, MissingPathError
+from ..progress import add_progress_option, progress_bar, progress_enabled
 
 log = logging.getLogger("ibnnet")
 
@@ -14,7 +15,7 @@ log = logging.getLogger("ibnnet")
 def _experiment_args(p: argparse.ArgumentParser, positional_optional: bool = False) -> None:
     p.add_argument("experiment", nargs="?" if positional_optional else None,
                    help="experiment file, or its name under experiments/ (e.g. sn_table2)")
-    p.add_argument("--scale", help="experiment scale (e.g. reduced, full); default: the file's first")
+    p.add_argument("--scale", help="experiment scale (e.g. reduced, full); default: the cheapest (fewest GPU-hours)")
     p.add_argument("--cells", nargs="+", metavar="PATTERN",
                    help="only these cells (glob or substring of the cell name, e.g. 'norm=SN' '8x2')")
     p.add_argument("--runs", help="runs root (default: paths.runs of the experiment's config)")
@@ -36,6 +37,7 @@ def add_sn_weights_parser(asub) -> None:
     p.add_argument("--checkpoint", action="append", metavar="[LABEL=]FILE",
                    help="a weight file or Lightning checkpoint instead of (or besides) an experiment's runs")
     p.add_argument("--which", choices=("last", "best"), default="last", help="run checkpoint to read")
+    add_progress_option(p)
 
 
 def add_figure_commands(sub) -> None:
@@ -67,8 +69,6 @@ def _results_dir(exp, overrides, sub: str) -> Path:
 
 
 def cmd_sn_weights(args) -> int:
-    from tqdm import tqdm
-
     from ..analysis.curves import experiment_runs
     from ..analysis.sn_weights import load_state_dict, sn_layers, write_sn_weights
     from ..models.weights import WeightsError
@@ -90,8 +90,8 @@ def cmd_sn_weights(args) -> int:
     if dupes:
         raise ConfigError(f"several inputs are labelled {dupes}; name them with --checkpoint LABEL=FILE")
     results, skipped = {}, []
-    for label, path, optional in tqdm(sources, desc="checkpoints", unit="ckpt", disable=len(sources) < 2,
-                                      file=sys.stderr):
+    for label, path, optional in progress_bar(sources, enabled=progress_enabled(args.progress) and len(sources) > 1,
+                                              desc="checkpoints", unit="ckpt"):
         try:
             sd = load_state_dict(path)
         except WeightsError as e:
@@ -103,7 +103,7 @@ def cmd_sn_weights(args) -> int:
     if skipped:
         print(f"[ibnnet] skipped (no SN layers): {', '.join(skipped)}", file=sys.stderr)
     if not results:
-        raise FileNotFoundError(f"{args.experiment}: none of the {len(sources)} runs found has SN layers "
+        raise MissingPathError(f"{args.experiment}: none of the {len(sources)} runs found has SN layers "
                                 "(choose SN cells with --cells)")
     paths = write_sn_weights(results, out, title)
     for label, layers in results.items():

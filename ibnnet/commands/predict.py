@@ -43,6 +43,8 @@ def add_predict_command(sub) -> None:
     p.add_argument("--sets", nargs="+", metavar="NAME", help="only these evaluation sets (data.val[].name)")
     p.add_argument("--devices", type=int, default=1, help="processes (GPUs, or CPU processes with gloo) under DDP")
     p.add_argument("--overwrite", action="store_true", help="predict again images whose PNG exists")
+    from ..progress import add_progress_option
+    add_progress_option(p)
     p.add_argument("overrides", nargs="*", help="config overrides as key=value")
 
 
@@ -173,6 +175,7 @@ def cmd_predict(args) -> int:
     from ..config.loader import Source
     from ..launch.files import atomic_write_json
     from ..models import load_weights
+    from ..progress import progress_enabled
     from ..tasks import TASKS
 
     base = compose(args.config, args.overrides)
@@ -210,7 +213,8 @@ def cmd_predict(args) -> int:
             load_weights(task.network, args.checkpoint)
         trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=args.devices,
                              strategy="ddp" if args.devices > 1 else "auto", precision=cfg.trainer.precision,
-                             logger=False, enable_progress_bar=True, use_distributed_sampler=False,
+                             logger=False, enable_progress_bar=progress_enabled(args.progress),
+                             use_distributed_sampler=False,
                              enable_checkpointing=False)
         predictor = _predictor(task, todo, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.num_workers)
         import warnings

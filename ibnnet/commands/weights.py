@@ -1,12 +1,12 @@
 """ibnnet weights list | download NAME | verify PATH."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
 from ..models import MODELS, RELEASES, Release
+from ..progress import progress_enabled
 from ..models.weights import (WeightsError, adapt_state_dict, describe_mismatch, expected_hash_prefix,
                               read_checkpoint, sha256_file, unwrap_state_dict)
 
@@ -49,7 +49,8 @@ def cmd_list(show_all: bool) -> int:
     return 0
 
 
-def download(r: Release, force: bool = False) -> Path:
+def download(r: Release, force: bool = False, progress: bool | None = None) -> Path:
+    """Download ``r`` into torch's hub cache and verify it; ``progress``: a bar (default: stderr is a terminal)."""
     if not r.url:
         raise WeightsError(f"{r.name}: hosted on Google Drive only, no direct download; fetch {r.file} from "
                            f"{r.origin} by hand and save it as {cached_path(r)}")
@@ -63,7 +64,8 @@ def download(r: Release, force: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         # torch.hub writes to a temporary file, checks the sha256 prefix, then renames into place.
-        torch.hub.download_url_to_file(r.url, str(path), hash_prefix=r.sha256_prefix, progress=sys.stderr.isatty())
+        torch.hub.download_url_to_file(r.url, str(path), hash_prefix=r.sha256_prefix,
+                                       progress=progress_enabled(progress))
     except RuntimeError as e:
         raise WeightsError(f"{r.url}: {e}") from None
     except OSError as e:
@@ -127,6 +129,6 @@ def run(args) -> int:
     if args.weights_command == "list":
         return cmd_list(args.all)
     if args.weights_command == "download":
-        download(find_release(args.name), force=args.force)
+        download(find_release(args.name), force=args.force, progress=args.progress)
         return 0
     return cmd_verify(args.path)

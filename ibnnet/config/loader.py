@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import difflib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
+                              OmegaConfBaseException, ValidationError)
 
+from ..errors import ConfigError
 from .schema import RunConfig
 
 from .shipped import lookup_dirs, shipped_dir
@@ -25,14 +28,13 @@ CONFIG_DIR = shipped_dir("configs")   # the shipped parts; the user's ./configs 
 PART_GROUPS = ("model", "data", "optim", "trainer", "logger", "launcher", "segmentation", "paths")
 
 
-class ConfigError(ValueError):
-    """A configuration problem, with the file, key and value in the message."""
-
-
 @dataclass
 class Source:
     label: str      # file path or "command line"
     cfg: DictConfig  # rooted at the run config's top level
+    # ``data.val.0.num_samples=64``: keys that go through a list element, set after ``cfg`` is merged (a
+    # merge would replace the whole list); the other elements and the element's other keys are kept.
+    element_updates: tuple[tuple[str, Any], ...] = ()
 
 
 def search_dirs(near: Path | None = None) -> list[Path]:
@@ -118,7 +120,27 @@ def override_source(overrides: Sequence[str], label: str = "command line") -> So
             dotted[key.strip()] = yaml.safe_load(io.StringIO(value)) if value != "" else ""
         except yaml.YAMLError:
             dotted[key.strip()] = value
-    return Source(label, dotlist_to_config(dotted, label))
+    return dotlist_source(dotted, label)
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def key_parts(key: str) -> list[str]:
+    """``data.val.0.num_samples`` or ``data.val[0].num_samples`` -> ``['data', 'val', '0', 'num_samples']``."""
+    return _INDEX.sub(r".\1", key.strip()).split(".")
+
+
+def is_element_key(key: str) -> bool:
+    """Whether a dotted key goes through a list element (a part that is an index)."""
+    return any(p.isdigit() for p in key_parts(key)[1:])
+
+
+def dotlist_source(dotted: Mapping[str, Any], label: str) -> Source:
+    """A source from ``{dotted key: value}``; keys through list elements become element updates."""
+    plain = {k: v for k, v in dotted.items() if not is_element_key(k)}
+    elements = tuple((".".join(key_parts(k)), v) for k, v in dotted.items() if is_element_key(k))
+    return Source(label, dotlist_to_config(plain, label), elements)
 
 
 def dotlist_to_config(dotted: Mapping[str, Any], label: str) -> DictConfig:
@@ -140,7 +162,68 @@ def merge_sources(sources: Iterable[Source]) -> DictConfig:
             raise ConfigError(_describe(src.label, e, src.cfg)) from None
         except OmegaConfBaseException as e:
             raise ConfigError(f"{src.label}: {e}") from None
+        except (TypeError, ValueError) as e:   # omegaconf's "Cannot merge incompatible container types"
+            raise ConfigError(_describe_container_clash(src.label, cfg, src.cfg) or f"{src.label}: {e}") from None
+        for key, value in src.element_updates:
+            set_element(cfg, key, value, src.label)
     return cfg
+
+
+def set_element(cfg: DictConfig, key: str, value: Any, label: str) -> None:
+    """``key=value`` where ``key`` goes through list elements (``data.val.0.num_samples``), in place.
+
+    Only that element's key changes; an index past the end or a part that does not exist is a
+    :class:`ConfigError` naming the key."""
+    parts = key_parts(key)
+    node: Any = cfg
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i]) or "the config"
+        last = i == len(parts) - 1
+        if isinstance(node, ListConfig):
+            if not part.isdigit():
+                raise ConfigError(f"{label}: {key}={value!r}: {where} is a list; address an element by its "
+                                  f"index ({where}.0.{part}) or give the whole list ({where}=[...])")
+            if int(part) >= len(node):
+                raise ConfigError(f"{label}: {key}={value!r}: index {part} is out of range: {where} has "
+                                  f"{len(node)} element{'s' if len(node) != 1 else ''} (indices from 0)")
+            if not last:
+                node = node[int(part)]
+        elif isinstance(node, DictConfig):
+            if part not in node:
+                break   # omegaconf's own error below names the key and suggests the right one
+            if not last:
+                node = node[part]
+        else:
+            raise ConfigError(f"{label}: {key}={value!r}: {where} is a single value ({node!r}), not a list or "
+                              f"mapping")
+    try:
+        OmegaConf.update(cfg, ".".join(parts), value, merge=True)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        raise ConfigError(f"{label}: unknown key '{key}' ({str(e).splitlines()[0]})") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{label}: bad value for '{key}' ({value!r}): {str(e).splitlines()[0]}") from None
+
+
+def _describe_container_clash(label: str, cfg: Any, src: Any, prefix: str = "") -> str | None:
+    """Where ``src`` puts a mapping over a list (or the reverse), e.g. ``data.val.x=1``."""
+    if isinstance(src, DictConfig) and isinstance(cfg, DictConfig):
+        for k in src:
+            if k in cfg:
+                found = _describe_container_clash(label, cfg._get_node(k), src._get_node(k), f"{prefix}{k}.")
+                if found:
+                    return found
+        return None
+    key = prefix.rstrip(".")
+    if isinstance(src, DictConfig) and isinstance(cfg, ListConfig):
+        sub = str(next(iter(src), "KEY"))
+        if re.fullmatch(r"-\d+", sub):
+            return (f"{label}: '{key}.{sub}': negative indices are not supported; {key} has {len(cfg)} "
+                    f"element{'s' if len(cfg) != 1 else ''}, indices from 0")
+        return (f"{label}: '{key}' is a list, so '{key}.{sub}' names no element; set one element with "
+                f"{key}.<index>.{sub}=... (indices from 0) or the whole list with {key}=[...]")
+    if isinstance(src, ListConfig) and isinstance(cfg, DictConfig):
+        return f"{label}: '{key}' is a mapping, not a list; set its keys with {key}.KEY=VALUE"
+    return None
 
 
 def _describe(label: str, e: OmegaConfBaseException, src: DictConfig) -> str:
@@ -155,7 +238,11 @@ def _describe(label: str, e: OmegaConfBaseException, src: DictConfig) -> str:
 def source_of(key: str, sources: Sequence[Source]) -> str:
     """The last source that sets ``key`` (where a wrong value came from)."""
     marker = object()
+    dotted = ".".join(key_parts(key))
     for src in reversed(sources):
+        for k, _ in src.element_updates:
+            if dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + "."):
+                return src.label
         if OmegaConf.select(src.cfg, key, default=marker, throw_on_missing=False) is not marker:
             return src.label
     return "built-in defaults"
@@ -198,7 +285,8 @@ def compose(path: str | Path | None, overrides: Sequence[str] = (), extra: Seque
     problems = validate(cfg)
     if problems:
         lines = [f"{source_of(k, sources)}: {k}={v!r}: {msg}" for k, v, msg in problems]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+        raise ConfigError("invalid configuration: " + lines[0] if len(lines) == 1
+                          else "invalid configuration:\n  " + "\n  ".join(lines))
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
+from ..progress import progress_bar
 from .cityscapes import (
     CITYSCAPES_SPLITS, cityscapes_label_path, find_cityscapes_dir, list_cityscapes_images,
 )
@@ -158,7 +160,7 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _check_cityscapes(report: CheckReport, root: Path, limit: int, check_values: bool) -> None:
+def _check_cityscapes(report: CheckReport, root: Path, limit: int, check_values: bool, progress: bool = False) -> None:
     images_root = find_cityscapes_dir(root, "leftImg8bit")
     labels_root = find_cityscapes_dir(root, "gtFine")
     if images_root is None:
@@ -202,7 +204,7 @@ def _check_cityscapes(report: CheckReport, root: Path, limit: int, check_values:
             continue
         n_labels = n_missing_test = 0
         expected_labels = set()
-        for img in images:
+        for img in progress_bar(images, enabled=progress, desc=f"cityscapes {split}", unit="img"):
             lp = cityscapes_label_path(lab_dir, img)
             expected_labels.add(lp.name)
             if lp.is_file():
@@ -227,7 +229,7 @@ def _check_cityscapes(report: CheckReport, root: Path, limit: int, check_values:
     pairs.flush(report)
 
 
-def _check_gta5(report: CheckReport, root: Path, limit: int, check_values: bool) -> None:
+def _check_gta5(report: CheckReport, root: Path, limit: int, check_values: bool, progress: bool = False) -> None:
     images_dir, labels_dir = root / "images", root / "labels"
     for folder, what in ((images_dir, "images"), (labels_dir, "labels")):
         if not folder.is_dir():
@@ -280,7 +282,7 @@ def _check_gta5(report: CheckReport, root: Path, limit: int, check_values: bool)
 
     pairs = _PairChecker(limit, check_values)
     missing = _Capped("images without labels", limit)
-    for stem in sorted(frames):
+    for stem in progress_bar(sorted(frames), enabled=progress, desc="gta5 frames", unit="img"):
         label = labels.get(stem)
         if label is None or label.suffix.lower() != ".png":
             missing.add(f"missing label {labels_dir / (stem + '.png')}")
@@ -295,7 +297,7 @@ def _check_gta5(report: CheckReport, root: Path, limit: int, check_values: bool)
     pairs.flush(report)
 
 
-def _check_imagenet(report: CheckReport, root: Path, limit: int) -> None:
+def _check_imagenet(report: CheckReport, root: Path, limit: int, progress: bool = False) -> None:
     fixes = {
         "train": f"train/ missing: unpack ILSVRC2012_img_train.tar (and the per-class tars in it) into "
                  f"{root / 'train'}/<wnid>/ (not needed for evaluation-only use such as IBN Table 1)",
@@ -322,7 +324,7 @@ def _check_imagenet(report: CheckReport, root: Path, limit: int) -> None:
         class_sets[split] = classes
         empty = _Capped(f"empty {split} class folders", limit)
         n_images = n_other = 0
-        for wnid in classes:
+        for wnid in progress_bar(classes, enabled=progress, desc=f"imagenet {split}", unit="class"):
             with os.scandir(d / wnid) as it:
                 names = [e.name for e in it if e.is_file()]
             n = sum(1 for name in names if name.lower().endswith((".jpeg", ".jpg", ".png")))
@@ -349,12 +351,15 @@ def _check_imagenet(report: CheckReport, root: Path, limit: int) -> None:
 
 
 def check_dataset(
-    name: str, root: str | os.PathLike, *, check_label_values: bool = True, max_listed: int = 20
+    name: str, root: str | os.PathLike, *, check_label_values: bool = True, max_listed: int = 20,
+    progress: bool = False,
 ) -> CheckReport:
-    """Check a dataset folder; ``name`` is one of ``"imagenet"``, ``"cityscapes"``, ``"gta5"``."""
+    """Check a dataset folder; ``name`` is one of ``"imagenet"``, ``"cityscapes"``, ``"gta5"``.
+
+    ``progress``: a progress bar (stderr) over the images or class folders read."""
     key = name.lower()
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
+        raise ConfigError(f"unknown dataset {name!r}; choose from {DATASETS}")
     root = Path(root)
     report = CheckReport(name=key, root=str(root))
     if not root.is_dir():
@@ -362,11 +367,11 @@ def check_dataset(
         report.hint(f"point the {key} root at the folder you unpacked the dataset into")
         return report
     if key == "cityscapes":
-        _check_cityscapes(report, root, max_listed, check_label_values)
+        _check_cityscapes(report, root, max_listed, check_label_values, progress)
     elif key == "gta5":
-        _check_gta5(report, root, max_listed, check_label_values)
+        _check_gta5(report, root, max_listed, check_label_values, progress)
     else:
-        _check_imagenet(report, root, max_listed)
+        _check_imagenet(report, root, max_listed, progress)
     return report
 
 

@@ -32,6 +32,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from ..errors import DataError, DataNotFoundError
 from .imagenet import DECODERS, decode_rgb, fraction_count, select_fraction
 from .labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, label_lut
 
@@ -68,9 +69,9 @@ def open_label(path: str | os.PathLike) -> Image.Image:
         # 16-bit grayscale ids: accept when the values fit a byte, otherwise they are not label ids.
         arr = np.asarray(im)
         if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise ValueError(f"{path}: 16-bit label values {arr.min()}..{arr.max()} are not 8-bit label ids")
+            raise DataError(f"{path}: 16-bit label values {arr.min()}..{arr.max()} are not 8-bit label ids")
         return Image.fromarray(arr.astype(np.uint8))  # 2-D uint8 -> mode "L"
-    raise ValueError(
+    raise DataError(
         f"{path}: label image has mode {im.mode!r}; expected 8-bit label ids (mode 'L' or palette 'P'). "
         "Colour-coded labels cannot be mapped reliably (colours of different classes collide)."
     )
@@ -188,17 +189,17 @@ class Cityscapes(PairedSegmentation):
 
         images_root = find_cityscapes_dir(self.root, "leftImg8bit")
         if images_root is None:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"Cityscapes images not found: neither {self.root / 'leftImg8bit'} nor "
                 f"{self.root / 'leftImg8bit_trainvaltest' / 'leftImg8bit'} exists "
                 "(unpack leftImg8bit_trainvaltest.zip into the root)"
             )
         self.images_dir = images_root / split
         if not self.images_dir.is_dir():
-            raise FileNotFoundError(f"Cityscapes {split} images folder not found: {self.images_dir}")
+            raise DataNotFoundError(f"Cityscapes {split} images folder not found: {self.images_dir}")
         images = list_cityscapes_images(self.images_dir)
         if not images:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"no *{IMAGE_SUFFIX} files in {self.images_dir}/<city>/ (is the folder empty?)"
             )
 
@@ -207,7 +208,7 @@ class Cityscapes(PairedSegmentation):
         if self.labels_dir is None or not self.labels_dir.is_dir():
             if split != "test":
                 where = self.labels_dir if self.labels_dir is not None else self.root / "gtFine" / split
-                raise FileNotFoundError(
+                raise DataNotFoundError(
                     f"Cityscapes {split} labels folder not found: {where} "
                     f"(unpack gtFine_trainvaltest.zip into {self.root})"
                 )
@@ -225,7 +226,7 @@ class Cityscapes(PairedSegmentation):
                     missing.append(str(lp))
             self.samples.append((str(img), label))
         if missing:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"{len(missing)} of {len(images)} Cityscapes {split} images have no label file, e.g. "
                 + ", ".join(missing[:3])
                 + " (run ibnnet.data.check.check_dataset('cityscapes', root) for a full report)"

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 import logging
 
+from ..errors import ConfigError
 from .registry import DATASETS, build_dataset, dataset_root
 from .sampling import EpochBatchSampler
 from .transforms import TransformedDataset, build_transform
@@ -54,7 +55,7 @@ class DataModule(pl.LightningDataModule):
     def _make(self, spec, train: bool):
         entry = DATASETS[spec.dataset]
         if entry.task != self.task:
-            raise ValueError(f"dataset {spec.dataset!r} ({spec.name}) is for {entry.task}, "
+            raise ConfigError(f"dataset {spec.dataset!r} ({spec.name}) is for {entry.task}, "
                              f"but this run's task is {self.task}")
         d = self.cfg.data
         raw = build_dataset(spec, self.cfg.paths.data, d)

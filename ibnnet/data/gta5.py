@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from ..errors import DataError, DataNotFoundError
 from .cityscapes import PairedSegmentation
 from .imagenet import is_image_file
 
@@ -127,10 +128,10 @@ class GTA5(PairedSegmentation):
         self.labels_dir = self.root / "labels"
         for folder in (self.images_dir, self.labels_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(f"GTA5 folder not found: {folder} (expected {folder}/00001.png ...)")
+                raise DataNotFoundError(f"GTA5 folder not found: {folder} (expected {folder}/00001.png ...)")
         on_disk = list_frames(self.images_dir)
         if not on_disk:
-            raise FileNotFoundError(f"GTA5 images folder is empty: {self.images_dir}")
+            raise DataNotFoundError(f"GTA5 images folder is empty: {self.images_dir}")
 
         self.split_source: str | None = None
         if split == "all":
@@ -140,7 +141,7 @@ class GTA5(PairedSegmentation):
             self.split_source = source
             if source is None:
                 if not allow_no_split:
-                    raise FileNotFoundError(missing_split_message(self.root, split))
+                    raise DataNotFoundError(missing_split_message(self.root, split))
                 warnings.warn(
                     f"no split.mat or train/val/test.txt in {self.root}: GTA5 split={split!r} uses all "
                     f"{len(on_disk)} frames, so train and test overlap (get the official split.mat from "
@@ -150,7 +151,7 @@ class GTA5(PairedSegmentation):
                 )
                 stems = sorted(on_disk)
             elif split not in splits:
-                raise ValueError(f"{source} defines no {split!r} split (found: {sorted(splits)})")
+                raise DataError(f"{source} defines no {split!r} split (found: {sorted(splits)})")
             else:
                 listed = splits[split]
                 stems = sorted({s for s in listed if s in on_disk})
@@ -163,7 +164,7 @@ class GTA5(PairedSegmentation):
                         stacklevel=2,
                     )
                 if not stems:
-                    raise FileNotFoundError(
+                    raise DataNotFoundError(
                         f"none of the GTA5 {split} frames listed in {source} exist in {self.images_dir}"
                     )
 
@@ -175,7 +176,7 @@ class GTA5(PairedSegmentation):
                 missing.append(str(label))
             self.samples.append((str(on_disk[stem]), str(label)))
         if missing:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"{len(missing)} of {len(stems)} GTA5 {split} frames have no label file, e.g. "
                 + ", ".join(missing[:3])
                 + " (run ibnnet.data.check.check_dataset('gta5', root) for a full report)"

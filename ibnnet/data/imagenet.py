@@ -44,6 +44,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from ..errors import DataError, DataNotFoundError
+
 try:
     from torchvision.io import ImageReadMode, decode_image, read_file
 except ImportError:  # codecs removed from a future torchvision: PIL only
@@ -114,10 +116,10 @@ def reference_classes(split_dir: str | os.PathLike) -> list[str]:
     """The sorted class-folder names of a split folder (e.g. the real ImageNet val): a label order."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"class reference folder not found: {split_dir} (expected {split_dir}/<wnid>/)")
+        raise DataNotFoundError(f"class reference folder not found: {split_dir} (expected {split_dir}/<wnid>/)")
     classes = list_class_folders(split_dir)
     if not classes:
-        raise FileNotFoundError(f"class reference folder {split_dir} has no class folders")
+        raise DataNotFoundError(f"class reference folder {split_dir} has no class folders")
     return classes
 
 
@@ -176,17 +178,17 @@ class ImageNet(Dataset):
         self.decoder = decoder
         split_dir = self.root / split
         if not split_dir.is_dir():
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"ImageNet {split} folder not found: {split_dir} (expected {split_dir}/<wnid>/*.JPEG)"
             )
         folders = list_class_folders(split_dir)
         if not folders:
             if list_images(split_dir):
-                raise FileNotFoundError(
+                raise DataNotFoundError(
                     f"ImageNet {split} folder {split_dir} holds images but no class folders: reorganise it "
                     f"into {split_dir}/<wnid>/ (for val, using the devkit's ground-truth labels)"
                 )
-            raise FileNotFoundError(f"ImageNet {split} folder is empty: {split_dir} (expected <wnid>/ folders)")
+            raise DataNotFoundError(f"ImageNet {split} folder is empty: {split_dir} (expected <wnid>/ folders)")
 
         if classes is None:
             all_classes = folders
@@ -194,7 +196,7 @@ class ImageNet(Dataset):
             all_classes = list(classes)
             unknown = sorted(set(folders) - set(all_classes))
             if unknown:
-                raise ValueError(
+                raise DataError(
                     f"{split_dir} has class folders not in "
                     + (f"the reference {classes_source}" if classes_source else "`classes`")
                     + f": {unknown[:5]}" + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -202,7 +204,7 @@ class ImageNet(Dataset):
                 )
         if num_classes_subset:
             if num_classes_subset > len(all_classes):
-                raise ValueError(
+                raise DataError(
                     f"num_classes_subset={num_classes_subset} but {split_dir} has only {len(all_classes)} classes"
                 )
             all_classes = all_classes[:num_classes_subset]
@@ -220,7 +222,7 @@ class ImageNet(Dataset):
                 names = [names[i] for i in select_fraction([f"{wnid}/{n}" for n in names], fraction, seed)]
             self.samples.extend((str(split_dir / wnid / n), label) for n in names)
         if not self.samples:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found under the class folders of {split_dir}"
             )
         self.targets = [label for _, label in self.samples]

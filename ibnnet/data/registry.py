@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DatasetEntry:
@@ -75,7 +77,7 @@ def dataset_root(spec, data_root: str | Path) -> Path | None:
     if spec.root:
         return Path(spec.root)
     if entry.needs_root:
-        raise ValueError(f"dataset {spec.dataset!r} ({spec.name}) needs a root folder")
+        raise ConfigError(f"dataset {spec.dataset!r} ({spec.name}) needs a root folder")
     if entry.default_root is None:
         return None
     return Path(data_root) / entry.default_root

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import ConfigError, DataError, DataNotFoundError
 from ..launch.files import atomic_write_json, read_json
 from .imagenet import list_class_folders, list_images
 
@@ -132,11 +133,11 @@ def _check_marker(dst: Path, short_side: int, quality: int) -> dict:
     marker = read_json(dst / MARKER)
     if marker is None:
         if dst.is_dir() and any(dst.iterdir()):
-            raise ValueError(f"{dst} exists, is not empty and has no {MARKER}: not a copy made by "
+            raise DataError(f"{dst} exists, is not empty and has no {MARKER}: not a copy made by "
                                   f"'ibnnet data shrink'; choose an empty or new folder")
         return {}
     if marker.get("short_side") != short_side or marker.get("quality") != quality:
-        raise ValueError(f"{dst / MARKER}: this copy was made with short side {marker.get('short_side')}, "
+        raise DataError(f"{dst / MARKER}: this copy was made with short side {marker.get('short_side')}, "
                          f"quality {marker.get('quality')}; resuming with short side {short_side}, quality "
                          f"{quality} would mix two resolutions. Use the same settings or another folder")
     return marker
@@ -154,22 +155,22 @@ def shrink_imagenet(src: str | os.PathLike, dst: str | os.PathLike, short_side: 
 
     src, dst = Path(src), Path(dst)
     if short_side < 16:
-        raise ValueError(f"--short-side must be >= 16 pixels, got {short_side}")
+        raise ConfigError(f"--short-side must be >= 16 pixels, got {short_side}")
     if not 1 <= quality <= 100:
-        raise ValueError(f"--quality must be in 1..100, got {quality}")
+        raise ConfigError(f"--quality must be in 1..100, got {quality}")
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
     if src.resolve() == dst.resolve():
-        raise ValueError(f"source and destination are the same folder: {src}")
+        raise ConfigError(f"source and destination are the same folder: {src}")
     if splits is None:
         splits = tuple(s for s in SPLITS if (src / s).is_dir())
         if not splits:
-            raise FileNotFoundError(f"{src} has neither train/ nor val/ (expected {src}/train/<wnid>/*.JPEG)")
+            raise DataNotFoundError(f"{src} has neither train/ nor val/ (expected {src}/train/<wnid>/*.JPEG)")
     for s in splits:
         if s not in SPLITS:
-            raise ValueError(f"unknown split {s!r}; ImageNet has {SPLITS}")
+            raise ConfigError(f"unknown split {s!r}; ImageNet has {SPLITS}")
         if not (src / s).is_dir():
-            raise FileNotFoundError(f"ImageNet {s} folder not found: {src / s}")
+            raise DataNotFoundError(f"ImageNet {s} folder not found: {src / s}")
     marker = _check_marker(dst, short_side, quality)
     marker.update(format=FORMAT, source=str(src.resolve()), short_side=short_side, quality=quality,
                   resample=RESAMPLE)

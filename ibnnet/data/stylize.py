@@ -40,6 +40,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError, DataError, DataNotFoundError, DownloadError, MissingPathError
 from .imagenet import decode_rgb, list_class_folders, list_images
 
 STYLE_MONET_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/style_monet.pth"
@@ -104,10 +105,10 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CycleGAN generator weights not found: {path}")
+        raise MissingPathError(f"CycleGAN generator weights not found: {path}")
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a generator state_dict (expected a dict of tensors, as latest_net_G.pth)")
+        raise DataError(f"{path}: not a generator state_dict (expected a dict of tensors, as latest_net_G.pth)")
     if any(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k.removeprefix("module."): v for k, v in state.items()}
     model = ResnetGenerator()
@@ -124,7 +125,7 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
         parts = [f"missing keys: {few(missing)}" if missing else "",
                  f"unexpected keys: {few(unexpected)}" if unexpected else "",
                  f"shape mismatches: {few(shapes)}" if shapes else ""]
-        raise ValueError(f"{path} is not CycleGAN's ResNet-9-block generator (ngf 64, InstanceNorm, no dropout): "
+        raise DataError(f"{path} is not CycleGAN's ResNet-9-block generator (ngf 64, InstanceNorm, no dropout): "
                          + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -145,7 +146,7 @@ def download_style_monet(dest: str | os.PathLike | None = None, progress: bool =
     try:
         torch.hub.download_url_to_file(STYLE_MONET_URL, str(dest), progress=progress)
     except Exception as e:
-        raise RuntimeError(f"could not download {STYLE_MONET_URL} to {dest} ({type(e).__name__}: {e}); download it "
+        raise DownloadError(f"could not download {STYLE_MONET_URL} to {dest} ({type(e).__name__}: {e}); download it "
                            f"by hand and pass --weights FILE") from e
     return dest
 
@@ -174,7 +175,7 @@ def stylize_images(generator: nn.Module, images: Sequence[torch.Tensor], device:
         for i in idx:
             h, w = images[i].shape[-2:]
             if min(h, w) < MIN_SIZE:
-                raise ValueError(f"image of {w}x{h} px: the generator's reflection padding needs >= {MIN_SIZE} px")
+                raise DataError(f"image of {w}x{h} px: the generator's reflection padding needs >= {MIN_SIZE} px")
             x = to_generator_input(images[i]).to(device)
             # pad <= 3 < size: one reflection pad reaches the multiple of 4
             batch.append(F.pad(x[None], (0, pw - w, 0, ph - h), mode="reflect")[0])
@@ -196,12 +197,12 @@ def plan_folder(src: str | os.PathLike, dst: str | os.PathLike) -> StylizePlan:
     """Every image of the class-folder set ``src`` and its destination under ``dst`` (same relative path)."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
-        raise FileNotFoundError(f"source folder not found: {src} (expected {src}/<class>/<image>)")
+        raise DataNotFoundError(f"source folder not found: {src} (expected {src}/<class>/<image>)")
     if src.resolve() == dst.resolve():
-        raise ValueError(f"destination {dst} is the source folder: the styled copy needs its own folder")
+        raise ConfigError(f"destination {dst} is the source folder: the styled copy needs its own folder")
     classes = list_class_folders(src)
     if not classes:
-        raise FileNotFoundError(f"{src} has no class folders (expected {src}/<class>/<image>, e.g. ImageNet val "
+        raise DataNotFoundError(f"{src} has no class folders (expected {src}/<class>/<image>, e.g. ImageNet val "
                                 f"sorted into <wnid>/ folders)")
     todo, done = [], 0
     for c in classes:
@@ -212,7 +213,7 @@ def plan_folder(src: str | os.PathLike, dst: str | os.PathLike) -> StylizePlan:
             else:
                 todo.append((src / c / name, target))
     if not todo and not done:
-        raise FileNotFoundError(f"no images under the class folders of {src}")
+        raise DataNotFoundError(f"no images under the class folders of {src}")
     return StylizePlan(todo, done, classes)
 
 
@@ -222,7 +223,7 @@ def _image_format(path: Path) -> str:
         return "JPEG"
     if ext == ".png":
         return "PNG"
-    raise ValueError(f"{path}: cannot tell the image format from the extension (expected .jpeg/.jpg/.png)")
+    raise DataError(f"{path}: cannot tell the image format from the extension (expected .jpeg/.jpg/.png)")
 
 
 def save_image_atomic(img: torch.Tensor, path: Path, quality: int = JPEG_QUALITY) -> None:
@@ -256,7 +257,7 @@ def stylize_folder(generator: nn.Module, src: str | os.PathLike, dst: str | os.P
     from tqdm import tqdm
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     plan = plan_folder(src, dst)
     generator = generator.to(device).eval()
     bar = tqdm(total=len(plan.todo) + plan.done, initial=plan.done, unit="img", disable=not progress,
@@ -266,7 +267,7 @@ def stylize_folder(generator: nn.Module, src: str | os.PathLike, dst: str | os.P
             images = [decode_rgb(s) for s, _ in chunk]
             for (s, _), img in zip(chunk, images):
                 if min(img.shape[-2:]) < MIN_SIZE:
-                    raise ValueError(f"{s}: {img.shape[-1]}x{img.shape[-2]} px is too small to stylize "
+                    raise DataError(f"{s}: {img.shape[-1]}x{img.shape[-2]} px is too small to stylize "
                                      f"(>= {MIN_SIZE} px per side)")
             for (_, target), styled in zip(chunk, stylize_images(generator, images, device)):
                 save_image_atomic(styled, target, quality)

@@ -16,6 +16,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..data.transforms import normalize_batch
+from ..errors import UserError
 from ..layers import estimate_batch_average_stats
 from .rundir import RunFolder
 
@@ -23,7 +24,12 @@ log = logging.getLogger("ibnnet")
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (full disk, quota); the previous one is intact."""
+    """A checkpoint could not be written; the previous one is intact."""
+
+
+class CheckpointDiskFullError(UserError, CheckpointWriteError):
+    """No space (or quota) left for a checkpoint: the message says how much is free and what to do, so the
+    command line shows it in one line. Other write failures stay :class:`CheckpointWriteError` (a traceback)."""
 
 
 def _disk_full(e: BaseException | None) -> bool:
@@ -68,7 +74,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 free = shutil.disk_usage(path.parent).free
                 kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
                 why = "no space left on device" if _disk_full(e) else f"{type(e).__name__}: {str(e).strip()[:200]}"
-                raise CheckpointWriteError(
+                raise (CheckpointDiskFullError if _disk_full(e) else CheckpointWriteError)(
                     f"{path}: could not write the checkpoint ({why}); {free / 2**20:.1f} MiB free there once "
                     f"the partial file was removed; {kept}. Free space (or move paths.runs) and run again: "
                     f"it resumes from the last checkpoint") from e

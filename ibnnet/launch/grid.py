@@ -5,9 +5,10 @@ experiment: ibn_table5              # default: the file name
 title: IBN-Net Table 5 - ratio of IN channels
 base: ../configs/imagenet.yaml      # a run config, relative to this file
 overrides: {model.name: resnet50_ibn_a}        # for every cell
-scales:                              # --scale NAME; the first is the default
+scales:                              # --scale NAME; without it, the cheapest (fewest gpu_hours)
   reduced: {gpu_hours: 60, overrides: {data.class_subset: 100}}
-  full: {gpu_hours: 1900}
+  full: {gpu_hours: 1900}            # V100-class GPU-hours of the whole grid (sweep prints the estimate)
+default_scale: reduced               # optional: only to pick among equally cheap scales (else an error)
 grid:                                # cartesian product of the axes
   ratio:                             # axis name: a label -> value (axis is then the config key below) ...
     key: model.in_ratio
@@ -33,7 +34,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config.loader import ConfigError, Source, compose, dotlist_to_config, load_yaml
+from ..config.loader import ConfigError, Source, compose, dotlist_source, load_yaml
 from ..config.shipped import lookup_dirs, shipped_dir
 from .rundir import RunFolder, run_dir, run_id
 
@@ -67,6 +68,12 @@ class Experiment:
     paper: list[dict[str, Any]]
     raw: DictConfig
     axes: list[str] = field(default_factory=list)
+    scale_is_default: bool = False    # no --scale given: the cheapest scale was chosen
+
+    @property
+    def gpu_hours(self) -> float | None:
+        """The file's estimate for the whole grid at this scale (None if it gives none)."""
+        return scale_gpu_hours(self.scales.get(self.scale)) if self.scale else None
 
     def configs(self, overrides: tuple[str, ...] = ()) -> list[tuple[Cell, DictConfig]]:
         """Compose and validate every cell's run config (all errors surface before anything runs)."""
@@ -77,11 +84,11 @@ class Experiment:
 
     def compose_cell(self, cell: Cell, overrides: tuple[str, ...] = ()) -> DictConfig:
         label = str(self.path)
-        extra = [Source(f"{label} (overrides)", dotlist_to_config(self.common, label))]
+        extra = [dotlist_source(self.common, f"{label} (overrides)")]
         if self.scale:
             scale_over = dict(self.scales[self.scale].get("overrides") or {})
-            extra.append(Source(f"{label} (scale {self.scale})", dotlist_to_config(scale_over, label)))
-        extra.append(Source(f"{label} (cell {cell.name})", dotlist_to_config(cell.overrides, label)))
+            extra.append(dotlist_source(scale_over, f"{label} (scale {self.scale})"))
+        extra.append(dotlist_source(cell.overrides, f"{label} (cell {cell.name})"))
         identity = {"experiment": self.name, "scale": self.scale or "", "run_name": cell.name,
                     "grid": dict(cell.labels)}
         extra.append(Source(label, OmegaConf.create(identity)))
@@ -165,6 +172,10 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
     path = resolve_experiment_path(name_or_path)
     raw = load_yaml(path)
     data = _as_plain(raw)
+    if "analysis" in data and "base" not in data:   # e.g. ibn_fig5.yaml: a figure computed from trained models
+        kind = data["analysis"]
+        raise ConfigError(f"{path} is an analysis file, not an experiment grid (nothing to sweep, track or tabulate): "
+                          f"run it with `ibnnet analyze {kind} {name_or_path}`")
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)} (allowed: {', '.join(sorted(_TOP_KEYS))})")
@@ -180,8 +191,10 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
         bad = set(sval or {}) - {"gpu_hours", "overrides", "description"}
         if bad:
             raise ConfigError(f"{path}: scales.{sname}: unknown keys {sorted(bad)}")
-    if scale is None and scales:
-        scale = data.get("default_scale") or next(iter(scales))
+    cheapest = default_scale(path, scales, data.get("default_scale"))
+    scale_is_default = scale is None and cheapest is not None
+    if scale is None:
+        scale = cheapest
     if scale is not None and scale not in scales:
         raise ConfigError(f"{path}: no scale {scale!r} (scales: {', '.join(scales) or 'none'})")
 
@@ -241,7 +254,60 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
 
     return Experiment(path=path, name=str(data.get("experiment") or path.stem), title=str(data.get("title") or ""),
                       base=base, scale=scale, scales=scales, cells=cells, common=dict(data.get("overrides") or {}),
-                      table=table, paper=paper, raw=raw, axes=axes)
+                      table=table, paper=paper, raw=raw, axes=axes, scale_is_default=scale_is_default)
+
+
+def scale_gpu_hours(spec: Any) -> float | None:
+    """A scale's ``gpu_hours`` (None if it gives none)."""
+    hours = (spec or {}).get("gpu_hours") if isinstance(spec, dict) else None
+    return float(hours) if isinstance(hours, (int, float)) and not isinstance(hours, bool) else None
+
+
+def default_scale(path: Path, scales: dict[str, Any], explicit: str | None) -> str | None:
+    """The scale used without ``--scale``: the cheapest (fewest ``gpu_hours``; the first of equally cheap
+    ones), so that no command starts the paper-size grid by accident. ``default_scale`` in the file may
+    only choose among equally cheap scales; naming a dearer one is an error. Scales without
+    ``gpu_hours`` are never the default unless no scale has any (then: ``default_scale`` or the first)."""
+    if not scales:
+        if explicit:
+            raise ConfigError(f"{path}: default_scale {explicit!r} but the file has no scales")
+        return None
+    if explicit is not None and explicit not in scales:
+        raise ConfigError(f"{path}: default_scale {explicit!r} is not one of the scales ({', '.join(scales)})")
+    costs = {name: scale_gpu_hours(spec) for name, spec in scales.items()}
+    known = {name: h for name, h in costs.items() if h is not None}
+    if not known:
+        return explicit or next(iter(scales))
+    low = min(known.values())
+    if explicit is not None:
+        if costs[explicit] != low:
+            cheapest = next(n for n, h in known.items() if h == low)
+            cost = f"{costs[explicit]:g} GPU-hours" if costs[explicit] is not None else "no gpu_hours"
+            raise ConfigError(f"{path}: default_scale {explicit!r} ({cost}) is not the cheapest scale ({cheapest!r}, "
+                              f"{low:g} GPU-hours): without --scale the cheapest is used; remove default_scale "
+                              f"and pass --scale {explicit} when you mean it")
+        return explicit
+    return next(n for n, h in known.items() if h == low)
+
+
+def describe_cell(cell: Cell, cfg: DictConfig) -> str:
+    """The cell's own settings as its run sees them (``key=value ...``): values are read from the cell's
+    composed config, so interpolations such as ``${scale}`` or ``${paths.data}`` show what they resolve to."""
+    parts = []
+    for key in cell.overrides:
+        value = OmegaConf.select(cfg, key, default=cell.overrides[key])
+        parts.append(f"{key}={show_value(value)}")
+    return " ".join(parts) or "(base config)"
+
+
+def show_value(value: Any) -> str:
+    """A config value on one line: scalars as they are, lists and mappings in YAML flow style."""
+    import yaml
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
+    return str(value)
 
 
 def select(cells_with: list[tuple], pattern: str | None) -> list[tuple]:

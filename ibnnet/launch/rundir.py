@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import UserError
 from .files import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger("ibnnet")
@@ -71,7 +72,7 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs) / sanitize(cfg.experiment) / run_id(cfg)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """No checkpoint of a run can be read; the message names the files and what to do."""
 
 

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 
 from ..config import compose, to_plain
+from ..errors import MissingPathError, UserError
 from .claims import Claim, try_claim
 from .env import git_state, host, is_rank_zero, package_versions, slurm_job
 from .files import atomic_write_json
 from .preemption import TIME_LIMIT, Preempted, PreemptionCheckpoint, SignalFlag, requeue_self, under_slurm_step
-from .rundir import DONE, FAILED, INTERRUPTED, REQUEUED, RunFolder, config_hash
+from .rundir import DONE, FAILED, INTERRUPTED, REQUEUED, CheckpointError, RunFolder, config_hash
 
 log = logging.getLogger("ibnnet")
 
@@ -67,7 +68,7 @@ def execute(path: str | Path) -> dict[str, Any] | None:
     flag = SignalFlag().install(slurm=under_slurm_step())
     try:
         if not folder.config_path.is_file():
-            raise FileNotFoundError(f"{folder.path}: not a run folder (no config.yaml)")
+            raise MissingPathError(f"{folder.path}: not a run folder (no config.yaml)")
         cfg = compose(folder.config_path)
         rank0 = is_rank_zero()
         if folder.is_done():
@@ -107,9 +108,19 @@ def _execute_claimed(cfg, folder: RunFolder, flag: SignalFlag) -> dict[str, Any]
             _handle_requeue(cfg, folder, e)
             raise
         except BaseException as e:
-            tail = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
-            folder.end_attempt(FAILED, error=f"{type(e).__name__}: {e}\n{tail}")
-            log.error("run failed: %s: %s", type(e).__name__, e)
+            lines = traceback.format_exception(type(e), e, e.__traceback__)
+            folder.end_attempt(FAILED, error=f"{type(e).__name__}: {e}\n{''.join(lines[-6:])}")
+            # To train.log only: the command line reports it on the console (a user error in one line,
+            # anything else with this traceback). train.log gets the traceback of anything but a user error.
+            text = f"run failed: {type(e).__name__}: {e}"
+            if not isinstance(e, UserError):
+                text += "\n" + "".join(lines).rstrip()
+            handler.handle(logging.makeLogRecord({"name": "ibnnet", "levelno": logging.ERROR, "levelname": "ERROR",
+                                                  "msg": "%s", "args": (text,)}))
+            try:
+                e.run_log = str(folder.log_path)   # the command line shows where to look
+            except AttributeError:
+                pass
             raise
         return _finish(cfg, folder, result)
     finally:
@@ -283,7 +294,7 @@ def _checkpoint_step(path: Path | None) -> int | None:
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     except Exception as e:
-        raise RuntimeError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: {e}); "
+        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: {e}); "
                            f"delete it to restart the run from scratch") from e
 
 

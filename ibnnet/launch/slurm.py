@@ -21,8 +21,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..config import ConfigError
+from ..errors import UserError
 from .emulation import physical_config
 from .files import atomic_write_text
+from .grid import describe_cell
 from .rundir import FAILED, INTERRUPTED, PENDING
 from .runner import prepare
 from .status import SUBMITTED, live_status
@@ -95,10 +97,14 @@ def render_script(cfg: DictConfig, experiment: str, runs_file: Path, out_dir: Pa
     return "\n".join(lines) + "\n"
 
 
+class SubmitError(UserError, RuntimeError):
+    """``sbatch`` refused a job (unknown partition or account, limits); its own message is included."""
+
+
 def sbatch(script: Path) -> str:
     proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        raise SubmitError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip().split(";")[0]
 
 
@@ -170,8 +176,8 @@ def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False)
         script = render_script(members[0][1], exp.name, runs_file, out_dir, len(members))
         if dry_run:
             print(f"\n# --- array {k}: {len(members)} runs (dry run: nothing written or submitted) ---")
-            for i, (cell, _, folder) in enumerate(members):
-                print(f"#   [{i}] {folder.path}")
+            for i, (cell, cfg, folder) in enumerate(members):
+                print(f"#   [{i}] {folder.path}  {describe_cell(cell, cfg)}")
             print(script)
             continue
         for _, cfg, _ in members:

@@ -20,13 +20,15 @@ import torch
 from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
+from ..errors import UserError
+
 HASH_RE = re.compile(r"-([a-f0-9]{8,64})\.[A-Za-z0-9]+$")
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "net")
 _PREFIXES = ("module.", "_orig_mod.")
 _MAX_LISTED = 5
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """A weight file cannot be used: unreadable, wrong hash, or made for another architecture."""
 
 
