@@ -17,7 +17,14 @@ import time
 import torch
 from torch import nn
 
-from ibnnet.layers import IBN, GhostBatchNorm2d, InstanceNorm2d, SwitchNorm2d, kernel_for, use_kernel
+from ibnnet.layers import (
+    IBN,
+    GhostBatchNorm2d,
+    InstanceNorm2d,
+    SwitchNorm2d,
+    kernel_for,
+    use_kernel,
+)
 
 LAYERS = {
     "InstanceNorm2d": lambda c: InstanceNorm2d(c, affine=True),

@@ -245,7 +245,7 @@ def main() -> None:
     base224, base128 = rates["torchvision 224"], rates["torchvision 128"]
     print(f"\nImageNet training pipeline, {args.samples} reads of {args.images} JPEGs per round, median of "
           f"{args.rounds} rotated rounds")
-    print(f"| pipeline | images/s | per core | vs torchvision 224 | vs torchvision 128 |")
+    print("| pipeline | images/s | per core | vs torchvision 224 | vs torchvision 128 |")
     print("|---|---|---|---|---|")
     for k, v in rates.items():
         print(f"| {k} | {v:.0f} | {v / cores:.0f} | {v / base224:.2f}x | {v / base128:.2f}x |")

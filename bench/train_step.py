@@ -18,12 +18,12 @@ import argparse
 import statistics
 import time
 
+import timm
 import torch
 import torchvision
 from torch import nn
 
 import ibnnet  # noqa: F401  (registers the models)
-import timm
 
 
 class OfficialSNMath(nn.Module):

@@ -95,10 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     w = wsub.add_parser("verify", help="check a weight file: hash, readability, which models it fits")
     w.add_argument("path")
 
+    from .commands.analyze import add_analyze_commands
     from .commands.data import add_data_commands
+    from .commands.evaluate import add_evaluate_command
+    from .commands.plot import add_plot_commands
     add_data_commands(sub)
-    from .commands.figures import add_figure_commands
-    add_figure_commands(sub)
+    add_analyze_commands(sub)
+    add_evaluate_command(sub)
+    add_plot_commands(sub)
     from .commands.predict import add_predict_command
     add_predict_command(sub)
     return parser
@@ -180,21 +184,12 @@ def report_internal_error(e: BaseException) -> None:
 
 
 def _dispatch(args) -> int:
-    if args.command == "weights":
-        from .commands import weights
-        return weights.run(args)
-    if args.command == "plot" or getattr(args, "analyze_command", None) == "sn-weights":
-        from .commands import figures
-        return figures.run(args)
-    if args.command == "init":
-        from .commands import project
-        return project.run(args)
-    if args.command == "predict":
-        from .commands import predict
-        return predict.run(args)
-    if args.command in ("data", "analyze", "evaluate"):
-        from .commands import data
-        return data.run(args)
+    import importlib
+    # one module per command under ibnnet/commands; train, sweep, status, table, sync, demo, run: experiments.py
+    modules = {"weights": "weights", "plot": "plot", "analyze": "analyze", "init": "project", "predict": "predict",
+               "data": "data", "evaluate": "evaluate"}
+    if args.command in modules:
+        return importlib.import_module(f".commands.{modules[args.command]}", __package__).run(args)
     from .commands import experiments
     return getattr(experiments, f"cmd_{args.command}")(args)
 

@@ -8,13 +8,13 @@ happened inside a run, the path of the run's ``train.log``).  Every user error d
 
 - :class:`ConfigError`: a config file, override, experiment file or command-line argument is wrong.
 - ``WeightsError`` (:mod:`ibnnet.models.weights`): a weight file is unusable (hash, format, architecture).
-- ``CheckpointError`` (:mod:`ibnnet.launch.rundir`): no checkpoint of a run can be read.
+- ``CheckpointError`` (:mod:`ibnnet.runs.folder`): no checkpoint of a run can be read.
 - :class:`DataError` / :class:`DataNotFoundError`: a dataset folder is missing, incomplete or laid out wrongly
   (or another input file, such as the CycleGAN generator, is unusable).
 - :class:`MissingPathError`: another file or folder named on the command line or in a config does not exist.
 - :class:`DownloadError`: a download failed (network, server).
-- ``CheckpointDiskFullError`` (:mod:`ibnnet.launch.callbacks`): no space or quota left for a checkpoint.
-- ``SubmitError`` (:mod:`ibnnet.launch.slurm`): ``sbatch`` refused a job (partition, account, limits).
+- ``CheckpointDiskFullError`` (:mod:`ibnnet.runs.callbacks`): no space or quota left for a checkpoint.
+- ``SubmitError`` (:mod:`ibnnet.launchers.slurm`): ``sbatch`` refused a job (partition, account, limits).
 """
 from __future__ import annotations
 

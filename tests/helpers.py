@@ -115,8 +115,9 @@ def _tensors(obj, prefix=""):
 def assert_same_training(a, b, epochs: int, steps_per_epoch: int, num_samples: int) -> None:
     """Two finished run folders trained the same model: every tensor of last.ckpt (weights, buffers,
     optimizer state), the step count, the metrics and the sample indices of every batch are identical."""
-    from ibnnet.launch.exact import read_sample_log
     import torch
+
+    from ibnnet.runs.exact import read_sample_log
     ca = torch.load(a.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
     cb = torch.load(b.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
     assert ca["global_step"] == cb["global_step"] == epochs * steps_per_epoch

@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import TINY, config
 
-from helpers import REPO, TINY, config
 from ibnnet.cli import main
 
 
@@ -101,7 +101,7 @@ def test_dry_runs_show_interpolations_resolved(tmp_path):
 
 def test_one_list_element_can_be_overridden(tmp_path):
     from ibnnet.config import compose
-    from ibnnet.launch.grid import load_experiment
+    from ibnnet.experiments.grid import load_experiment
     path = experiment(tmp_path, """
         overrides:
           data.val:
@@ -161,7 +161,7 @@ grid:
 
 def test_without_scale_the_cheapest_is_used_and_the_estimate_printed(tmp_path):
     from ibnnet.config import ConfigError
-    from ibnnet.launch.grid import load_experiment
+    from ibnnet.experiments.grid import load_experiment
     path = experiment(tmp_path, SCALES)
     exp = load_experiment(path)
     assert exp.scale == "small" and exp.scale_is_default and exp.gpu_hours == 6   # not the first, "paper"
@@ -194,8 +194,8 @@ def launches(monkeypatch):
     def sbatch(script):
         started.append(script.name)
         return "4242"
-    monkeypatch.setattr("ibnnet.launch.local.run_local", run_local)
-    monkeypatch.setattr("ibnnet.launch.slurm.sbatch", sbatch)
+    monkeypatch.setattr("ibnnet.launchers.local.run_local", run_local)
+    monkeypatch.setattr("ibnnet.launchers.slurm.sbatch", sbatch)
     monkeypatch.delenv("IBNNET_CONFIRM_GPU_HOURS", raising=False)
     return started
 
@@ -312,8 +312,8 @@ def offline_run(tmp_path_factory) -> Path:
 
 
 def two_run_folders(tmp_path):
-    from ibnnet.launch.grid import load_experiment
-    from ibnnet.launch.runner import prepare
+    from ibnnet.experiments.grid import load_experiment
+    from ibnnet.runs.runner import prepare
     path = experiment(tmp_path, "grid: {model.name: [resnet18_bn, resnet18_ibn_a]}\n")
     folders = [prepare(cfg) for _, cfg, _ in load_experiment(path).folders()]
     return path, folders
@@ -335,7 +335,7 @@ def test_sync_uploads_each_offline_run_once(tmp_path, monkeypatch):
             for f in r.glob("*.wandb"):
                 f.with_suffix(".wandb.synced").touch()
         return 0, "wandb: Syncing 1 run(s)"
-    monkeypatch.setattr("ibnnet.launch.sync.run_wandb_sync", wandb_sync)
+    monkeypatch.setattr("ibnnet.runs.sync.run_wandb_sync", wandb_sync)
     path, (a, b) = two_run_folders(tmp_path)
     first = fake_offline_run(a, "20260101_000000")
     with monkeypatch.context() as m:   # a run still training is left for later
@@ -353,11 +353,11 @@ def test_sync_uploads_each_offline_run_once(tmp_path, monkeypatch):
 
     def no_wandb(runs, timeout_s):
         raise AssertionError("wandb must not run for runs already synced")
-    monkeypatch.setattr("ibnnet.launch.sync.run_wandb_sync", no_wandb)
+    monkeypatch.setattr("ibnnet.runs.sync.run_wandb_sync", no_wandb)
     code, out, _ = run_cli("sync", path)
     assert code == 0 and f"already synced  {a.path.name}" in out
     # a resumed attempt adds an offline run: only that one is uploaded
-    monkeypatch.setattr("ibnnet.launch.sync.run_wandb_sync", wandb_sync)
+    monkeypatch.setattr("ibnnet.runs.sync.run_wandb_sync", wandb_sync)
     second = fake_offline_run(a, "20260102_000000")
     code, out, _ = run_cli("sync", path)
     assert code == 0 and calls[-1] == [second.name]

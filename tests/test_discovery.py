@@ -3,10 +3,10 @@ import json
 import textwrap
 
 import pytest
-
 from helpers import REPO
+
 from ibnnet.cli import main
-from ibnnet.launch.grid import load_experiment
+from ibnnet.experiments.grid import load_experiment
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ibnnet.config import ConfigError, compose
-from ibnnet.launch.grid import load_experiment
-from ibnnet.launch.rundir import config_hash, run_id
+from ibnnet.experiments.grid import load_experiment
 from ibnnet.results.table import write_table
+from ibnnet.runs.folder import config_hash, run_id
 from ibnnet.tasks.metrics import ConfusionMatrix, segmentation_scores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,7 +230,7 @@ def test_table_from_run_folders_with_paper_numbers(tmp_path):
 
 
 def test_wandb_failure_never_stops_training(tmp_path):
-    from ibnnet.launch.loggers import FailSafeWandbLogger, wandb_mode
+    from ibnnet.runs.loggers import FailSafeWandbLogger, wandb_mode
 
     class Broken(FailSafeWandbLogger):
         def log_metrics(self, metrics, step=None):

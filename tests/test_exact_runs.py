@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import ENV, REPO, assert_same_training, cli, config
+
 from ibnnet.config import compose
-from ibnnet.launch.rundir import RunFolder, run_dir
+from ibnnet.runs.folder import RunFolder, run_dir
 
 # Dropout (drop_rate) and flip augmentation make the global and per-sample RNGs matter; 2 workers load
 # the reference run, 0 the interrupted one, so equality also shows that workers do not change the data.
@@ -65,7 +65,7 @@ def reference(tmp_path_factory) -> tuple[Path, RunFolder]:
 
 def _twin(tmp_path: Path, reference_config: Path, *overrides: str) -> RunFolder:
     """The reference's config under another runs root: the same run id, its own folder."""
-    from ibnnet.launch.runner import prepare
+    from ibnnet.runs.runner import prepare
     cfg = compose(reference_config, [f"paths.runs={tmp_path / 'runs'}", *overrides])
     return prepare(cfg)
 
@@ -94,7 +94,7 @@ def test_a_run_interrupted_mid_epoch_resumes_bit_identically(reference, tmp_path
     out = proc.communicate(timeout=300)[0]
     assert not folder.is_done(), out
     if how == "sigkill":   # killed after the first epoch's checkpoint; status sees that its process is gone
-        from ibnnet.launch.status import live_status
+        from ibnnet.runs.status import live_status
         killed_at = torch.load(folder.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)
         assert killed_at["epoch"] == 0 and killed_at["global_step"] == STEPS_PER_EPOCH
         status, info = live_status(folder)

@@ -1,18 +1,17 @@
 """Faults keep finished work: a full disk, unreadable checkpoints, damaged result files, unreachable wandb."""
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
-
 from helpers import ENV, REPO, TINY, cli, config
+
 from ibnnet.config import compose
-from ibnnet.launch.grid import load_experiment
-from ibnnet.launch.rundir import CheckpointError, RunFolder, run_dir
-from ibnnet.launch.runner import prepare
+from ibnnet.experiments.grid import load_experiment
+from ibnnet.runs.folder import CheckpointError, RunFolder, run_dir
+from ibnnet.runs.runner import prepare
 
 BODY = TINY
 

@@ -85,7 +85,7 @@ def _log(epochs: int, offset: float) -> list[dict]:
 
 
 def test_sn_weights_and_curves_over_an_experiment(tmp_path):
-    from ibnnet.launch.grid import load_experiment
+    from ibnnet.experiments.grid import load_experiment
     exp_file = _experiment(tmp_path)
     runs = tmp_path / "runs"
     folders = {c.name: runs / "sn_fig" / f.path.name for c, _, f in load_experiment(exp_file).folders()}

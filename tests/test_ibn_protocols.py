@@ -2,6 +2,7 @@
 labels, GTA5's split, final vs best metrics, the segmentation validation cadence."""
 from __future__ import annotations
 
+import fixtures_datasets as fx
 import numpy as np
 import pytest
 import timm
@@ -14,8 +15,6 @@ import ibnnet.models  # noqa: F401  (registers the IBN models with timm)
 from ibnnet.config.schema import AugmentConfig, DatasetSpec
 from ibnnet.data.appearance import ALL_APPEARANCES, apply_appearance_float
 from ibnnet.data.transforms import build_transform
-
-import fixtures_datasets as fx
 
 # ---------------------------------------------------------------- IBN Table 1: appearance transforms
 
@@ -163,8 +162,9 @@ def test_gta5_without_split_stops_with_where_to_get_it(tmp_path):
 
 def _train(tmp_path, body: str, overrides: list[str]) -> dict:
     import helpers
+
     from ibnnet.config import compose
-    from ibnnet.launch.runner import execute, prepare
+    from ibnnet.runs.runner import execute, prepare
     cfg = compose(helpers.config(tmp_path, body), overrides + ["logger.wandb.enabled=false"])
     folder = prepare(cfg)
     metrics = execute(folder.path)
@@ -193,10 +193,13 @@ def test_metrics_json_records_final_and_best_epoch(tmp_path):
 
 
 def test_best_record_survives_a_checkpoint_round_trip():
+    import pathlib
+    import tempfile
+
     import helpers
+
     from ibnnet.config import compose, to_plain
     from ibnnet.tasks import TASKS
-    import tempfile, pathlib
     with tempfile.TemporaryDirectory() as d:
         cfg = compose(helpers.config(pathlib.Path(d), helpers.CLS), ["model.name=resnet18_bn"])
     make = lambda: TASKS["classification"](to_plain(cfg), 3, ["synthetic"])  # noqa: E731
@@ -225,6 +228,7 @@ def _roundtrip(obj):
 
 def test_segmentation_validates_single_scale_during_training_and_multiscale_at_the_end(tmp_path, monkeypatch):
     import helpers
+
     from ibnnet.tasks.segmentation import SegmentationTask
     calls = []
     original = SegmentationTask.predict_scores
@@ -303,9 +307,10 @@ def test_generator_loads_strictly_and_names_mismatches(tmp_path):
 
 def test_stylize_command_writes_a_resumable_styled_copy(tmp_path):
     import os
-    from PIL import Image
 
     from helpers import cli
+    from PIL import Image
+
     from ibnnet.data.stylize import from_generator_output, to_generator_input
     g = _official_checkpoint(tmp_path / "latest_net_G.pth", seed=1)
     src, dst = tmp_path / "val", tmp_path / "monet" / "val"
@@ -360,7 +365,7 @@ def test_table_select_final_or_best(tmp_path):
     import textwrap
 
     from ibnnet.config import ConfigError
-    from ibnnet.launch.grid import load_experiment
+    from ibnnet.experiments.grid import load_experiment
     from ibnnet.results.table import write_table
 
     REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

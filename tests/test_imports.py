@@ -37,12 +37,21 @@ def test_import_ibnnet_and_ibnnet_data_stay_light():
 
 def test_data_exports():
     import ibnnet.data as data
-    from ibnnet.data import DATASETS, GTA5, Cityscapes, DataModule, ImageNet, SyntheticScenes, SyntheticShapes
+    from ibnnet.data import (
+        DATASETS,
+        GTA5,
+        Cityscapes,
+        DataModule,
+        ImageNet,
+        SyntheticScenes,
+        SyntheticShapes,
+    )
     from ibnnet.data.cityscapes import Cityscapes as C
     from ibnnet.data.datamodule import DataModule as D
     from ibnnet.data.gta5 import GTA5 as G
     from ibnnet.data.imagenet import ImageNet as I
-    from ibnnet.data.synthetic import SyntheticScenes as SC, SyntheticShapes as SH
+    from ibnnet.data.synthetic import SyntheticScenes as SC
+    from ibnnet.data.synthetic import SyntheticShapes as SH
     assert (Cityscapes, GTA5, ImageNet, SyntheticShapes, SyntheticScenes, DataModule) == (C, G, I, SH, SC, D)
     assert {"builtin_cls", "builtin_seg", "imagenet", "cityscapes", "gta5"} <= set(DATASETS)
     assert {"Cityscapes", "GTA5", "ImageNet", "SyntheticShapes", "SyntheticScenes", "DataModule"} <= set(data.__all__)
@@ -56,10 +65,10 @@ def test_data_exports():
 
 
 def test_layers_tasks_and_models_exports():
+    import ibnnet
     from ibnnet.layers import IBN, SwitchNorm2d
     from ibnnet.models import ResNet, create_model
     from ibnnet.tasks import ClassificationTask, SegmentationTask
-    import ibnnet
     assert IBN.__module__ == "ibnnet.layers.ibn" and SwitchNorm2d.__module__ == "ibnnet.layers.switch_norm"
     assert ClassificationTask.__name__ == "ClassificationTask" and SegmentationTask.__name__ == "SegmentationTask"
     assert ibnnet.create_model is create_model and isinstance(create_model("resnet18_bn"), ResNet)

@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, TINY
 
 pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv (the README's setup installs it)")

@@ -9,8 +9,16 @@ import torch
 from torch import nn
 
 import ibnnet  # noqa: F401  (registers the models)
-from ibnnet.layers import (IBN, GhostBatchNorm2d, InstanceNorm2d, PartialInstanceNorm2d, SwitchNorm2d, kernel_for,
-                           kernel_report, use_kernel)
+from ibnnet.layers import (
+    IBN,
+    GhostBatchNorm2d,
+    InstanceNorm2d,
+    PartialInstanceNorm2d,
+    SwitchNorm2d,
+    kernel_for,
+    kernel_report,
+    use_kernel,
+)
 from ibnnet.layers.kernels import MEASURED_CHOICE, use_fused
 
 LAYERS = {

@@ -3,12 +3,17 @@ import copy
 
 import pytest
 import torch
+from reference import ibn_reference, sn_reference
 from torch import nn
 
-from ibnnet.layers import (IBN, GhostBatchNorm2d, PartialInstanceNorm2d, SwitchNorm2d, create_norm,
-                           estimate_batch_average_stats)
-from reference import ibn_reference, sn_reference
-
+from ibnnet.layers import (
+    IBN,
+    GhostBatchNorm2d,
+    PartialInstanceNorm2d,
+    SwitchNorm2d,
+    create_norm,
+    estimate_batch_average_stats,
+)
 
 
 @pytest.fixture(autouse=True)

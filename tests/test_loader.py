@@ -25,8 +25,13 @@ from ibnnet.config.schema import AugmentConfig, DataConfig, DatasetSpec
 from ibnnet.data.imagenet import ImageNet
 from ibnnet.data.registry import build_dataset
 from ibnnet.data.shrink import MARKER, select_shrunk, shrink_imagenet, target_size
-from ibnnet.data.transforms import (RandomScaleAspect, TransformedDataset, build_transform, normalize_batch,
-                                    prepare_batch)
+from ibnnet.data.transforms import (
+    RandomScaleAspect,
+    TransformedDataset,
+    build_transform,
+    normalize_batch,
+    prepare_batch,
+)
 
 STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)

@@ -4,12 +4,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from reference import RefResNetIBN, randomize_, read_key_list
 from torch import nn
 
 import ibnnet
 from ibnnet.layers import IBN, IBNConcat, PartialInstanceNorm2d, SwitchNorm2d
 from ibnnet.models import MODELS, ResNet
-from reference import RefResNetIBN, randomize_, read_key_list
 
 KEYS = Path(__file__).resolve().parent / "data" / "official_keys"
 OFFICIAL_PARAMS = {"resnet50_ibn_a": 25_557_032, "resnet50_ibn_b": 25_558_568, "resnet101_ibn_a": 44_549_160,

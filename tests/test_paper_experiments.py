@@ -2,11 +2,16 @@
 from pathlib import Path
 
 import pytest
+from fixtures_datasets import (
+    write_cityscapes,
+    write_gta5,
+    write_imagenet,
+    write_split_mat,
+)
 
-from fixtures_datasets import write_cityscapes, write_gta5, write_imagenet, write_split_mat
-from ibnnet.launch.grid import load_experiment
-from ibnnet.launch.runner import execute, prepare
+from ibnnet.experiments.grid import load_experiment
 from ibnnet.results.table import write_table
+from ibnnet.runs.runner import execute, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {"ibn_table1": 3, "ibn_table2": 8, "ibn_table3": 7, "ibn_table4": 5, "ibn_table5": 6, "ibn_table6": 6,

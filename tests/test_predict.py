@@ -1,6 +1,5 @@
 """`ibnnet predict`: Cityscapes label-id PNGs that the official evaluator scores exactly like `ibnnet evaluate`."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np

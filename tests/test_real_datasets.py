@@ -20,7 +20,12 @@ from ibnnet.data.cityscapes import Cityscapes, LabelSizeMismatchWarning
 from ibnnet.data.gta5 import GTA5
 from ibnnet.data.imagenet import ImageNet, fraction_count, select_fraction
 from ibnnet.data.labels import (
-    CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LABEL_TO_TRAIN_ID, colorize, label_ids_to_train_ids, label_lut,
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    LABEL_TO_TRAIN_ID,
+    colorize,
+    label_ids_to_train_ids,
+    label_lut,
 )
 
 # Written out independently of the package (from the Cityscapes label table) to catch typos there.

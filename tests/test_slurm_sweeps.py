@@ -5,9 +5,9 @@ import time
 
 import pytest
 import torch
-
 from helpers import CLS, REPO, assert_same_training, cli, config
-from ibnnet.launch.grid import load_experiment
+
+from ibnnet.experiments.grid import load_experiment
 
 pytestmark = pytest.mark.slurm
 
@@ -114,7 +114,7 @@ def test_requeue_on_the_time_limit_signal_resumes_bit_identically(slurm_cluster,
     # meanwhile, the same config uninterrupted, here and without SLURM
     from omegaconf import OmegaConf
 
-    from ibnnet.launch.runner import prepare
+    from ibnnet.runs.runner import prepare
     ref_cfg = OmegaConf.merge(cfg, {"paths": {"runs": str(tmp_path / "reference")}, "launcher": {"name": "local"}})
     reference = prepare(ref_cfg)
     cli("run", reference.path)

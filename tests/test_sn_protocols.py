@@ -6,13 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from fixtures_datasets import rgb, write_jpeg
 from torch import nn
 from torchvision import tv_tensors
 
-from fixtures_datasets import rgb, write_jpeg
 from ibnnet.config import compose, to_plain
 from ibnnet.config.schema import AugmentConfig, DatasetSpec
-from ibnnet.launch.grid import load_experiment
+from ibnnet.experiments.grid import load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,8 +71,9 @@ def _augment(**kw):
 
 
 def test_pca_lighting_is_off_by_default_and_only_in_imagenet_training():
-    from ibnnet.data.transforms import PCALighting, build_transform, normalize_batch
     from omegaconf import OmegaConf
+
+    from ibnnet.data.transforms import PCALighting, build_transform
     spec = OmegaConf.structured(DatasetSpec)
     assert AugmentConfig().pca_lighting == 0.0
     has = lambda t: any(isinstance(s, PCALighting) for s in t.transforms)  # noqa: E731
@@ -111,9 +112,10 @@ def test_pca_lighting_adds_one_rgb_offset_along_the_eigenvectors_deterministical
 
 
 def test_pca_lighting_in_the_pipeline_shifts_each_normalised_channel_by_offset_over_std():
-    from ibnnet.data.transforms import PCALighting, build_transform, normalize_batch
     from omegaconf import OmegaConf
     from timm.data import IMAGENET_DEFAULT_STD
+
+    from ibnnet.data.transforms import PCALighting, build_transform, normalize_batch
     spec = OmegaConf.structured(DatasetSpec)
     image = tv_tensors.Image(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8))
     plain = build_transform(spec, "imagenet", _augment(image_size=16), train=True)
@@ -157,7 +159,7 @@ def test_batch_average_batches_are_unaugmented_training_images(textured_imagenet
     from ibnnet.data.datamodule import DataModule
     from ibnnet.data.registry import DATASETS
     from ibnnet.data.transforms import TransformedDataset, build_transform
-    from ibnnet.launch.callbacks import statistics_loader
+    from ibnnet.runs.callbacks import statistics_loader
     cfg = tiny_cls(textured_imagenet, tmp_path, "data.augment.pca_lighting=0.1")
     dm = DataModule(cfg)
     spec = cfg.data.train
@@ -177,8 +179,8 @@ def test_batch_average_batches_are_unaugmented_training_images(textured_imagenet
 
 def test_batch_average_estimate_is_reproducible_and_restores_moving_averages(textured_imagenet, tmp_path):
     from ibnnet.data.datamodule import DataModule
-    from ibnnet.launch.callbacks import BatchAverageStats
     from ibnnet.layers import SwitchNorm2d
+    from ibnnet.runs.callbacks import BatchAverageStats
     from ibnnet.tasks.common import build_model
     cfg = tiny_cls(textured_imagenet, tmp_path)
     net = build_model(cfg.model, num_classes=2, with_weights=False)
@@ -203,7 +205,7 @@ def test_batch_average_estimate_is_reproducible_and_restores_moving_averages(tex
 
 
 def test_metrics_json_has_both_inference_modes(textured_imagenet, tmp_path):
-    from ibnnet.launch.runner import execute, prepare
+    from ibnnet.runs.runner import execute, prepare
     cfg = tiny_cls(textured_imagenet, tmp_path, "trainer.batch_average_batches=2", "trainer.limit_train_batches=2")
     folder = prepare(cfg)
     metrics = execute(folder.path)
@@ -222,7 +224,7 @@ def test_metrics_json_has_both_inference_modes(textured_imagenet, tmp_path):
 
 
 def test_runs_without_batch_average_report_moving_average_inference():
-    from ibnnet.launch.callbacks import evaluate_both_inference_modes
+    from ibnnet.runs.callbacks import evaluate_both_inference_modes
     trainer = SimpleNamespace(callbacks=[])
     assert evaluate_both_inference_modes(trainer, SimpleNamespace(last_val={"val": {}}), None) == {
         "inference": "moving_average"}

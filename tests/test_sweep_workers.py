@@ -9,12 +9,10 @@ import sys
 import textwrap
 import time
 
-import pytest
-
 from helpers import ENV, REPO, TINY, cli, config
-from ibnnet.launch import claims
-from ibnnet.launch.grid import load_experiment
-from ibnnet.launch.rundir import RunFolder
+
+from ibnnet.experiments.grid import load_experiment
+from ibnnet.runs import claims
 
 
 def test_a_claim_is_exclusive_until_released_or_stale(tmp_path):
@@ -60,7 +58,7 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
 def test_a_claimed_run_is_not_started_twice(tmp_path):
     path = config(tmp_path, BODY)
     from ibnnet.config import compose
-    from ibnnet.launch.runner import prepare
+    from ibnnet.runs.runner import prepare
     folder = prepare(compose(path))
     held = claims.try_claim(folder.path, heartbeat_s=1, timeout_s=30).start_heartbeat()
     try:

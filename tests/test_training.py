@@ -4,10 +4,11 @@ import json
 
 import pytest
 import torch
+from helpers import CLS, SEG, cli, config, ibnnet
 
 from ibnnet.config import compose
-from ibnnet.launch.rundir import RunFolder, run_dir
-from helpers import CLS, SEG, cli, config, ibnnet
+from ibnnet.runs.folder import RunFolder, run_dir
+
 
 def losses(folder: RunFolder) -> list[float]:
     with open(folder.path / "logs" / "metrics.csv") as f:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from reference import randomize_, read_key_list
 
 from ibnnet.commands.weights import cmd_verify, download
 from ibnnet.models import Release, WeightsError, load_weights
-from reference import randomize_, read_key_list
 
 KEYS = Path(__file__).resolve().parent / "data" / "official_keys"
 
@@ -251,6 +251,7 @@ def test_verify_command(tmp_path, capsys, trained_r18):
 
 def test_torchvision_releases_are_the_bn_baselines():
     import torchvision.models as tvm
+
     from ibnnet.models import RELEASES
     tv = {r.model: r for r in RELEASES if "pytorch.org" in (r.url or "")}
     assert set(tv) == {f"resnet{d}_bn" for d in (18, 34, 50, 101, 152)}

@@ -1,6 +1,6 @@
 """Learning curves from the run folders' CSV logs (SN paper Fig. 5 / Fig. 6, IBN-style train/val curves).
 
-Each run folder has ``logs/metrics.csv``, written by Lightning's CSV logger (:mod:`ibnnet.launch.loggers`):
+Each run folder has ``logs/metrics.csv``, written by Lightning's CSV logger (:mod:`ibnnet.runs.loggers`):
 one row per logging call with the columns ``epoch``, ``step`` and one column per logged key, empty where
 that call did not log the key (``train/loss_epoch``, ``train/top1_acc``, ``val/<eval set>/top1_acc``,
 ``val/<eval set>/miou``, ...).  A curve is one column against the number of epochs trained
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError, DataError, MissingPathError
-from ..launch.files import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 
 # What a figure shows by default: SN Fig. 6 plots top-1 train/val accuracy; segmentation shows loss and mIoU.
 DEFAULT_METRICS = {"classification": ("train/top1_acc", "val/*/top1_acc"),
@@ -51,8 +51,8 @@ def experiment_runs(experiment: str, scale: str | None = None, cells: Sequence[s
     ``cells`` are patterns as in ``ibnnet sweep --only`` (glob, or substring without wildcards); a run is
     kept when it matches any.  Raises FileNotFoundError naming the experiment when no run is found.
     """
-    from ..launch.grid import load_experiment, select
-    from ..launch.rundir import RunFolder, run_id, sanitize
+    from ..experiments.grid import load_experiment, select
+    from ..runs.folder import RunFolder, run_id, sanitize
 
     exp = load_experiment(experiment, scale)
     triples = exp.folders(tuple(overrides))

@@ -22,7 +22,6 @@ import math
 import os
 import random
 import re
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
@@ -31,12 +30,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.images import IMAGE_EXTENSIONS, decode_rgb, is_image_file
 from ..errors import ConfigError, DataError, DataNotFoundError
+from ..files import atomic_write_bytes
 from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Fraction of the layer's mean per-channel variance added to every variance (see the module docstring).
@@ -216,7 +216,7 @@ def feature_divergence(stats_a: Sequence[ChannelStats], stats_b: Sequence[Channe
 # ------------------------------------------------------------------------------------- image sets
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    return is_image_file(path.name) and path.is_file()
 
 
 class ImageSet(Dataset):
@@ -262,12 +262,7 @@ class ImageSet(Dataset):
 
     @staticmethod
     def _decode(path: Path) -> Tensor:
-        # PIL rather than torchvision.io, whose decoders are deprecated from torchvision 0.29 on.
-        import numpy as np
-        from PIL import Image
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        return decode_rgb(path)
 
     def __getitem__(self, index: int) -> Tensor:
         from torchvision.transforms.v2 import functional as TF
@@ -332,17 +327,6 @@ def run_divergence(models: Mapping[str, nn.Module], set_a: Dataset | Iterable, s
 
 # ----------------------------------------------------------------------------------------- report
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def divergence_report(results: Mapping[str, Sequence[float]], layer_names: Sequence[str],
                       out_dir: str | os.PathLike, title: str = "Feature divergence") -> dict[str, Path]:
     """Write divergence.csv (a row per layer, a column per model), divergence.md and divergence.png."""
@@ -360,7 +344,7 @@ def divergence_report(results: Mapping[str, Sequence[float]], layer_names: Seque
     w.writerow(["layer", *labels])
     for i, name in enumerate(layer_names):
         w.writerow([name, *(repr(float(results[lb][i])) for lb in labels)])
-    _atomic_write(paths["csv"], buf.getvalue().encode())
+    atomic_write_bytes(paths["csv"], buf.getvalue().encode())
 
     lines = [f"# {title}", "", "Symmetric KL divergence of per-channel feature statistics, averaged over channels.",
              "", "| layer | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
@@ -370,9 +354,9 @@ def divergence_report(results: Mapping[str, Sequence[float]], layer_names: Seque
     lines.append("| mean | " + " | ".join(f"{v:.4g}" for v in means) + " |")
     lines += ["", "Layer numbers of the figure (IBN-Net Fig. 5): "
               + ", ".join(f"{n} = {name}" for (n, _), name in zip(paper_numbering(layer_names), layer_names)) + "."]
-    _atomic_write(paths["md"], ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(paths["md"], ("\n".join(lines) + "\n").encode())
 
-    _atomic_write(paths["png"], _bar_plot(results, layer_names, title))
+    atomic_write_bytes(paths["png"], _bar_plot(results, layer_names, title))
     return paths
 
 

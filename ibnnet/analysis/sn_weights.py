@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..launch.files import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 
 BRANCHES = ("IN", "LN", "BN")
 STATISTICS = ("mean", "var")

@@ -8,9 +8,15 @@ from omegaconf import OmegaConf
 
 from ..config import ConfigError, compose
 from ..config.loader import Source
-from ..launch.grid import Experiment, describe_cell, load_experiment, scale_gpu_hours, select
-from ..launch.rundir import DONE, FAILED, RUNNING
-from ..launch.status import live_status
+from ..experiments.grid import (
+    Experiment,
+    describe_cell,
+    load_experiment,
+    scale_gpu_hours,
+    select,
+)
+from ..runs.folder import DONE, FAILED, RUNNING
+from ..runs.status import live_status
 
 
 def _summary_line(metrics: dict | None) -> str:
@@ -24,8 +30,8 @@ def _summary_line(metrics: dict | None) -> str:
 
 
 def cmd_train(args) -> int:
-    from ..launch.claims import EXIT_CLAIMED
-    from ..launch.runner import RequeueRequested, RunClaimed, execute, prepare
+    from ..runs.claims import EXIT_CLAIMED
+    from ..runs.runner import RequeueRequested, RunClaimed, execute, prepare
     extra = [Source("--experiment", OmegaConf.create({"experiment": args.experiment}))] if args.experiment else []
     cfg = compose(args.config, args.overrides, extra=extra)
     folder = prepare(cfg)
@@ -63,7 +69,7 @@ def cmd_sweep(args) -> int:
         if refused is not None:
             return refused
     if launcher == "slurm":
-        from ..launch.slurm import sweep_slurm
+        from ..launchers.slurm import sweep_slurm
         return sweep_slurm(exp, triples, dry_run=args.dry_run, retry_failed=args.retry_failed)
     workers = getattr(args, "workers", 1)
     if workers < 1:
@@ -74,8 +80,8 @@ def cmd_sweep(args) -> int:
             status, _ = live_status(folder)
             print(f"  {status:8s} {folder.path.name:50s} {describe_cell(cell, cfg)}")
         return 0
-    from ..launch.local import run_local
-    from ..launch.runner import prepare
+    from ..launchers.local import run_local
+    from ..runs.runner import prepare
     folders = []
     for cell, cfg, folder in triples:
         if not folder.is_done():
@@ -173,7 +179,7 @@ def _spawn_workers(args, n: int) -> int:
     """``--workers N``: N single-worker sweeps of the same grid as child processes; the worst exit code."""
     import subprocess
 
-    from ..launch.local import worker_environments
+    from ..launchers.local import worker_environments
     cmd = [sys.executable, "-m", "ibnnet", "sweep", str(args.experiment), "--launcher", "local", "--no-table"]
     cmd += (["--scale", args.scale] if args.scale else []) + (["--only", args.only] if args.only else [])
     cmd += (["--retry-failed"] if args.retry_failed else []) + (["--stop-on-error"] if args.stop_on_error else [])
@@ -199,13 +205,13 @@ def _render_table(exp: Experiment, overrides: tuple[str, ...], results_root: str
 
 
 def cmd_status(args) -> int:
-    from ..launch.discover import experiment_runs
+    from ..experiments.discover import experiment_runs
     exp = load_experiment(args.experiment, args.scale)
     runs = experiment_runs(exp, tuple(args.overrides), getattr(args, "where", None))
     slurm_states = None
     jobs = {f.state().get("slurm_job") for r in runs for f in r.folders} - {None}
     if jobs:
-        from ..launch.slurm import scheduler_states
+        from ..launchers.slurm import scheduler_states
         slurm_states = scheduler_states(sorted(jobs))
     counts: dict[str, int] = {}
     rows = []
@@ -247,8 +253,16 @@ def cmd_status(args) -> int:
 
 
 def cmd_sync(args) -> int:
-    """Upload the offline wandb runs of the experiment's run folders (see ibnnet/launch/sync.py)."""
-    from ..launch.sync import ALREADY, FAILED, LIVE, NOTHING, SYNCED, sync_folder, unsynced_runs
+    """Upload the offline wandb runs of the experiment's run folders (see ibnnet/runs/sync.py)."""
+    from ..runs.sync import (
+        ALREADY,
+        FAILED,
+        LIVE,
+        NOTHING,
+        SYNCED,
+        sync_folder,
+        unsynced_runs,
+    )
     exp = load_experiment(args.experiment, args.scale)
     triples = select(exp.folders(tuple(args.overrides)), args.only)
     if not triples:
@@ -308,8 +322,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from ..launch.claims import EXIT_CLAIMED
-    from ..launch.runner import RequeueRequested, RunClaimed, execute
+    from ..runs.claims import EXIT_CLAIMED
+    from ..runs.runner import RequeueRequested, RunClaimed, execute
     try:
         execute(args.run_dir)
     except RequeueRequested as e:

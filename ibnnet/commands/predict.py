@@ -90,7 +90,7 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         from torchvision import tv_tensors
 
-        from ..data.imagenet import decode_rgb
+        from ..data.images import decode_rgb
         index = self.indices[i]
         image = decode_rgb(self.raw.samples[index][0], self.raw.decoder)
         h, w = int(image.shape[-2]), int(image.shape[-1])
@@ -128,7 +128,7 @@ def _predictor(task, jobs: list[_Job], batch_size: int, num_workers: int):
     from torch.utils.data import DataLoader, SequentialSampler
 
     from ..data.transforms import normalize_batch
-    from ..launch.files import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     lut = torch.from_numpy(train_to_label_id_lut())
 
@@ -173,7 +173,7 @@ def cmd_predict(args) -> int:
 
     from ..config import compose
     from ..config.loader import Source
-    from ..launch.files import atomic_write_json
+    from ..files import atomic_write_json
     from ..models import load_weights
     from ..progress import progress_enabled
     from ..tasks import TASKS

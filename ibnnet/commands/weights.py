@@ -6,9 +6,16 @@ from pathlib import Path
 import torch
 
 from ..models import MODELS, RELEASES, Release
+from ..models.weights import (
+    WeightsError,
+    adapt_state_dict,
+    describe_mismatch,
+    expected_hash_prefix,
+    read_checkpoint,
+    sha256_file,
+    unwrap_state_dict,
+)
 from ..progress import progress_enabled
-from ..models.weights import (WeightsError, adapt_state_dict, describe_mismatch, expected_hash_prefix,
-                              read_checkpoint, sha256_file, unwrap_state_dict)
 
 
 def cache_dir() -> Path:

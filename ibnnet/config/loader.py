@@ -16,12 +16,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
-                              OmegaConfBaseException, ValidationError)
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from ..errors import ConfigError
 from .schema import RunConfig
-
 from .shipped import lookup_dirs, shipped_dir
 
 CONFIG_DIR = shipped_dir("configs")   # the shipped parts; the user's ./configs and IBNNET_CONFIG_PATH come first

@@ -22,7 +22,10 @@ from PIL import Image
 from ..errors import ConfigError
 from ..progress import progress_bar
 from .cityscapes import (
-    CITYSCAPES_SPLITS, cityscapes_label_path, find_cityscapes_dir, list_cityscapes_images,
+    CITYSCAPES_SPLITS,
+    cityscapes_label_path,
+    find_cityscapes_dir,
+    list_cityscapes_images,
 )
 from .gta5 import SPLIT_URL, list_frames, read_gta5_splits
 from .imagenet import list_class_folders, list_images

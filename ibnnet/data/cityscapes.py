@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..errors import DataError, DataNotFoundError
-from .imagenet import DECODERS, decode_rgb, fraction_count, select_fraction
+from .imagenet import fraction_count, select_fraction
+from .images import DECODERS, decode_rgb
 from .labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, label_lut
 
 IMAGE_SUFFIX = "_leftImg8bit.png"

@@ -11,13 +11,13 @@ steps use, e.g. dropout, and which checkpoints restore).
 """
 from __future__ import annotations
 
+import logging
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, SequentialSampler
-
-import logging
 
 from ..errors import ConfigError
 from .registry import DATASETS, build_dataset, dataset_root

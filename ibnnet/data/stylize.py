@@ -29,7 +29,6 @@ twice) and the output cropped back (the official ``--preprocess none`` instead r
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,16 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError, DataError, DataNotFoundError, DownloadError, MissingPathError
-from .imagenet import decode_rgb, list_class_folders, list_images
+from ..errors import (
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    DownloadError,
+    MissingPathError,
+)
+from ..files import atomic_output
+from .imagenet import list_class_folders, list_images
+from .images import decode_rgb
 
 STYLE_MONET_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/style_monet.pth"
 # The official download script's layout: checkpoints/<name>_pretrained/latest_net_G.pth
@@ -227,18 +234,11 @@ def _image_format(path: Path) -> str:
 
 
 def save_image_atomic(img: torch.Tensor, path: Path, quality: int = JPEG_QUALITY) -> None:
-    """Write uint8 ``[3, H, W]`` to ``path`` in the format its extension names, via a temporary file + rename."""
+    """Write uint8 ``[3, H, W]`` to ``path`` in the format its extension names, atomically."""
     fmt = _image_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            im = Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).numpy()))
-            im.save(f, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as f:
+        im = Image.fromarray(np.ascontiguousarray(img.permute(1, 2, 0).numpy()))
+        im.save(f, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:

@@ -6,7 +6,12 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .batch_norm import GhostBatchNorm2d, InstanceNorm2d, affine_from_moments, bn_moments
+from .batch_norm import (
+    GhostBatchNorm2d,
+    InstanceNorm2d,
+    affine_from_moments,
+    bn_moments,
+)
 from .kernels import use_fused
 from .moments import moment_normalize
 

@@ -16,7 +16,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .native import group_mean, pool_over_samples  # one definition each, in scriptable form
+from .native import (  # one definition each, in scriptable form
+    group_mean,
+    pool_over_samples,
+)
 
 StatsFn = Callable[..., tuple[Tensor, Tensor]]
 

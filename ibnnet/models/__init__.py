@@ -1,7 +1,23 @@
 """Models: one configurable ResNet family, registered in timm on import."""
 from .resnet import IBN_VARIANTS, ResNet, canonical_ibn
-from .weights import WeightsError, checkpoint_filter_fn, load_weights, read_checkpoint, verify_hash
-from .zoo import ARCHS, MODELS, NOT_REGISTERED, RELEASES, TIMM_WEIGHTS, VARIANTS, Release, list_models, releases_for
+from .weights import (
+    WeightsError,
+    checkpoint_filter_fn,
+    load_weights,
+    read_checkpoint,
+    verify_hash,
+)
+from .zoo import (
+    ARCHS,
+    MODELS,
+    NOT_REGISTERED,
+    RELEASES,
+    TIMM_WEIGHTS,
+    VARIANTS,
+    Release,
+    list_models,
+    releases_for,
+)
 
 __all__ = [
     "ResNet", "IBN_VARIANTS", "canonical_ibn", "ARCHS", "VARIANTS", "MODELS", "RELEASES", "Release", "TIMM_WEIGHTS",

@@ -20,8 +20,16 @@ from timm.models import checkpoint_seq
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..layers import (IBN, IBNConcat, InstanceNorm2d, PartialInstanceNorm2d, SELayer, SwitchNorm2d, canonical_norm,
-                      get_norm_layer)
+from ..layers import (
+    IBN,
+    IBNConcat,
+    InstanceNorm2d,
+    PartialInstanceNorm2d,
+    SELayer,
+    SwitchNorm2d,
+    canonical_norm,
+    get_norm_layer,
+)
 
 IBN_VARIANTS = ("none", "a", "b", "c", "d", "ad", "a2")
 _IBN_ALIASES = {"": "none", "bn": "none", "a&d": "ad", "a+d": "ad", "a_d": "ad", "ax2": "a2", "a×2": "a2",

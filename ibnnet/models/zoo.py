@@ -15,8 +15,14 @@ from typing import Any, Callable
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import (build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, is_model,
-                         model_entrypoint, register_model)
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    get_arch_pretrained_cfgs,
+    is_model,
+    model_entrypoint,
+    register_model,
+)
 
 from .resnet import ResNet
 from .weights import checkpoint_filter_fn, expected_hash_prefix

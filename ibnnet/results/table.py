@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..launch.files import atomic_write_text
-from ..launch.grid import Experiment
-from ..launch.rundir import BROKEN, DONE, PENDING
+from ..experiments.grid import Experiment
+from ..files import atomic_output, atomic_write_text
+from ..runs.folder import BROKEN, DONE, PENDING
 
 log = logging.getLogger("ibnnet")
 
@@ -52,7 +52,7 @@ def select_metrics(metrics: dict[str, Any], select: str, where: str = "") -> dic
 
 def collect(exp: Experiment, overrides: tuple[str, ...] = (), where: list[str] | None = None,
             discover: bool = True) -> list[Record]:
-    from ..launch.discover import experiment_runs, single_folders
+    from ..experiments.discover import experiment_runs, single_folders
     records = []
     select = exp.table.get("select", "final")
     for cell, cfg, folder in single_folders(experiment_runs(exp, overrides, where, discover)):
@@ -230,10 +230,9 @@ def render_plot(exp: Experiment, tab: dict[str, Any], path: Path) -> None:
     ax.set_title(exp.title or exp.name, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_output(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_table(exp: Experiment, results_root: str | Path, overrides: tuple[str, ...] = (),

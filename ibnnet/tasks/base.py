@@ -22,7 +22,6 @@ from omegaconf import OmegaConf
 from ..data.transforms import normalize_batch, prepare_batch
 from .optim import build_optimizer, linear_scaled_lr, param_groups
 
-
 # Metrics whose best is tracked per evaluation set (lower is better for *_err, higher for the others).
 _HEADLINE = ("top1_err", "top5_err", "top1_acc", "top5_acc", "miou", "pixel_acc")
 

@@ -9,9 +9,15 @@ import torch
 import yaml
 from torch import nn
 
-from ..launch.rundir import sanitize
+from ..files import sanitize
 from ..models import create_model, load_weights
-from ..models.weights import WeightsError, describe_mismatch, read_checkpoint, unwrap_state_dict, verify_hash
+from ..models.weights import (
+    WeightsError,
+    describe_mismatch,
+    read_checkpoint,
+    unwrap_state_dict,
+    verify_hash,
+)
 
 log = logging.getLogger("ibnnet")
 

@@ -21,14 +21,19 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
-from ..launch.emulation import effective_norm
-from ..layers.norm import get_norm_layer
+from ..config.emulation import effective_norm
 from ..data.transforms import normalize_batch
+from ..layers.norm import get_norm_layer
 from .base import TaskBase
-from .common import build_model, load_initial_weights, load_segmentation_weights, model_kwargs, resolve_weights_path
+from .common import (
+    build_model,
+    load_initial_weights,
+    load_segmentation_weights,
+    model_kwargs,
+    resolve_weights_path,
+)
 from .metrics import ConfusionMatrix
 from .optim import param_groups
-
 
 HEADS = ("fcn", "aspp", "deeplabv2")
 

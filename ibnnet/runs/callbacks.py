@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from ..data.transforms import normalize_batch
 from ..errors import UserError
 from ..layers import estimate_batch_average_stats
-from .rundir import RunFolder
+from .folder import RunFolder
 
 log = logging.getLogger("ibnnet")
 
@@ -219,6 +219,6 @@ def build_plugins(cfg) -> list:
     from .preemption import under_slurm_step
     if under_slurm_step():
         from lightning_fabric.plugins.environments import SLURMEnvironment
-        # Requeueing is ours (ibnnet.launch.preemption); Lightning's would save mid-batch and double-handle.
+        # Requeueing is ours (ibnnet.runs.preemption); Lightning's would save mid-batch and double-handle.
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return plugins

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 
-from . import claims
-from .rundir import FAILED, RunFolder
+from ..runs import claims
+from ..runs.folder import FAILED, RunFolder
 
 
 def run_command(folder: RunFolder) -> list[str]:

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..config.loader import ConfigError, Source, compose, dotlist_source, load_yaml
 from ..config.shipped import lookup_dirs, shipped_dir
-from .rundir import RunFolder, run_dir, run_id
+from ..runs.folder import RunFolder, run_dir, run_id
 
 EXPERIMENTS_DIR = shipped_dir("experiments")   # the user's ./experiments and IBNNET_EXPERIMENT_PATH come first
 _TOP_KEYS = {"experiment", "title", "description", "base", "overrides", "scales", "default_scale", "grid", "cases",

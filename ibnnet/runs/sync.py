@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .files import atomic_write_json, read_json
-from .rundir import RUNNING, RunFolder
+from ..files import atomic_write_json, read_json
+from .folder import RUNNING, RunFolder
 
 RECORD = "synced.json"
 SYNCED, ALREADY, NOTHING, LIVE, FAILED = "synced", "already synced", "no offline runs", "running", "failed"

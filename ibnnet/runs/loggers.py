@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import DummyExperiment
 
-from .rundir import RunFolder, sanitize
+from .folder import RunFolder, sanitize
 
 log = logging.getLogger("ibnnet")
 

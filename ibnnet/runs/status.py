@@ -5,7 +5,7 @@ import os
 import socket
 
 from . import claims
-from .rundir import BROKEN, DONE, FAILED, PENDING, REQUEUED, RUNNING, RunFolder
+from .folder import BROKEN, DONE, FAILED, PENDING, REQUEUED, RUNNING, RunFolder
 
 SUBMITTED = "submitted"
 _ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
-from .files import atomic_write_json, atomic_write_text, read_json
+from ..files import atomic_write_json, atomic_write_text, read_json, sanitize
 
 log = logging.getLogger("ibnnet")
 
@@ -56,11 +55,6 @@ def hashed_content(cfg: DictConfig) -> dict[str, Any]:
 def config_hash(cfg: DictConfig) -> str:
     canonical = json.dumps(hashed_content(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha1(canonical.encode()).hexdigest()[:8]
-
-
-def sanitize(text: str, max_len: int = 80) -> str:
-    text = re.sub(r"[^A-Za-z0-9._=+-]+", "-", str(text)).strip("-.")
-    return text[:max_len] or "run"
 
 
 def run_id(cfg: DictConfig) -> str:

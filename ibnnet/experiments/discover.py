@@ -16,8 +16,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError
+from ..runs.folder import RunFolder, hashed_content, sanitize
 from .grid import Cell, Experiment
-from .rundir import RunFolder, hashed_content, sanitize
 
 
 @dataclass

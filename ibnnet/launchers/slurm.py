@@ -3,7 +3,7 @@
 We write the batch scripts ourselves rather than using submitit: a job array is one ``sbatch``, the
 script is plain text next to the runs for anyone to read or resubmit by hand, and ``srun`` starts one
 process per device so that Lightning's SLURM environment sets up DDP (NCCL on GPUs, gloo on CPUs).
-Requeueing is ibnnet's alone (see :mod:`ibnnet.launch.preemption`); Lightning's auto-requeue is off.
+Requeueing is ibnnet's alone (see :mod:`ibnnet.runs.preemption`); Lightning's auto-requeue is off.
 
 Layout: ``<paths.runs>/<experiment>/_slurm/<time>-<k>/job.sbatch`` with ``runs.txt`` (array index ->
 run folder) and the batch shells' output; each run's training output goes to
@@ -21,13 +21,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ..config import ConfigError
+from ..config.emulation import physical_config
 from ..errors import UserError
-from .emulation import physical_config
-from .files import atomic_write_text
-from .grid import describe_cell
-from .rundir import FAILED, INTERRUPTED, PENDING
-from .runner import prepare
-from .status import SUBMITTED, live_status
+from ..experiments.grid import describe_cell
+from ..files import atomic_write_text
+from ..runs.folder import FAILED, INTERRUPTED, PENDING
+from ..runs.runner import prepare
+from ..runs.status import SUBMITTED, live_status
 
 
 def check_slurm_config(cfg: DictConfig, where: str) -> None:

@@ -18,11 +18,26 @@ import torch
 
 from ..config import compose, to_plain
 from ..errors import MissingPathError, UserError
+from ..files import atomic_write_json
 from .claims import Claim, try_claim
 from .env import git_state, host, is_rank_zero, package_versions, slurm_job
-from .files import atomic_write_json
-from .preemption import TIME_LIMIT, Preempted, PreemptionCheckpoint, SignalFlag, requeue_self, under_slurm_step
-from .rundir import DONE, FAILED, INTERRUPTED, REQUEUED, CheckpointError, RunFolder, config_hash
+from .folder import (
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    REQUEUED,
+    CheckpointError,
+    RunFolder,
+    config_hash,
+)
+from .preemption import (
+    TIME_LIMIT,
+    Preempted,
+    PreemptionCheckpoint,
+    SignalFlag,
+    requeue_self,
+    under_slurm_step,
+)
 
 log = logging.getLogger("ibnnet")
 
@@ -41,7 +56,7 @@ class RequeueRequested(Exception):
 
 def prepare(cfg, root_override: str | None = None) -> RunFolder:
     """Create (or refresh) the folder of ``cfg`` and write its resolved config."""
-    from .rundir import run_dir
+    from .folder import run_dir
     folder = RunFolder(run_dir(cfg) if root_override is None else Path(root_override))
     if is_rank_zero():
         folder.write_config(cfg)
@@ -185,13 +200,12 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
     """Train (from ``resume`` if given) and evaluate; every DDP rank runs this."""
     import pytorch_lightning as pl
 
+    from ..config.emulation import physical_config
     from ..data.datamodule import DataModule
     from ..tasks import TASKS
     from .callbacks import build_callbacks, build_plugins, evaluate_both_inference_modes
-    from .loggers import build_loggers
-
-    from .emulation import physical_config
     from .exact import ReseedEachBatch, SampleLog
+    from .loggers import build_loggers
     cfg = physical_config(cfg)  # what the processes run: fewer devices with ghost batches, if emulating
     t = cfg.trainer
     apply_numerics(t)
@@ -299,10 +313,10 @@ def _checkpoint_step(path: Path | None) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ibnnet.launch.runner RUN_DIR``: what each launched process executes."""
+    """``python -m ibnnet.runs.runner RUN_DIR``: what each launched process executes."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m ibnnet.launch.runner RUN_DIR", file=sys.stderr)
+        print("usage: python -m ibnnet.runs.runner RUN_DIR", file=sys.stderr)
         return 2
     try:
         execute(args[0])

@@ -1,1 +1,0 @@
-"""Running experiments: run folders, the runner, local and SLURM launchers, status."""
