@@ -209,13 +209,13 @@ class TransformedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item):
-        from .sampling import sample_seed
+        from .sampling import sample_seed, seed_torch
         epoch, index = item if isinstance(item, (tuple, list)) else (-1, item)
         image, target = self.dataset[index]
         s = sample_seed(self.seed, epoch, index)
         py_state = random.getstate()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
+            seed_torch(s)
             random.seed(s)
             try:
                 image, target = self.transform(image, target)

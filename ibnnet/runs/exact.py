@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
 
-from ..data.sampling import sample_seed
+from ..data.sampling import sample_seed, seed_torch
 
 _STEP_DOMAIN = 0x5EED_57E9   # keeps step seeds apart from the samples' augmentation seeds
 
@@ -31,7 +30,7 @@ class ReseedEachBatch(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         position = trainer.current_epoch * max(1, int(trainer.num_training_batches)) + batch_idx
         s = sample_seed(self.seed ^ _STEP_DOMAIN, position, trainer.global_rank)
-        torch.manual_seed(s)            # CPU and every CUDA device
+        seed_torch(s)                   # CPU, and every CUDA device once CUDA runs
         random.seed(s)
         np.random.seed(s % 2**32)
 
