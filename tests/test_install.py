@@ -63,6 +63,9 @@ def test_wheel_runs_from_any_folder(wheel_env):
             print(out.getvalue())
             assert code == 0, (args, code)
         cli("sweep", "ibn_table5", "--dry-run")
+        cli("sweep", "experiments/ibn_table3.yaml", "--dry-run")   # README paths work without a checkout
+        from ibnnet.config import compose
+        print("COMPOSED", compose("configs/imagenet_appearance.yaml").model.name)
         cli("sweep", "demo", "--launcher", "slurm", "--dry-run")
         cli("train", "tiny.yaml")
         cli("init", "proj")
@@ -72,6 +75,7 @@ def test_wheel_runs_from_any_folder(wheel_env):
     assert f"FILE {site / 'ibnnet' / '__init__.py'}" in out
     assert str(REPO) not in out.replace(f"FILE {site}", "")
     assert "experiment ibn_table5" in out and "ratio=0.25-" in out
+    assert "experiment ibn_table3" in out and "COMPOSED resnet50_ibn_a" in out
     # the SLURM script runs the environment's interpreter from the submit folder, never from a checkout
     script_text = out.split("--- sweep demo --launcher slurm --dry-run")[1].split("\n--- ")[0]
     assert f"cd {work}" in script_text and str(wheel_env["python"]) in script_text

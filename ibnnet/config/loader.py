@@ -26,7 +26,7 @@ from omegaconf.errors import (
 
 from ..errors import ConfigError
 from .schema import RunConfig
-from .shipped import lookup_dirs, shipped_dir
+from .shipped import lookup_dirs, resolve_shipped_path, shipped_dir
 
 CONFIG_DIR = shipped_dir("configs")   # the shipped parts; the user's ./configs and IBNNET_CONFIG_PATH come first
 PART_GROUPS = ("model", "data", "optim", "trainer", "logger", "launcher", "segmentation", "paths")
@@ -274,6 +274,8 @@ def compose(path: str | Path | None, overrides: Sequence[str] = (), extra: Seque
     """
     from .validate import fill_defaults, validate
 
+    if path is not None:
+        path = resolve_shipped_path(path, "configs")
     sources = (file_sources(path) if path is not None else []) + list(extra)
     parts, overrides = group_overrides(overrides, Path(path).parent if path is not None else None)
     sources += parts

@@ -54,3 +54,17 @@ def lookup_dirs(name: str) -> list[Path]:
             seen.add(key)
             out.append(d)
     return out
+
+
+def resolve_shipped_path(path: str | os.PathLike, name: str) -> Path:
+    """``path`` if it exists; else a relative ``<name>/REST`` (e.g. ``configs/demo.yaml`` in a folder without
+    configs/, as the README writes it) found under the user's and then the shipped ``name`` folders."""
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return p
+    parts = p.parts
+    rest = parts[parts.index(name) + 1:] if name in parts else ()
+    for d in lookup_dirs(name) if rest else ():
+        if d.joinpath(*rest).is_file():
+            return d.joinpath(*rest)
+    return p

@@ -35,7 +35,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..config.loader import ConfigError, Source, compose, dotlist_source, load_yaml
-from ..config.shipped import lookup_dirs, shipped_dir
+from ..config.shipped import lookup_dirs, resolve_shipped_path, shipped_dir
 from ..runs.folder import RunFolder, run_dir, run_id
 
 EXPERIMENTS_DIR = shipped_dir("experiments")   # the user's ./experiments and IBNNET_EXPERIMENT_PATH come first
@@ -104,7 +104,7 @@ class Experiment:
 
 def resolve_experiment_path(name_or_path: str | Path) -> Path:
     """A path to an experiment file, or a name looked up in ./experiments, IBNNET_EXPERIMENT_PATH, shipped."""
-    p = Path(name_or_path)
+    p = resolve_shipped_path(name_or_path, "experiments")
     if p.is_file():
         return p
     for d in lookup_dirs("experiments"):
