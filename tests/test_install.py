@@ -16,19 +16,20 @@ from pathlib import Path
 import pytest
 from helpers import REPO, TINY
 
-pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv (the README's setup installs it)")
+UV = os.environ.get("UV") or shutil.which("uv")   # `uv run` names itself in $UV
+pytestmark = pytest.mark.skipif(UV is None, reason="needs uv (the README's setup installs it)")
 
 
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("wheel")
-    subprocess.run(["uv", "build", "--wheel", "--out-dir", str(root / "dist"), str(REPO)], check=True,
+    subprocess.run([UV, "build", "--wheel", "--out-dir", str(root / "dist"), str(REPO)], check=True,
                    capture_output=True, timeout=600)
     wheel = next((root / "dist").glob("ibnnet-*.whl"))
     venv = root / "venv"
-    subprocess.run(["uv", "venv", "-q", "--python", sys.executable, str(venv)], check=True, capture_output=True)
+    subprocess.run([UV, "venv", "-q", "--python", sys.executable, str(venv)], check=True, capture_output=True)
     python = venv / "bin" / "python"
-    subprocess.run(["uv", "pip", "install", "-q", "--python", str(python), "--no-deps", str(wheel)], check=True,
+    subprocess.run([UV, "pip", "install", "-q", "--python", str(python), "--no-deps", str(wheel)], check=True,
                    capture_output=True, timeout=300)
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
