@@ -254,3 +254,23 @@ def slurm_cluster():
 # =============================================================================
 # END SLURM local-cluster fixture
 # =============================================================================
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_numerics():
+    """A run executed in the test process (``ibnnet train`` through ``cli.main``) sets process-wide numerics
+    (threads, deterministic algorithms, matmul precision), as it should in its own process; later tests in
+    this process must not inherit them (float sums, and so tight tolerances, depend on the thread count)."""
+    import torch
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_float32_matmul_precision(),
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    yield
+    threads, det, warn_only, precision, cublas = saved
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det, warn_only=warn_only)
+    torch.set_float32_matmul_precision(precision)
+    if cublas is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
