@@ -121,7 +121,7 @@ def test_styled_folder_labels_follow_the_real_val_by_folder_name(tmp_path):
 
 def test_evaluate_styled_maps_labels_to_the_real_val(tmp_path):
     """``ibnnet evaluate --styled DIR`` gives the styled set the first eval set's classes as reference."""
-    from ibnnet.commands.data import styled_eval_spec
+    from ibnnet.commands.evaluate import styled_eval_spec
     from ibnnet.config import compose
     cfg = compose("configs/imagenet.yaml", [f"paths.data={tmp_path}"])
     spec = styled_eval_spec(cfg, str(tmp_path / "styled"))
