@@ -60,7 +60,8 @@ class TaskBase(pl.LightningModule):
 
     def compile_model(self) -> None:
         """torch.compile the network in place (``trainer.compile``); state_dict keys are unchanged."""
-        self.network.compile()
+        from ..models.compiling import compile_network, training_device_type
+        compile_network(self.network, training_device_type(self.cfg.trainer.accelerator))
 
     # subclasses: self.model parameters split into backbone/head groups if they want different lrs
     def parameter_groups(self) -> list[dict]:
