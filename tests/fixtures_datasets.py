@@ -117,3 +117,79 @@ def write_imagenet(root: Path, split: str, wnids: list[str], per_class: int, siz
             arr[..., 1] = 60 + 5 * i
             arr[..., 2] = 120
             write_jpeg(root / split / wnid / f"{wnid}_{i}.JPEG", arr)
+
+
+def write_png16(path: Path, arr: np.ndarray) -> None:
+    """A 16-bit PNG (3 channels: colour type 2, or grey) as SYNTHIA's GT/LABELS files are; PIL cannot write these."""
+    import struct
+    import zlib
+    arr = np.asarray(arr, dtype=">u2")
+    h, w = arr.shape[:2]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + arr[y].tobytes() for y in range(h))   # filter type 0 per row
+    header = struct.pack(">IIBBBBB", w, h, 16, 2 if arr.ndim == 3 else 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) +
+                     chunk(b"IEND", b""))
+
+
+def write_bdd100k(root: Path, splits: dict[str, int] | None = None, size: tuple[int, int] = (8, 5)) -> None:
+    """``images/10k/<split>/*.jpg`` and 8-bit train-id masks ``labels/sem_seg/masks/<split>/*.png``
+    (every train id, 255, and one out-of-range value 19)."""
+    w, h = size
+    values = np.array(list(range(20)) + [255], dtype=np.uint8)
+    for split, n in (splits or {"train": 3, "val": 2}).items():
+        for i in range(n):
+            name = f"{split[0]}{i:04d}abcd-{i:04d}"
+            img = root / "images" / "10k" / split / f"{name}.jpg"
+            img.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb(h, w, i)).save(img, quality=90)
+            mask = root / "labels" / "sem_seg" / "masks" / split / f"{name}.png"
+            mask.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.resize(np.roll(values, i), h * w).reshape(h, w)).save(mask)
+
+
+def write_mapillary(root: Path, version: str = "v1.2", splits: dict[str, int] | None = None,
+                    size: tuple[int, int] = (12, 9)) -> None:
+    """A Mapillary Vistas release: images, palette labels holding every v1.2 class id 0..65, config json(s)."""
+    import json
+    w, h = size
+    values = np.arange(66, dtype=np.uint8)
+    cfg = {"labels": [{"name": f"class-{i}", "readable": f"Class {i}", "color": [i, 2 * i, 3 * i]}
+                      for i in range(66)]}
+    if version == "v1.2":
+        (root / "config.json").parent.mkdir(parents=True, exist_ok=True)
+        (root / "config.json").write_text(json.dumps(cfg))
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config_v1.2.json").write_text(json.dumps(cfg))
+        (root / "config_v2.0.json").write_text(json.dumps({"labels": cfg["labels"] + cfg["labels"][:58]}))
+    for split, n in (splits or {"training": 2, "validation": 2}).items():
+        for i in range(n):
+            img = root / split / "images" / f"key{i:03d}.jpg"
+            img.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb(h, w, 50 + i)).save(img, quality=90)
+            ids = np.resize(np.roll(values, 7 * i), h * w).reshape(h, w)
+            labels = root / split / ("labels" if version == "v1.2" else "v1.2/labels")
+            write_palette_label(labels / f"key{i:03d}.png", ids)
+            if version == "v2.0":   # the 124-class labels, which the reader must not read
+                write_palette_label(root / split / "v2.0" / "labels" / f"key{i:03d}.png", (ids + 58) % 124)
+
+
+def write_synthia(root: Path, n: int = 3, size: tuple[int, int] = (8, 5)) -> None:
+    """``RGB/NNNNNNN.png`` and 16-bit 3-channel ``GT/LABELS/NNNNNNN.png`` holding class ids 0..22 (plus
+    instance ids in channel 1 that must not be read)."""
+    w, h = size
+    values = np.arange(23, dtype=np.uint16)
+    for i in range(n):
+        stem = f"{i:07d}"
+        img = root / "RGB" / f"{stem}.png"
+        img.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb(h, w, 90 + i)).save(img)
+        label = np.zeros((h, w, 3), dtype=np.uint16)
+        label[..., 0] = np.resize(np.roll(values, i), h * w).reshape(h, w)
+        label[..., 1] = 1000 + i   # instance ids above 255: a reader that took 8 bits or channel 1 would be wrong
+        write_png16(root / "GT" / "LABELS" / f"{stem}.png", label)

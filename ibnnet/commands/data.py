@@ -16,7 +16,7 @@ def add_data_commands(sub) -> None:
     c = dsub.add_parser("check", help="validate a dataset folder and say what to fix",
                         description="Counts per split, missing labels, image/label size mismatches, label values "
                                     "outside the known ids; exits 1 if there are problems.")
-    c.add_argument("name", choices=("imagenet", "cityscapes", "gta5"))
+    c.add_argument("name", choices=("imagenet", "cityscapes", "gta5", "bdd100k", "mapillary", "synthia"))
     c.add_argument("root")
     c.add_argument("--no-label-values", action="store_true", help="skip decoding labels (faster)")
     add_progress_option(c)

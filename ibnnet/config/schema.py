@@ -43,7 +43,7 @@ class ModelConfig:
 class DatasetSpec:
     """One dataset split; ``name`` labels its metrics (``val/<name>/top1_err``)."""
     name: str = ""
-    dataset: str = "builtin_cls"       # builtin_cls | builtin_seg | imagenet | cityscapes | gta5 | image_folder
+    dataset: str = "builtin_cls"       # a name in ibnnet/data/registry.py DATASETS
     root: Optional[str] = None
     # image_folder: a split folder (e.g. ${paths.data}/imagenet/val) whose class-folder names define the
     # labels, so a styled copy missing some classes keeps the real val's label of every other class.
@@ -56,6 +56,8 @@ class DatasetSpec:
     resize: Optional[List[int]] = None  # [W, H] applied before augmentation (GTA5: [1024, 563])
     seed: int = 0
     optional: bool = False             # evaluation sets: skip with a warning when the folder is missing
+    # mapillary: RobustNet's evaluation geometry (height resized to it, centre square crop); None = 1536 for val, 0 = off
+    eval_size: Optional[int] = None
     scales: List[float] = field(default_factory=lambda: [1.0])  # segmentation eval: multi-scale testing
     flip: bool = False                 # segmentation eval: also average the mirrored prediction
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, DataNotFoundError
 from ..progress import progress_bar
 from .cityscapes import (
     CITYSCAPES_SPLITS,
@@ -35,6 +35,9 @@ EXPECTED = {
     "cityscapes": {"train": 2975, "val": 500, "test": 1525},
     "gta5": {"all": 24966, "train": 12403, "val": 6382, "test": 6181},
     "imagenet": {"train_classes": 1000, "val_classes": 1000, "train": 1281167, "val": 50000},
+    "bdd100k": {"train": 7000, "val": 1000},
+    "mapillary": {"train": 18000, "val": 2000},
+    "synthia": {"all": 9400},
 }
 DATASETS = tuple(EXPECTED)
 
@@ -353,11 +356,78 @@ def _check_imagenet(report: CheckReport, root: Path, limit: int, progress: bool 
                     "when reading val")
 
 
+# The domain-generalization targets: the splits to check, and the label values their files may hold.
+_DG_SPLITS = {"bdd100k": ("train", "val"), "mapillary": ("train", "val"), "synthia": ("all",)}
+_DG_VALUES = {"bdd100k": set(range(19)) | {255}, "mapillary": set(range(66)), "synthia": set(range(23))}
+_DG_LABEL_KIND = {"bdd100k": "8-bit train-id PNGs (labels/sem_seg/masks, not the colour maps)",
+                  "mapillary": "8-bit palette PNGs of the v1.2 class ids",
+                  "synthia": "16-bit PNGs of GT/LABELS (class id in the first channel)"}
+
+
+def _dg_reader(name: str):
+    from .bdd100k import BDD100K
+    from .mapillary import MapillaryVistas
+    from .synthia import SynthiaRandCityscapes
+    return {"bdd100k": BDD100K, "mapillary": MapillaryVistas, "synthia": SynthiaRandCityscapes}[name]
+
+
+def _raw_label_ids(name: str, path: str) -> np.ndarray:
+    """The ids stored in a label file (before mapping), checking the file's kind."""
+    if name == "synthia":
+        from .synthia import read_synthia_ids
+        return read_synthia_ids(path).numpy()
+    with Image.open(path) as lab:
+        if lab.mode not in ("L", "P"):
+            raise DataError(f"{path}: mode {lab.mode!r}, expected {_DG_LABEL_KIND[name]}")
+        return np.asarray(lab)
+
+
+def _check_dg_target(report: CheckReport, root: Path, limit: int, check_values: bool, progress: bool) -> None:
+    """BDD100K, Mapillary, SYNTHIA: the reader's own layout checks per split, then every label file."""
+    name = report.name
+    reader = _dg_reader(name)
+    for split in _DG_SPLITS[name]:
+        try:
+            ds = reader(root, split=split)
+        except (DataNotFoundError, DataError) as e:
+            report.problems.append(str(e))
+            report.hint(f"{name}: the expected layout is in the docstring of {reader.__module__} "
+                        "(and docs/datasets.md)")
+            continue
+        report.counts[split] = len(ds)
+        _compare(report, split, len(ds), f"{split} images")
+        if not check_values:
+            continue
+        unreadable, bad_values, mismatch = (_Capped("unreadable labels", limit), _Capped("labels with unknown values",
+                                            limit), _Capped("image/label size mismatches", limit))
+        for image_path, label_path in progress_bar(ds.samples, desc=f"{name} {split}", unit="label",
+                                                   enabled=progress):
+            try:
+                ids = _raw_label_ids(name, label_path)
+                with Image.open(image_path) as im:
+                    if im.size != (ids.shape[1], ids.shape[0]):
+                        mismatch.add(f"size mismatch: {label_path} is {ids.shape[1]}x{ids.shape[0]}, image "
+                                     f"{Path(image_path).name} is {im.size[0]}x{im.size[1]}")
+            except Exception as exc:  # noqa: BLE001  (any decoder error means the file is unusable)
+                unreadable.add(f"cannot read {label_path}: {exc}")
+                continue
+            unknown = sorted(int(v) for v in np.unique(ids) if int(v) not in _DG_VALUES[name])
+            if unknown:
+                bad_values.add(f"{label_path}: values {', '.join(map(str, unknown[:8]))} are not {name} label ids")
+        for bucket in (unreadable, bad_values, mismatch):
+            bucket.flush(report.problems)
+        if unreadable.total or bad_values.total:
+            report.hint(f"{name} labels must be the {_DG_LABEL_KIND[name]}; re-extract them from the original archive")
+        if mismatch.total:
+            report.hint("image/label size mismatches: re-extract those files, or delete the pairs")
+
+
 def check_dataset(
     name: str, root: str | os.PathLike, *, check_label_values: bool = True, max_listed: int = 20,
     progress: bool = False,
 ) -> CheckReport:
-    """Check a dataset folder; ``name`` is one of ``"imagenet"``, ``"cityscapes"``, ``"gta5"``.
+    """Check a dataset folder; ``name`` is one of :data:`DATASETS` (imagenet, cityscapes, gta5, bdd100k,
+    mapillary, synthia).
 
     ``progress``: a progress bar (stderr) over the images or class folders read."""
     key = name.lower()
@@ -373,6 +443,8 @@ def check_dataset(
         _check_cityscapes(report, root, max_listed, check_label_values, progress)
     elif key == "gta5":
         _check_gta5(report, root, max_listed, check_label_values, progress)
+    elif key in _DG_SPLITS:
+        _check_dg_target(report, root, max_listed, check_label_values, progress)
     else:
         _check_imagenet(report, root, max_listed, progress)
     return report

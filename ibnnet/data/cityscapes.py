@@ -84,8 +84,9 @@ def read_label_ids(path: str | os.PathLike) -> np.ndarray:
         return np.array(im, dtype=np.uint8)
 
 
-def load_train_ids(label_path: str | None, size_hw: tuple[int, int]) -> torch.Tensor:
-    """Train-id mask ``[H, W]`` uint8 matching ``size_hw``, applying the size-mismatch policy."""
+def load_train_ids(label_path: str | None, size_hw: tuple[int, int], lut: np.ndarray = _LUT) -> torch.Tensor:
+    """Train-id mask ``[H, W]`` uint8 matching ``size_hw``, applying the size-mismatch policy; ``lut`` maps the
+    file's ids to train ids (Cityscapes label ids by default)."""
     h, w = size_hw
     if label_path is None:
         return torch.full((h, w), IGNORE_INDEX, dtype=torch.uint8)
@@ -98,7 +99,7 @@ def load_train_ids(label_path: str | None, size_hw: tuple[int, int]) -> torch.Te
             )
             im = im.resize((w, h), Image.Resampling.NEAREST)
         ids = np.array(im, dtype=np.uint8)
-    return torch.from_numpy(_LUT[ids])
+    return torch.from_numpy(lut[ids])
 
 
 class PairedSegmentation(Dataset):
@@ -107,6 +108,7 @@ class PairedSegmentation(Dataset):
     classes = CITYSCAPES_CLASSES
     num_classes = NUM_CLASSES
     ignore_index = IGNORE_INDEX
+    label_lut: np.ndarray = _LUT    # the label files' ids -> the 19 train ids (255 = ignore)
 
     root: Path
     split: str
@@ -130,8 +132,11 @@ class PairedSegmentation(Dataset):
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         image_path, label_path = self.samples[index]
         image = decode_rgb(image_path, self.decoder)
-        mask = load_train_ids(label_path, (int(image.shape[-2]), int(image.shape[-1])))
+        mask = self._load_mask(label_path, (int(image.shape[-2]), int(image.shape[-1])))
         return tv_tensors.Image(image), tv_tensors.Mask(mask)
+
+    def _load_mask(self, label_path: str | None, size_hw: tuple[int, int]) -> torch.Tensor:
+        return load_train_ids(label_path, size_hw, self.label_lut)
 
     def _apply_fraction(self, keys: list[str], fraction: float, seed: int) -> None:
         if fraction < 1.0:

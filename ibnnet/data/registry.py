@@ -18,6 +18,9 @@ class DatasetEntry:
     augment: str                                # imagenet | light | segmentation
     description: str
     needs_root: bool = False                    # no default folder: the spec must give `root`
+    # evaluation: () -> {metric key: train ids}, extra mIoUs over the class subsets the literature reports
+    # (SYNTHIA: miou16, miou13); a function so that importing the registry stays light
+    class_subsets: Callable[[], dict[str, tuple[int, ...]]] | None = None
 
 
 def _builtin_cls(spec, root, data):
@@ -58,6 +61,26 @@ def _gta5(spec, root, data):
     return GTA5(root, split=spec.split, fraction=spec.fraction, seed=spec.seed, allow_no_split=data.gta5_allow_no_split)
 
 
+def _bdd100k(spec, root, data):
+    from .bdd100k import BDD100K
+    return BDD100K(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
+
+
+def _mapillary(spec, root, data):
+    from .mapillary import MapillaryVistas
+    return MapillaryVistas(root, split=spec.split, fraction=spec.fraction, seed=spec.seed, eval_size=spec.eval_size)
+
+
+def _synthia(spec, root, data):
+    from .synthia import SynthiaRandCityscapes
+    return SynthiaRandCityscapes(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
+
+
+def _synthia_subsets() -> dict[str, tuple[int, ...]]:
+    from .synthia import CLASS_SUBSETS
+    return dict(CLASS_SUBSETS)
+
+
 DATASETS: dict[str, DatasetEntry] = {
     "builtin_cls": DatasetEntry("classification", _builtin_cls, None, "light",
                                 "procedural shapes in two appearance domains (no download)"),
@@ -69,6 +92,12 @@ DATASETS: dict[str, DatasetEntry] = {
                                  needs_root=True),
     "cityscapes": DatasetEntry("segmentation", _cityscapes, "cityscapes", "segmentation", "Cityscapes gtFine"),
     "gta5": DatasetEntry("segmentation", _gta5, "gta5", "segmentation", "GTA5 (Playing for Data)"),
+    "bdd100k": DatasetEntry("segmentation", _bdd100k, "bdd100k", "segmentation",
+                            "BDD100K 10k semantic segmentation (19 Cityscapes classes)"),
+    "mapillary": DatasetEntry("segmentation", _mapillary, "mapillary", "segmentation",
+                              "Mapillary Vistas v1.2/v2.0, mapped to the 19 Cityscapes classes"),
+    "synthia": DatasetEntry("segmentation", _synthia, "synthia", "segmentation",
+                            "SYNTHIA-RAND-CITYSCAPES (16 of the 19 classes)", class_subsets=_synthia_subsets),
 }
 
 
@@ -81,6 +110,12 @@ def dataset_root(spec, data_root: str | Path) -> Path | None:
     if entry.default_root is None:
         return None
     return Path(data_root) / entry.default_root
+
+
+def class_subsets(dataset: str) -> dict[str, tuple[int, ...]]:
+    """Extra mIoU keys (metric name -> train ids) reported for an evaluation set of ``dataset``."""
+    entry = DATASETS.get(dataset)
+    return entry.class_subsets() if entry is not None and entry.class_subsets is not None else {}
 
 
 def build_dataset(spec, data_root: str | Path, data) -> Dataset:

@@ -30,6 +30,8 @@ log = logging.getLogger("ibnnet")
 _NOT_HASHED = ("paths", "logger", "launcher", "experiment", "scale", "run_name", "grid", "trainer.enable_progress_bar",
                "trainer.log_every_n_steps", "data.num_workers", "trainer.num_threads", "trainer.log_sample_indices")
 _NOT_HASHED_DATASET_KEYS = ("root",)   # moving a dataset does not change results
+# Dataset keys added after runs existed: at their default they stay out of the hash, so those runs keep their ids.
+_HASHED_WHEN_SET_DATASET_KEYS = {"eval_size": None}
 
 DONE, RUNNING, FAILED, PENDING, REQUEUED = "done", "running", "failed", "pending", "requeued"
 INTERRUPTED = "interrupted"   # stopped by SIGTERM outside SLURM after a checkpoint: the next sweep resumes it
@@ -49,6 +51,9 @@ def hashed_content(cfg: DictConfig) -> dict[str, Any]:
     for spec in specs:
         for k in _NOT_HASHED_DATASET_KEYS:
             spec.pop(k, None)
+        for k, default in _HASHED_WHEN_SET_DATASET_KEYS.items():
+            if k in spec and spec[k] == default:
+                del spec[k]
     return plain
 
 

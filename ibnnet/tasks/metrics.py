@@ -56,3 +56,11 @@ def segmentation_scores(confmat: Tensor) -> dict[str, Tensor]:
     miou = iou[valid].mean() if valid.any() else torch.tensor(float("nan"), dtype=cm.dtype)
     acc = tp.sum() / cm.sum().clamp(min=1)
     return {"miou": 100 * miou, "pixel_acc": 100 * acc, "iou": 100 * iou}
+
+
+def subset_miou(iou: Tensor, classes: tuple[int, ...]) -> Tensor:
+    """Mean of the per-class IoUs (in %) of ``classes``, over those present in target or prediction; the
+    SYNTHIA protocol's mIoU-16 and mIoU-13 (the other classes are not counted, even when predicted)."""
+    sel = iou[list(classes)]
+    sel = sel[~torch.isnan(sel)]
+    return sel.mean() if sel.numel() else torch.tensor(float("nan"), dtype=iou.dtype)

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from ..config.emulation import effective_norm
+from ..data.registry import class_subsets
 from ..data.transforms import normalize_batch
 from ..layers.norm import get_norm_layer
 from .base import TaskBase
@@ -32,7 +33,7 @@ from .common import (
     model_kwargs,
     resolve_weights_path,
 )
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, subset_miou
 from .optim import param_groups
 
 HEADS = ("fcn", "aspp", "deeplabv2")
@@ -236,6 +237,8 @@ class SegmentationTask(TaskBase):
         for name, metric in zip(self.val_names, self.val_metrics):
             scores = metric.compute()
             res = {"miou": self.as_float(scores["miou"]), "pixel_acc": self.as_float(scores["pixel_acc"])}
+            for key, classes in class_subsets(self.eval_specs[name].dataset).items():
+                res[key] = self.as_float(subset_miou(scores["iou"], classes))
             res.update({f"iou_{i}": self.as_float(v) for i, v in enumerate(scores["iou"])})
             res["confmat"] = scores["confmat"].cpu().tolist()
             results[name] = res
