@@ -1,6 +1,7 @@
 """The domain-generalization targets (BDD100K, Mapillary Vistas v1.2/v2.0, SYNTHIA-RAND-CITYSCAPES) on fixtures
 in their real on-disk formats, their `ibnnet data check`, SYNTHIA's 16/13-class mIoU, and the GTA5 -> three
 targets experiment run end to end."""
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,27 @@ def test_gta5_to_three_targets_runs_end_to_end(tmp_path):
     assert sum(map(sum, evals["mapillary"]["confmat"])) <= 2 * 40 * 40
     md = write_table(exp, tmp_path / "results", overrides)["markdown"].read_text()
     assert "33.85" in md and "→ BDD100K" in md and "(pending)" in md
+
+    # where the GTA5-trained SN chose IN, next to IBN-a's and IBN-b's IN (the sn_vs_ibn_dg figure)
+    from helpers import cli
+    (folder,) = [f for c, _, f in exp.folders(overrides) if c.name == "model=SN"]
+    ckpt = folder.checkpoint_dir / "last.ckpt"
+    cli("analyze", "sn-weights", "--checkpoint", f"SN={ckpt}", "--ibn-placement", "--out", tmp_path / "fig")
+    rows = list(csv.DictReader((tmp_path / "fig" / "placement_SN.csv").open()))
+    assert len(rows) == 53 and (tmp_path / "fig" / "placement_SN.png").stat().st_size > 1000
+    ibn_a = [r["layer"] for r in rows if r["IBN-a"]]
+    assert ibn_a == [f"layer{s}.{b}.bn1" for s, n in ((1, 3), (2, 4), (3, 6)) for b in range(n)]
+    assert [(r["layer"], r["IBN-b"]) for r in rows if r["IBN-b"]] == [
+        ("bn1", "IN"), ("layer1.2.bn3", "IN after this block's sum"), ("layer2.3.bn3", "IN after this block's sum")]
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    for r in rows:   # the plotted values are the softmax of the checkpoint's SN weights
+        for stat in ("mean", "var"):
+            logits = sd[f"net.backbone.{r['layer']}.{stat}_weight"].double()
+            assert float(r[f"in_{stat}"]) == pytest.approx(torch.softmax(logits, 0)[0].item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dg_gta5_multitarget", "sn_vs_ibn_dg"])
+def test_the_dg_experiments_dry_run(name):
+    from helpers import cli
+    out = cli("sweep", name, "--dry-run")
+    assert "4 cells" in out and "model=SN" in out and "model.norm=sn" in out and "GPU-hours" in out

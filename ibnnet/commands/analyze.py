@@ -51,11 +51,15 @@ def add_sn_weights_parser(asub) -> None:
                     "one group per run (batch setting); Fig. 7: per layer, by residual stage, 3x3-conv, 1x1-conv "
                     "and shortcut layers told apart. Writes network.csv/png, layers.csv, layers_<run>.png.\n\n"
                     "  ibnnet analyze sn-weights sn_table2 --cells norm=SN\n"
-                    "  ibnnet analyze sn-weights --checkpoint 8x32=a.ckpt --checkpoint 8x2=b.pth")
+                    "  ibnnet analyze sn-weights --checkpoint 8x32=a.ckpt --checkpoint 8x2=b.pth\n"
+                    "  ibnnet analyze sn-weights sn_vs_ibn_dg --cells model=SN --ibn-placement")
     experiment_args(p, positional_optional=True)
     p.add_argument("--checkpoint", action="append", metavar="[LABEL=]FILE",
                    help="a weight file or Lightning checkpoint instead of (or besides) an experiment's runs")
     p.add_argument("--which", choices=("last", "best"), default="last", help="run checkpoint to read")
+    p.add_argument("--ibn-placement", action="store_true",
+                   help="also write placement_<run>.csv/png: each SN layer's IN importance beside the IN that "
+                        "IBN-a and IBN-b place there (ResNet-50)")
     add_progress_option(p)
 
 
@@ -190,6 +194,10 @@ def cmd_sn_weights(args) -> int:
         raise MissingPathError(f"{args.experiment}: none of the {len(sources)} runs found has SN layers "
                                 "(choose SN cells with --cells)")
     paths = write_sn_weights(results, out, title)
+    if args.ibn_placement:
+        from ..analysis.sn_placement import write_placement
+        for label, layers in results.items():
+            paths.update({f"placement_{k}:{label}": v for k, v in write_placement(label, layers, out).items()})
     for label, layers in results.items():
         print(f"{label}: {len(layers)} SN layers")
     print((out / "network.csv").read_text())
