@@ -182,10 +182,11 @@ def merge_sources(sources: Iterable[Source]) -> DictConfig:
             cfg.merge_with(src.cfg)
         except (ConfigKeyError, ValidationError) as e:
             raise ConfigError(_describe(src.label, e, src.cfg)) from None
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"{src.label}: {e}") from None
-        except (TypeError, ValueError) as e:   # omegaconf's "Cannot merge incompatible container types"
-            raise ConfigError(_describe_container_clash(src.label, cfg, src.cfg) or f"{src.label}: {e}") from None
+        except (OmegaConfBaseException, TypeError, ValueError) as e:
+            # e.g. "Cannot merge incompatible container types" (a ConfigTypeError from merge_with, a
+            # TypeError/ValueError from OmegaConf.merge): say which key puts a mapping over a list
+            clash = _describe_container_clash(src.label, cfg, src.cfg)
+            raise ConfigError(clash or f"{src.label}: {e}") from None
         for key, value in src.element_updates:
             set_element(cfg, key, value, src.label)
     return cfg
