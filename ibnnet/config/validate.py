@@ -95,6 +95,13 @@ def validate(cfg: DictConfig) -> list[Problem]:
         if cfg.task == "classification":
             check(list(spec.scales) == [1.0] and not spec.flip, f"{key}.scales", list(spec.scales),
                   "multi-scale/flip testing is for segmentation")
+        if spec.corruptions is not None or spec.severities is not None:
+            from ..data.robustness import CORRUPTIONS, SEVERITIES
+            check(spec.dataset == "imagenet_c", f"{key}.corruptions", spec.dataset, "are for dataset imagenet_c")
+            for c in spec.corruptions or []:
+                choice(f"{key}.corruptions", c, CORRUPTIONS)
+            for s in spec.severities or []:
+                choice(f"{key}.severities", s, SEVERITIES)
         if spec.resize is not None:
             check(len(spec.resize) == 2 and all(v > 0 for v in spec.resize), f"{key}.resize", list(spec.resize),
                   "must be [width, height] > 0")
@@ -144,7 +151,11 @@ def validate(cfg: DictConfig) -> list[Problem]:
         check(len(v) == 2 and min(v) >= 1, f"segmentation.{key}", v, "must be [height, width] >= 1")
 
     t = cfg.trainer
-    check(t.max_epochs >= 1 or t.max_steps > 0, "trainer.max_epochs", t.max_epochs, "must be >= 1 (or set max_steps)")
+    check(t.max_epochs >= 0, "trainer.max_epochs", t.max_epochs, "must be >= 1, or 0 to only evaluate")
+    if t.max_epochs == 0 and t.max_steps <= 0:   # evaluation only: the starting weights are what is scored
+        check(bool(m.pretrained or m.pretrained_file), "trainer.max_epochs", 0,
+              "evaluates the starting weights only: set model.pretrained=true or model.pretrained_file")
+        check(len(d.val) > 0, "trainer.max_epochs", 0, "evaluates only, but data.val has no evaluation sets")
     check(t.devices == "auto" or (isinstance(t.devices, int) and t.devices >= 1), "trainer.devices", t.devices,
           "must be a positive integer or 'auto'")
     check(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "must be >= 1")

@@ -38,6 +38,10 @@ EXPECTED = {
     "bdd100k": {"train": 7000, "val": 1000},
     "mapillary": {"train": 18000, "val": 2000},
     "synthia": {"all": 9400},
+    # per corruption and severity; the 200 classes of ImageNet-R; 1000 classes x ~50 sketches
+    "imagenet_c": {"per_set": 50000},
+    "imagenet_r": {"images": 30000, "classes": 200},
+    "imagenet_sketch": {"images": 50889, "classes": 1000},
 }
 DATASETS = tuple(EXPECTED)
 
@@ -422,12 +426,54 @@ def _check_dg_target(report: CheckReport, root: Path, limit: int, check_values: 
             report.hint("image/label size mismatches: re-extract those files, or delete the pairs")
 
 
+def _check_robustness(report: CheckReport, root: Path, limit: int, progress: bool) -> None:
+    """ImageNet-C (every corruption x severity folder), ImageNet-R, ImageNet-Sketch: each read by its reader."""
+    from .robustness import CORRUPTIONS, SEVERITIES, corruption_folder, imagenet_c, imagenet_r, imagenet_sketch
+    name = report.name
+    if name == "imagenet_c":
+        missing = _Capped("missing ImageNet-C folders", limit)
+        small = []
+        for c in progress_bar(CORRUPTIONS, enabled=progress, desc="imagenet_c", unit="corruption"):
+            for s in SEVERITIES:
+                if not corruption_folder(root, c, s).is_dir():
+                    missing.add(f"missing: {_rel(corruption_folder(root, c, s), root)}/")
+                    continue
+                try:
+                    n = len(imagenet_c(root, c, s))
+                except (DataNotFoundError, DataError) as e:
+                    report.problems.append(str(e))
+                    continue
+                report.counts[f"{c}/{s}"] = n
+                if n != EXPECTED[name]["per_set"]:
+                    small.append(f"{c}/{s}: {n}")
+        missing.flush(report.problems)
+        if missing.total:
+            report.hint("unpack the four released tars (noise, blur, weather, digital) into this folder, or make the "
+                        "set with `ibnnet data corrupt <imagenet>/val " + str(root) + "`; or list the corruptions "
+                        "you have in the spec's `corruptions:` (then there is no mCE)")
+        if small:
+            report.warnings.append(f"{len(small)} sets do not have the 50000 images of the full benchmark, e.g. "
+                                   + ", ".join(small[:3]) + " (a reduced set made with --fraction is fine)")
+        return
+    reader = imagenet_r if name == "imagenet_r" else imagenet_sketch
+    try:
+        ds = reader(root)
+    except (DataNotFoundError, DataError) as e:
+        report.problems.append(str(e))
+        report.hint(f"{name}: the expected layout is in ibnnet/data/robustness.py (and docs/datasets.md)")
+        return
+    report.counts["images"] = len(ds)
+    report.counts["classes"] = len({label for _, label in ds.samples})
+    _compare(report, "images", len(ds), "images")
+    _compare(report, "classes", report.counts["classes"], "classes")
+
+
 def check_dataset(
     name: str, root: str | os.PathLike, *, check_label_values: bool = True, max_listed: int = 20,
     progress: bool = False,
 ) -> CheckReport:
     """Check a dataset folder; ``name`` is one of :data:`DATASETS` (imagenet, cityscapes, gta5, bdd100k,
-    mapillary, synthia).
+    mapillary, synthia, imagenet_c, imagenet_r, imagenet_sketch).
 
     ``progress``: a progress bar (stderr) over the images or class folders read."""
     key = name.lower()
@@ -445,6 +491,8 @@ def check_dataset(
         _check_gta5(report, root, max_listed, check_label_values, progress)
     elif key in _DG_SPLITS:
         _check_dg_target(report, root, max_listed, check_label_values, progress)
+    elif key.startswith("imagenet_"):
+        _check_robustness(report, root, max_listed, progress)
     else:
         _check_imagenet(report, root, max_listed, progress)
     return report

@@ -34,18 +34,22 @@ class DataModule(pl.LightningDataModule):
         self.task = cfg.task
         self.train_set = None
         self.val_sets: dict[str, TransformedDataset] = {}
+        # per evaluation set: the label indices a prediction may take (ImageNet-R's 200 classes), or None
+        self.val_logit_classes: list[list[int] | None] = []
         self._raw_train = None
         self.resume_position: tuple[int, int] | None = None   # (epoch, batches trained), from a checkpoint
 
     def val_specs(self) -> list:
-        """The evaluation sets to use: optional ones whose folder is missing are skipped, with a warning."""
+        """The evaluation sets to use: optional ones whose folder is missing are skipped, with a warning; a
+        spec standing for several sets (ImageNet-C: one per corruption and severity) is expanded."""
         specs = []
         for spec in self.cfg.data.val:
             root = dataset_root(spec, self.cfg.paths.data) if spec.optional else None
             if root is not None and not root.exists():
                 log.warning("evaluation set %s skipped: %s does not exist (optional)", spec.name, root)
                 continue
-            specs.append(spec)
+            expand = DATASETS[spec.dataset].expand
+            specs += expand(spec) if expand is not None else [spec]
         return specs
 
     @property
@@ -75,7 +79,9 @@ class DataModule(pl.LightningDataModule):
         if stage in (None, "fit"):
             self.raw_train_dataset()
         if not self.val_sets:
-            self.val_sets = {spec.name: self._make(spec, train=False)[1] for spec in self.val_specs()}
+            made = {spec.name: self._make(spec, train=False) for spec in self.val_specs()}
+            self.val_sets = {name: ds for name, (_, ds) in made.items()}
+            self.val_logit_classes = [getattr(raw, "logit_classes", None) for raw, _ in made.values()]
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

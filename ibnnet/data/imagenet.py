@@ -91,6 +91,9 @@ class ImageNet(Dataset):
             classes when reading a styled copy that lacks some classes).
         classes_source: where ``classes`` came from, for error messages.
         decoder: ``"torchvision"`` (default, measured faster) or ``"pil"``.
+        folder: read the class folders of this folder instead of ``root/split`` (the robustness sets:
+            ImageNet-C's ``<corruption>/<severity>``, ImageNet-R, ImageNet-Sketch); ``split`` is then a label.
+        what: the set's name in error messages.
         shrunk_short_side: if > 0 and ``<root>-<N>`` is a complete copy of this split made by
             ``ibnnet data shrink imagenet`` at short side N, read that instead (``self.shrunk`` says so).
     """
@@ -107,8 +110,10 @@ class ImageNet(Dataset):
         classes_source: str | os.PathLike | None = None,
         decoder: str = "torchvision",
         shrunk_short_side: int = 0,
+        folder: str | os.PathLike | None = None,
+        what: str = "ImageNet",
     ) -> None:
-        if split not in ("train", "val"):
+        if folder is None and split not in ("train", "val"):
             raise ValueError(f"ImageNet split must be 'train' or 'val', got {split!r}")
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
@@ -125,19 +130,20 @@ class ImageNet(Dataset):
         self.root = Path(root)
         self.split = split
         self.decoder = decoder
-        split_dir = self.root / split
+        split_dir = self.root / split if folder is None else Path(folder)
+        what = f"{what} {split}" if folder is None else what
         if not split_dir.is_dir():
             raise DataNotFoundError(
-                f"ImageNet {split} folder not found: {split_dir} (expected {split_dir}/<wnid>/*.JPEG)"
+                f"{what} folder not found: {split_dir} (expected {split_dir}/<wnid>/*.JPEG)"
             )
         folders = list_class_folders(split_dir)
         if not folders:
             if list_images(split_dir):
                 raise DataNotFoundError(
-                    f"ImageNet {split} folder {split_dir} holds images but no class folders: reorganise it "
+                    f"{what} folder {split_dir} holds images but no class folders: reorganise it "
                     f"into {split_dir}/<wnid>/ (for val, using the devkit's ground-truth labels)"
                 )
-            raise DataNotFoundError(f"ImageNet {split} folder is empty: {split_dir} (expected <wnid>/ folders)")
+            raise DataNotFoundError(f"{what} folder is empty: {split_dir} (expected <wnid>/ folders)")
 
         if classes is None:
             all_classes = folders

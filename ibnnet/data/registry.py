@@ -15,12 +15,14 @@ class DatasetEntry:
     task: str                                   # classification | segmentation
     build: Callable[[Any, Path | None, Any], Dataset]   # (spec, root, data config) -> raw dataset
     default_root: str | None                    # folder under paths.data; None: needs no files
-    augment: str                                # imagenet | light | segmentation
+    augment: str                                # imagenet | center_crop | light | segmentation
     description: str
     needs_root: bool = False                    # no default folder: the spec must give `root`
     # evaluation: () -> {metric key: train ids}, extra mIoUs over the class subsets the literature reports
     # (SYNTHIA: miou16, miou13); a function so that importing the registry stays light
     class_subsets: Callable[[], dict[str, tuple[int, ...]]] | None = None
+    # spec -> the specs it stands for, each one evaluation set (ImageNet-C: one per corruption and severity)
+    expand: Callable[[Any], list[Any]] | None = None
 
 
 def _builtin_cls(spec, root, data):
@@ -76,6 +78,37 @@ def _synthia(spec, root, data):
     return SynthiaRandCityscapes(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
 
 
+def _imagenet_c(spec, root, data):
+    from .robustness import imagenet_c
+    if len(spec.corruptions or ()) != 1 or len(spec.severities or ()) != 1:
+        raise ConfigError(f"{spec.name}: an ImageNet-C reader reads one corruption at one severity (the data "
+                          "module expands a spec into one evaluation set each)")
+    return imagenet_c(root, spec.corruptions[0], spec.severities[0], class_subset=data.class_subset,
+                      fraction=spec.fraction, seed=spec.seed)
+
+
+def _expand_imagenet_c(spec) -> list:
+    from omegaconf import OmegaConf
+
+    from .robustness import imagenet_c_sets
+    out = []
+    for name, corruption, severity in imagenet_c_sets(spec):
+        one = OmegaConf.merge(spec, {"name": name, "corruptions": [corruption], "severities": [severity]})
+        OmegaConf.set_readonly(one, True)
+        out.append(one)
+    return out
+
+
+def _imagenet_r(spec, root, data):
+    from .robustness import imagenet_r
+    return imagenet_r(root, class_subset=data.class_subset, fraction=spec.fraction, seed=spec.seed)
+
+
+def _imagenet_sketch(spec, root, data):
+    from .robustness import imagenet_sketch
+    return imagenet_sketch(root, class_subset=data.class_subset, fraction=spec.fraction, seed=spec.seed)
+
+
 def _synthia_subsets() -> dict[str, tuple[int, ...]]:
     from .synthia import CLASS_SUBSETS
     return dict(CLASS_SUBSETS)
@@ -90,6 +123,14 @@ DATASETS: dict[str, DatasetEntry] = {
     "image_folder": DatasetEntry("classification", _image_folder, None, "imagenet",
                                  "class folders in ImageNet's layout, e.g. a Monet-styled copy of val",
                                  needs_root=True),
+    # Robustness sets, labelled in ImageNet-1k's 1000 classes (ibnnet/data/robustness.py)
+    "imagenet_c": DatasetEntry("classification", _imagenet_c, "imagenet-c", "center_crop",
+                               "ImageNet-C: 15 corruptions x 5 severities of val (224 px; mCE)",
+                               expand=_expand_imagenet_c),
+    "imagenet_r": DatasetEntry("classification", _imagenet_r, "imagenet-r", "imagenet",
+                               "ImageNet-R: renditions of 200 classes (scored on those 200 logits)"),
+    "imagenet_sketch": DatasetEntry("classification", _imagenet_sketch, "imagenet-sketch", "imagenet",
+                                    "ImageNet-Sketch: 50 sketches of each of the 1000 classes"),
     "cityscapes": DatasetEntry("segmentation", _cityscapes, "cityscapes", "segmentation", "Cityscapes gtFine"),
     "gta5": DatasetEntry("segmentation", _gta5, "gta5", "segmentation", "GTA5 (Playing for Data)"),
     "bdd100k": DatasetEntry("segmentation", _bdd100k, "bdd100k", "segmentation",

@@ -168,6 +168,12 @@ def build_transform(spec, policy: str, augment, train: bool, normalize: bool = F
             steps += pca_lighting(augment)   # float image in [0, 1] from here: normalised below, in the worker
         else:
             steps += [v2.Resize(augment.eval_resize, antialias=True), v2.CenterCrop(augment.image_size)]
+    elif policy == "center_crop":
+        # Sets stored already resized and cropped (ImageNet-C's 224 px images): the authors' evaluation
+        # (hendrycks/robustness ImageNet-C/test.py) only centre-crops them, a second resize would zoom in.
+        if train:
+            raise ValueError(f"{spec.name}: an evaluation-only set (centre crop) cannot be a training set")
+        steps += [v2.CenterCrop(augment.image_size)]
     elif policy == "light":
         if train:
             steps += [v2.RandomHorizontalFlip()]

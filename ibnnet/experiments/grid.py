@@ -41,7 +41,7 @@ from ..runs.folder import RunFolder, run_dir, run_id
 EXPERIMENTS_DIR = shipped_dir("experiments")   # the user's ./experiments and IBNNET_EXPERIMENT_PATH come first
 _TOP_KEYS = {"experiment", "title", "description", "base", "overrides", "scales", "default_scale", "grid", "cases",
              "exclude", "patches", "table", "paper", "notes"}
-_TABLE_KEYS = {"rows", "columns", "metrics", "format", "eval_labels", "row_title", "join", "select"}
+_TABLE_KEYS = {"rows", "columns", "metrics", "eval_metrics", "format", "eval_labels", "row_title", "join", "select"}
 
 
 @dataclass
@@ -246,6 +246,10 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
         for key in keys if isinstance(keys, list) else [keys]:
             if key is not None and key not in axes + ["eval"]:
                 raise ConfigError(f"{path}: table.{k}={key!r} is neither a grid axis ({', '.join(axes)}) nor 'eval'")
+    eval_metrics = table.get("eval_metrics") or {}
+    if not isinstance(eval_metrics, dict) or not all(isinstance(v, list) and v for v in eval_metrics.values()):
+        raise ConfigError(f"{path}: table.eval_metrics must map evaluation-set names to metric lists, "
+                          f"e.g. {{imagenet_c: [mce, relative_mce]}}")
     paper = list(data.get("paper") or [])
     for i, entry in enumerate(paper):
         names_a_cell = isinstance(entry, dict) and (not axes or any(k in axes + ["eval"] for k in entry))

@@ -27,7 +27,7 @@ from ..runs.folder import BROKEN, DONE, PENDING
 log = logging.getLogger("ibnnet")
 
 METRIC_LABELS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc", "top5_acc": "top-5 acc",
-                 "miou": "mIoU", "pixel_acc": "pixel acc"}
+                 "miou": "mIoU", "pixel_acc": "pixel acc", "mce": "mCE", "relative_mce": "relative mCE"}
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Record:
     status: str
     run_id: str
     metrics: dict[str, float]
+    evaluation_only: bool = False   # the run scored its starting weights (trainer.max_epochs: 0)
 
 
 def select_metrics(metrics: dict[str, Any], select: str, where: str = "") -> dict[str, Any]:
@@ -65,7 +66,8 @@ def collect(exp: Experiment, overrides: tuple[str, ...] = (), where: list[str] |
         for spec in cfg.data.val:
             values = per_eval.get(spec.name) or {}
             records.append(Record(dict(cell.labels), spec.name, status, folder.path.name,
-                                  {k: v for k, v in values.items() if isinstance(v, (int, float))}))
+                                  {k: v for k, v in values.items() if isinstance(v, (int, float))},
+                                  bool(metrics.get("evaluation_only"))))
     return records
 
 
@@ -105,6 +107,8 @@ def build_table(exp: Experiment, records: list[Record]) -> dict[str, Any]:
     rows_key = t.get("rows") or (exp.axes[0] if exp.axes else "eval")
     cols_key = t.get("columns")
     metrics = list(t.get("metrics") or (["top1_err", "top5_err"] if _is_cls(records) else ["miou", "pixel_acc"]))
+    # Evaluation sets whose cells show other metrics (ImageNet-C: mCE / relative mCE instead of an error)
+    eval_metrics = {str(k): list(v) for k, v in (t.get("eval_metrics") or {}).items()}
     fmt = t.get("format", "{:.2f}")
     eval_labels = t.get("eval_labels") or {}
 
@@ -139,12 +143,15 @@ def build_table(exp: Experiment, records: list[Record]) -> dict[str, Any]:
                 raise ValueError(f"{exp.path}: table cell ({rv}, {cv}) has {len(recs)} runs; put axis "
                                  f"{', '.join(hidden) or 'eval'} in rows or columns")
             rec = recs[0] if recs else None
-            ours = [rec.metrics.get(m) if rec else None for m in metrics]
-            paper = [paper_value(exp, rec.labels, rec.eval, m) if rec else None for m in metrics]
+            shown = eval_metrics.get(rec.eval, metrics) if rec else metrics
+            ours = [rec.metrics.get(m) if rec else None for m in shown]
+            paper = [paper_value(exp, rec.labels, rec.eval, m) if rec else None for m in shown]
             cells[(rv, cv)] = {"ours": ours, "paper": paper, "status": rec.status if rec else "",
-                               "run_id": rec.run_id if rec else ""}
+                               "run_id": rec.run_id if rec else "", "metrics": shown}
+    done = [r for r in records if r.status == DONE]
     return {"rows_key": rows_key, "cols_key": cols_key, "rows": row_values, "cols": col_values,
-            "metrics": metrics, "fmt": fmt, "cells": cells, "show": show}
+            "evaluation_only": bool(done) and all(r.evaluation_only for r in done),
+            "metrics": metrics, "eval_metrics": eval_metrics, "fmt": fmt, "cells": cells, "show": show}
 
 
 def _is_cls(records: list[Record]) -> bool:
@@ -166,8 +173,10 @@ def render_markdown(exp: Experiment, tab: dict[str, Any]) -> str:
     scale = f", scale `{exp.scale}`" if exp.scale else ""
     legend = " Δ = ours − paper. – = not run / not finished / not in the paper." if with_paper else ""
     when = (" at each run's best validation epoch (table.select: best)" if exp.table.get("select") == "best"
-            else " after the last epoch")
-    lines.append(f"Values: {metric_names} (%){when}{scale}.{legend}\n")
+            else " of the starting weights, nothing trained" if tab.get("evaluation_only") else " after the last epoch")
+    others = "".join(f"; {tab['show'](name, 'eval')}: " + "/".join(METRIC_LABELS.get(m, m) for m in ms)
+                     for name, ms in tab.get("eval_metrics", {}).items())
+    lines.append(f"Values: {metric_names}{others} (%){when}{scale}.{legend}\n")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     fmt = tab["fmt"]
@@ -192,7 +201,7 @@ def render_csv(exp: Experiment, tab: dict[str, Any]) -> str:
     for rv in tab["rows"]:
         for cv in tab["cols"]:
             c = tab["cells"][(rv, cv)]
-            for m, ours, paper in zip(tab["metrics"], c["ours"], c["paper"]):
+            for m, ours, paper in zip(c["metrics"], c["ours"], c["paper"]):
                 delta = ours - paper if ours is not None and paper is not None else None
                 w.writerow([rv, cv, m, _num(ours), _num(paper), _num(delta), c["status"], c["run_id"]])
     return buf.getvalue()
@@ -213,6 +222,7 @@ def render_plot(exp: Experiment, tab: dict[str, Any], path: Path) -> None:
     x = np.arange(len(rows))
     width = 0.8 / max(1, len(cols))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) * max(1, len(cols)) ** 0.5 + 2), 3.8))
+    paper_shown = False
     for j, cv in enumerate(cols):
         ours = [tab["cells"][(rv, cv)]["ours"][0] for rv in rows]
         paper = [tab["cells"][(rv, cv)]["paper"][0] for rv in rows]
@@ -221,12 +231,15 @@ def render_plot(exp: Experiment, tab: dict[str, Any], path: Path) -> None:
         bars = ax.bar(pos, [np.nan if v is None else v for v in ours], width * 0.9, label=label)
         if any(v is not None for v in paper):
             ax.scatter(pos, [np.nan if v is None else v for v in paper], marker="_", s=300, color="black",
-                       zorder=3, label="paper" if j == 0 else None)
+                       zorder=3, label=None if paper_shown else "paper")
+            paper_shown = True
         for b, v in zip(bars, ours):
             if v is not None:
                 ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, [show(rv, tab["rows_key"]) for rv in rows], rotation=20 if len(rows) > 4 else 0)
-    ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (%)")
+    others = "".join(f", {show(name, 'eval')}: {METRIC_LABELS.get(ms[0], ms[0])}"
+                     for name, ms in tab.get("eval_metrics", {}).items() if name in cols or name in rows)
+    ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (%){others}", fontsize=8 if others else None)
     ax.set_title(exp.title or exp.name, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()

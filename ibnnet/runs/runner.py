@@ -197,7 +197,11 @@ def _handle_requeue(cfg, folder: RunFolder, e: RequeueRequested) -> None:
 
 def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
                        resume: Path | None = None) -> dict[str, Any]:
-    """Train (from ``resume`` if given) and evaluate; every DDP rank runs this."""
+    """Train (from ``resume`` if given) and evaluate; every DDP rank runs this.
+
+    ``trainer.max_epochs=0`` (without max_steps): evaluation only, of the starting weights (``model.pretrained``
+    or ``model.pretrained_file``), e.g. the official ImageNet weights on the robustness sets.
+    """
     import pytorch_lightning as pl
 
     from ..config.emulation import physical_config
@@ -236,6 +240,11 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
         plugins=build_plugins(cfg),
     )
     import warnings
+    if evaluation_only(t):
+        trainer.validate(task, datamodule=dm, verbose=False)
+        inference = evaluate_both_inference_modes(trainer, task, dm)
+        return {"metrics": task.last_val, "best": None, "epoch": 0, "global_step": 0,
+                "world_size": trainer.world_size, "inference": {**inference, "evaluation_only": True}}
     try:
         with warnings.catch_warnings():
             # Our loader does resume mid-epoch, through the data module's checkpointed position
@@ -261,6 +270,11 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
         "class_names": list(class_names) if class_names is not None and len(class_names) <= 100 else None,
         "inference": inference,
     }
+
+
+def evaluation_only(t) -> bool:
+    """``trainer.max_epochs=0`` and no ``max_steps``: score the starting weights, train nothing."""
+    return t.max_epochs == 0 and (t.max_steps is None or t.max_steps <= 0)
 
 
 def apply_numerics(t) -> None:
