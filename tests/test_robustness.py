@@ -192,16 +192,28 @@ def test_robustness_experiment_evaluates_official_weights_end_to_end(tmp_path):
     assert evals["imagenet_r"]["top1_err"] == pytest.approx(100 / 3) == 100 * (pred_r != y).float().mean().item()
     assert evals["sketch"]["top1_err"] == 0 and evals["origin"]["top1_err"] == 50   # class 0 everywhere
 
+    # any checkpoint on the same sets, without a sweep: `ibnnet evaluate` takes the evaluation-only config
+    cli("evaluate", "configs/imagenet_robustness.yaml", "--checkpoint", tmp_path / "weights.pth", "--appearance",
+        "none", "--out", tmp_path / "eval", "--no-progress", *overrides, "model.name=resnet50_ibn_a",
+        "data.val=[{name: origin, dataset: imagenet, split: val}, {name: imagenet_r, dataset: imagenet_r, split: val}]")
+    evaluated = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["results"]
+    assert evaluated["imagenet_r"] == evals["imagenet_r"] and evaluated["origin"] == evals["origin"]
+
     paths = write_table(exp, tmp_path / "results", overrides)
     md = paths["markdown"].read_text()
     row = next(line for line in md.splitlines() if line.startswith("| IBN-Net50-a"))
     assert f"{evals['imagenet_c']['mce']:.2f}/{evals['imagenet_c']['relative_mce']:.2f}" in row
     assert "76.70" in md and "ImageNet-C mCE / rel. mCE: mCE/relative mCE (%) of the starting weights" in md
     assert paths["plot"].stat().st_size > 1000 and "(pending)" in md   # the two cells not run
+    assert paths["corruptions"].stat().st_size > 1000   # CE per corruption, error per severity
+    assert evals["imagenet_c"]["err_severity_5"] == pytest.approx(
+        np.mean([evals[f"imagenet_c/{c}/5"]["top1_err"] for c in CORRUPTIONS]))
 
 
 def test_evaluation_only_needs_starting_weights_and_known_corruptions():
     from helpers import cli
+    out = cli("sweep", "robustness_imagenet", "--dry-run", "--scale", "full")
+    assert "3 cells" in out and "model.name=resnet50_ibn_b" in out and "GPU-hours" in out
     with pytest.raises(AssertionError) as e:
         cli("sweep", "robustness_imagenet", "--dry-run", "model.pretrained=false")
     assert "trainer.max_epochs" in str(e.value) and "model.pretrained=true or model.pretrained_file" in str(e.value)

@@ -54,7 +54,12 @@ def run(args) -> int:
     bad = [k for k in kinds if k not in ALL_APPEARANCES]
     if bad:
         raise ConfigError(f"--appearance: unknown transform(s) {bad}; choose from {', '.join(ALL_APPEARANCES)}")
-    base = compose(args.config, args.overrides)
+    # The weights evaluated are the checkpoint's: recorded as the starting weights, which is also what lets an
+    # evaluation-only config (trainer.max_epochs: 0, configs/imagenet_robustness.yaml) take a checkpoint.
+    weights = ([Source("--checkpoint", OmegaConf.create({"model": {"pretrained": False,
+                                                                   "pretrained_file": str(args.checkpoint)}}))]
+               if args.checkpoint else [])
+    base = compose(args.config, args.overrides, extra=weights)
     if not base.data.val:
         raise ConfigError(f"{args.config}: no evaluation sets (data.val) to evaluate on")
     val = []
@@ -63,7 +68,7 @@ def run(args) -> int:
             val.append(dict(spec, appearance=kind, name=spec["name"] if kind == "none" else f"{spec['name']}_{kind}"))
     if args.styled:
         val.append(styled_eval_spec(base, args.styled))
-    extra = [Source("evaluate", OmegaConf.create({"data": {"val": val}}))]
+    extra = weights + [Source("evaluate", OmegaConf.create({"data": {"val": val}}))]
     cfg = compose(args.config, args.overrides, extra=extra)
     progress = progress_enabled(args.progress, default=cfg.trainer.enable_progress_bar)
     download_progress(progress)
@@ -83,10 +88,12 @@ def run(args) -> int:
         return 0
     results = task.last_val
     metrics = ("top1_err", "top5_err") if cfg.task == "classification" else ("miou", "pixel_acc")
+    # ImageNet-C's summary row (ibnnet/data/robustness.py) also has mCE and relative mCE
+    metrics += tuple(m for m in ("mce", "relative_mce") if any(m in v for v in results.values()))
     lines = [f"# Evaluation of {args.checkpoint or cfg.model.name}", "",
              "| eval set | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for name, values in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{values[m]:.2f}" for m in metrics) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{values[m]:.2f}" if m in values else "–" for m in metrics) + " |")
     table = "\n".join(lines) + "\n"
     out = Path(args.out or Path(cfg.paths.results) / "evaluate" / cfg.model.name)
     atomic_write_text(out / "evaluation.md", table)

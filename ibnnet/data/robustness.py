@@ -188,7 +188,8 @@ def imagenet_c_summary(errors: Mapping[tuple[str, int], float], clean_error: flo
     """ImageNet-C's metrics from top-1 errors in % (``errors[(corruption, severity)]``).
 
     Always: ``top1_err`` (and ``top5_err``), the mean error over every corruption and severity (the
-    unnormalised mCE), and ``err_<corruption>`` (mean over severities). With all 5 severities of a
+    unnormalised mCE), ``err_<corruption>`` (mean over severities) and ``err_severity_<s>`` (mean over
+    corruptions). With all 5 severities of a
     corruption and a 1000-class model: ``ce_<corruption>`` (CE, %, AlexNet = 100); with all 15 corruptions
     too: ``mce``; with ``clean_error`` as well: ``relative_mce`` and ``rel_ce_<corruption>``. AlexNet's
     errors are those of the 1000-way task: a class subset has no published normaliser, so none is made up.
@@ -197,8 +198,11 @@ def imagenet_c_summary(errors: Mapping[tuple[str, int], float], clean_error: flo
     if top5:
         out["top5_err"] = _mean(list(top5.values()))
     by_c: dict[str, dict[int, float]] = {}
+    by_s: dict[int, list[float]] = {}
     for (c, s), e in errors.items():
         by_c.setdefault(c, {})[s] = e
+        by_s.setdefault(s, []).append(e)
+    out.update({f"err_severity_{s}": _mean(v) for s, v in sorted(by_s.items())})
     ce, rel = {}, {}
     for c, per_s in by_c.items():
         mean = _mean(list(per_s.values()))

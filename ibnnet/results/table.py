@@ -259,4 +259,7 @@ def write_table(exp: Experiment, results_root: str | Path, overrides: tuple[str,
     atomic_write_text(paths["markdown"], render_markdown(exp, tab))
     atomic_write_text(paths["csv"], render_csv(exp, tab))
     render_plot(exp, tab, paths["plot"])
+    from .corruptions import render_corruption_figure
+    if render_corruption_figure(exp, records, out / "corruptions.png"):
+        paths["corruptions"] = out / "corruptions.png"
     return paths
