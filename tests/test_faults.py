@@ -101,7 +101,7 @@ def test_an_unreachable_wandb_server_never_stops_training(tmp_path):
     path = config(tmp_path, BODY.replace("{logger: disabled}", "{logger: default}").replace("max_epochs: 2",
                                                                                             "max_epochs: 1"))
     env = dict(ENV, WANDB_MODE="online", WANDB_BASE_URL="http://127.0.0.1:9", WANDB_API_KEY="x" * 40,
-               WANDB_INIT_TIMEOUT="10")
+               WANDB_INIT_TIMEOUT="3")
     proc = subprocess.run([sys.executable, "-m", "ibnnet", "train", str(path)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -151,7 +151,7 @@ def test_robustness_experiment_evaluates_official_weights_end_to_end(tmp_path):
 
     root = tmp_path / "data"
     write_val(root / "imagenet" / "val", per_class=((NOT_R, 1), (R_IN, 1)), size=(80, 64))
-    cli("data", "corrupt", root / "imagenet" / "val", root / "imagenet-c", "--resize", "72", "--crop", "64",
+    cli("data", "corrupt", root / "imagenet" / "val", root / "imagenet-c", "--resize", "36", "--crop", "32",
         "--workers", "2", "--no-progress")
     write_val(root / "imagenet-r" / "imagenet-r", per_class=((R_IN, 2), ("n01484850", 1)), all_classes=False)
     write_val(root / "imagenet-sketch" / "sketch", per_class=((NOT_R, 1),), all_classes=False)
@@ -167,7 +167,7 @@ def test_robustness_experiment_evaluates_official_weights_end_to_end(tmp_path):
     overrides = (f"paths.data={root}", f"paths.runs={tmp_path / 'runs'}", "model.pretrained=false",
                  f"model.pretrained_file={tmp_path / 'weights.pth'}", "trainer.accelerator=cpu",
                  "data.num_workers=0", "logger.wandb.enabled=false", "trainer.enable_progress_bar=false",
-                 "data.augment.image_size=64", "data.augment.eval_resize=72", "data.eval_batch_size=4")
+                 "data.augment.image_size=32", "data.augment.eval_resize=36", "data.eval_batch_size=4")
     exp, metrics = run_cell("robustness_imagenet", "model=IBN-Net50-a", overrides, "full")
     evals = metrics["metrics"]
     assert metrics["evaluation_only"] and metrics["epochs"] == 0 and metrics["global_step"] == 0
@@ -180,7 +180,7 @@ def test_robustness_experiment_evaluates_official_weights_end_to_end(tmp_path):
 
     # ImageNet-R: the prediction ranges over its 200 classes only, as its authors' eval.py scores it
     from torchvision.transforms import v2
-    tf = v2.Compose([v2.Resize(72, antialias=True), v2.CenterCrop(64)])
+    tf = v2.Compose([v2.Resize(36, antialias=True), v2.CenterCrop(32)])
     ds = imagenet_r(root / "imagenet-r")
     x = torch.stack([tf(ds[i][0]) for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])
