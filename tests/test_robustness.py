@@ -99,6 +99,15 @@ def test_imagenet_c_generation_follows_the_recipe_and_resumes(tmp_path):
     assert other.written == 48
     for f in dst.rglob("*.JPEG"):
         assert (tmp_path / "c1" / f.relative_to(dst)).read_bytes() == f.read_bytes(), f
+    # split over two jobs (--shard K/N), the same bytes; a run without a shard then finds everything done
+    for k in (0, 1):
+        assert corrupt_imagenet(src, tmp_path / "c2", shard=(k, 2), **kw).written == 24
+    assert sorted(p.relative_to(tmp_path / "c2") for p in (tmp_path / "c2").rglob("*.JPEG")) == \
+        sorted(p.relative_to(dst) for p in dst.rglob("*.JPEG"))
+    assert all((tmp_path / "c2" / f.relative_to(dst)).read_bytes() == f.read_bytes() for f in dst.rglob("*.JPEG"))
+    assert corrupt_imagenet(src, tmp_path / "c2", **kw).written == 0
+    marker = json.loads((tmp_path / "c2" / MARKER).read_text())
+    assert "glass_blur/5" in marker["done"] and "snow/1" not in marker["done"]
     marker = json.loads((dst / MARKER).read_text())
     assert marker["quality"] == 85 and not marker["complete"]   # 6 of the 15 corruptions
     with pytest.raises(DataError, match="quality 85 -> 90"):

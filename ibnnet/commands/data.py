@@ -72,6 +72,9 @@ def add_data_commands(sub) -> None:
     cr.add_argument("--crop", type=int, default=224, help="centre crop (default 224, the released set's)")
     cr.add_argument("--quality", type=int, default=85, help="JPEG quality (default 85, the released set's)")
     cr.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
+    cr.add_argument("--shard", metavar="K/N", help="only every N-th class folder from the K-th (0-based), to split "
+                                                   "the ~90 CPU-hours over N jobs, e.g. --shard $SLURM_ARRAY_TASK_ID/32; "
+                                                   "then run once without --shard to check and mark the set complete")
     add_progress_option(cr)
 
 
@@ -134,9 +137,17 @@ def cmd_data_shrink(args) -> int:
 
 def cmd_data_corrupt(args) -> int:
     from ..data.corruptions import MARKER, corrupt_imagenet
+    shard = None
+    if args.shard:
+        try:
+            k, n = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            raise ConfigError(f"--shard must be K/N (e.g. 3/32), got {args.shard!r}") from None
+        shard = (k, n)
     summary = corrupt_imagenet(args.src, args.dst, corruptions=args.corruptions, severities=args.severities,
                                fraction=args.fraction, seed=args.seed, resize=args.resize, crop=args.crop,
-                               quality=args.quality, workers=args.workers, progress=progress_enabled(args.progress))
+                               quality=args.quality, workers=args.workers, shard=shard,
+                               progress=progress_enabled(args.progress))
     print(f"[ibnnet] {args.dst}: {summary.written} corrupted images written, {summary.skipped} done before, "
           f"{len(summary.failed)} source images failed, {summary.seconds:.0f} s")
     for path, err in summary.failed[:10]:
