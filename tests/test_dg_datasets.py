@@ -174,20 +174,44 @@ def test_gta5_to_three_targets_runs_end_to_end(tmp_path):
     # mapillary was evaluated at the requested square size: 40 x 40 pixels per image, minus ignored ones
     assert sum(map(sum, evals["mapillary"]["confmat"])) <= 2 * 40 * 40
     md = write_table(exp, tmp_path / "results", overrides)["markdown"].read_text()
-    assert "33.85" in md and "→ BDD100K" in md and "(pending)" in md
+    assert "→ BDD100K" in md and "(pending)" in md
+    # RobustNet's IBN-Net row (IBN-b's placement in their code) sits on our IBN-Net50-b row, nowhere else
+    (ibn_b,) = [line for line in md.splitlines() if line.startswith("| IBN-Net50-b")]
+    assert all(v in ibn_b for v in ("33.85", "32.30", "37.75")) and md.count("33.85") == 1
 
-    # where the GTA5-trained SN chose IN, next to IBN-a's and IBN-b's IN (the sn_vs_ibn_dg figure)
+
+def test_sn_vs_ibn_dg_runs_its_sn_cell_and_draws_where_sn_chose_in(tmp_path):
+    """experiments/sn_vs_ibn_dg.yaml, its SN cell on fixtures with the SN paper's segmentation protocol (DeepLab
+    v2 head, auxiliary loss 0.4): the table renders, and `analyze sn-weights sn_vs_ibn_dg --ibn-placement` draws
+    each SN layer's IN importance beside IBN-a's and IBN-b's IN, from that run's checkpoint."""
     from helpers import cli
-    (folder,) = [f for c, _, f in exp.folders(overrides) if c.name == "model=SN"]
-    ckpt = folder.checkpoint_dir / "last.ckpt"
-    cli("analyze", "sn-weights", "--checkpoint", f"SN={ckpt}", "--ibn-placement", "--out", tmp_path / "fig")
+    from test_paper_experiments import run_cell, tiny
+
+    from ibnnet.results.table import write_table
+    root = tmp_path / "data"
+    write_cityscapes(root / "cityscapes", splits={"train": {"aachen": 1}, "val": {"frankfurt": 1}}, size=(64, 32))
+    write_gta5(root / "gta5", n=4, size=(64, 32))
+    write_split_mat(root / "gta5", train=[1, 2], val=[3, 4], test=[])
+    write_bdd100k(root / "bdd100k", {"val": 1}, size=(48, 32))
+    write_mapillary(root / "mapillary", "v1.2", {"validation": 1}, size=(48, 36))
+    overrides = tiny(tmp_path, root, seg=True) + ("data.train.resize=null", "data.val.2.eval_size=40")
+    exp, metrics = run_cell("sn_vs_ibn_dg", "model=SN", overrides, "reduced")
+    assert set(metrics["metrics"]) == {"cityscapes", "bdd100k", "mapillary"}
+    (_, cfg, folder), = [t for t in exp.folders(overrides) if t[0].name == "model=SN"]
+    assert (cfg.segmentation.head, cfg.segmentation.aux_weight, cfg.model.norm) == ("deeplabv2", 0.4, "sn")
+    paths = write_table(exp, tmp_path / "results", overrides)
+    assert "| SN |" in paths["markdown"].read_text() and paths["plot"].stat().st_size > 1000
+
+    # where the GTA5-trained SN chose IN, next to IBN-a's and IBN-b's IN, found through the experiment
+    cli("analyze", "sn-weights", "sn_vs_ibn_dg", "--scale", "reduced", "--cells", "model=SN", "--ibn-placement",
+        "--out", tmp_path / "fig", *overrides)
     rows = list(csv.DictReader((tmp_path / "fig" / "placement_SN.csv").open()))
     assert len(rows) == 53 and (tmp_path / "fig" / "placement_SN.png").stat().st_size > 1000
     ibn_a = [r["layer"] for r in rows if r["IBN-a"]]
     assert ibn_a == [f"layer{s}.{b}.bn1" for s, n in ((1, 3), (2, 4), (3, 6)) for b in range(n)]
     assert [(r["layer"], r["IBN-b"]) for r in rows if r["IBN-b"]] == [
         ("bn1", "IN"), ("layer1.2.bn3", "IN after this block's sum"), ("layer2.3.bn3", "IN after this block's sum")]
-    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    sd = torch.load(folder.checkpoint_dir / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     for r in rows:   # the plotted values are the softmax of the checkpoint's SN weights
         for stat in ("mean", "var"):
             logits = sd[f"net.backbone.{r['layer']}.{stat}_weight"].double()
