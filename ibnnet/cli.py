@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + overrides
     _console_logging()
     try:
+        if argv is None and args.command in ("run", "train"):
+            _restart_with_portable_cpu_kernels(args)
         return _dispatch(args)
     except UserError as e:
         print(f"ibnnet: error: {e}", file=sys.stderr)
@@ -170,6 +172,38 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug or an unexpected failure: everything needed to find it
         report_internal_error(e)
         return 1
+
+
+RESTARTED_ENV = "IBNNET_PORTABLE_RESTART"
+
+
+def _restart_with_portable_cpu_kernels(args) -> None:
+    """A deterministic run started without its pinned CPU instruction set (``ibnnet train`` or ``ibnnet run`` by
+    hand, or by a launcher other than ours) restarts this process with it: each library reads its variable once,
+    before torch's first kernel, which has not run yet here but may have been dispatched by the time the run
+    would set it (ibnnet/runs/env.py). Only for a real command line (``main()`` with no ``argv``)."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from .runs.env import needs_portable_restart
+    if os.environ.get(RESTARTED_ENV):
+        return
+    if args.command == "run":
+        try:
+            cfg = OmegaConf.load(os.path.join(args.run_dir, "config.yaml"))
+        except (OSError, ValueError):
+            return   # the run reports a missing or unreadable config itself
+    else:
+        from .config import compose
+        cfg = compose(args.config, args.overrides)
+    env = needs_portable_restart(bool(OmegaConf.select(cfg, "trainer.deterministic")))
+    if env is None:
+        return
+    env[RESTARTED_ENV] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def report_internal_error(e: BaseException) -> None:

@@ -15,11 +15,25 @@ import sys
 import time
 
 from ..runs import claims
+from ..runs.env import portable_cpu_env
 from ..runs.folder import FAILED, RunFolder
 
 
 def run_command(folder: RunFolder) -> list[str]:
     return [sys.executable, "-m", "ibnnet", "run", str(folder.path)]
+
+
+def run_environment(folder: RunFolder, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The run process's environment: the worker's, unbuffered, and for a deterministic run the CPU kernels
+    pinned to one instruction set (:func:`ibnnet.runs.env.portable_cpu_env`), set before its torch loads."""
+    from omegaconf import OmegaConf
+    base = dict(env or os.environ, PYTHONUNBUFFERED="1")
+    try:
+        deterministic = bool(OmegaConf.select(OmegaConf.load(folder.config_path), "trainer.deterministic"))
+    except (OSError, ValueError):   # the run process reports an unreadable config itself
+        deterministic = False
+    base.update(portable_cpu_env(deterministic))
+    return base
 
 
 def run_local(folders: list[RunFolder], stop_on_error: bool = False, retry_failed: bool = False,
@@ -46,7 +60,7 @@ def run_local(folders: list[RunFolder], stop_on_error: bool = False, retry_faile
         n_done = sum(f.is_done() for f in folders)
         print(f"\n[ibnnet] ({n_done + 1}/{len(folders)}) {folder.path}", flush=True)
         start = time.time()
-        proc = subprocess.run(run_command(folder), env=dict(env or os.environ, PYTHONUNBUFFERED="1"))
+        proc = subprocess.run(run_command(folder), env=run_environment(folder, env))
         took = time.time() - start
         if proc.returncode == claims.EXIT_CLAIMED:
             continue                      # another worker claimed it first: pick again

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..experiments.grid import describe_cell
 from ..files import atomic_write_text
 from ..runs.folder import FAILED, INTERRUPTED, PENDING
+from ..runs.env import PORTABLE_CPU_ENV
 from ..runs.runner import prepare
 from ..runs.status import SUBMITTED, live_status
 
@@ -90,11 +91,21 @@ def render_script(cfg: DictConfig, experiment: str, runs_file: Path, out_dir: Pa
         # there; the interpreter brings ibnnet (no source checkout is needed on the nodes).
         f"cd {shlex.quote(str(Path.cwd()))}",
         "export PYTHONUNBUFFERED=1",
+        *portable_exports(t.deterministic),
         "# one process per device; Lightning reads the SLURM environment for ranks and the master address",
         f'srun --kill-on-bad-exit=1 {shlex.quote(python)} -m ibnnet run "$RUN_DIR" \\',
         '    >> "${RUN_DIR}/slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" 2>&1',
     ]
     return "\n".join(lines) + "\n"
+
+
+def portable_exports(deterministic: bool) -> list[str]:
+    """``export`` lines pinning the CPU kernels of a deterministic run to AVX2 (ibnnet/runs/env.py); on a node
+    without AVX2 the run process records what it ran instead."""
+    if not deterministic:
+        return []
+    lines = ["# deterministic: the same CPU kernels on every x86-64 node (ibnnet.runs.env.PORTABLE_CPU_ENV)"]
+    return lines + [f"export {k}=${{{k}:-{shlex.quote(v)}}}" for k, v in PORTABLE_CPU_ENV.items()]
 
 
 class SubmitError(UserError, RuntimeError):

@@ -66,3 +66,59 @@ def slurm_job() -> dict[str, str]:
     keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_NNODES",
             "SLURM_NTASKS")
     return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+# --- one instruction set for deterministic CPU runs ------------------------------------------------------------
+# PyTorch dispatches its CPU kernels per instruction set (ATen's vectorised kernels, oneDNN's convolutions, MKL's
+# BLAS): the same run gives other float sums, and after a few hundred steps other numbers, on an AVX-512 Xeon than
+# on an AVX2-only EPYC. A deterministic run pins all three to AVX2, which every x86-64 server since 2013 has. Each
+# library reads its variable once, when it first runs a kernel, so they must be in the environment of the process
+# before torch is imported: the launchers put them there, and `ibnnet run` / `ibnnet train` started without them
+# restart themselves with them (ibnnet/cli.py).
+PORTABLE_CPU_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",    # ATen's CPU kernel dispatch (default / avx2 / avx512)
+    "ONEDNN_MAX_CPU_ISA": "AVX2",     # the highest ISA oneDNN's JIT kernels may use
+    "MKL_CBWR": "AVX2,STRICT",        # MKL's conditional numerical reproducibility (STRICT: also the BLAS-1/2 paths)
+}
+NATIVE_ISA_ENV = "IBNNET_CPU_ISA"     # =native: leave the dispatch to each library (faster on AVX-512, not portable)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def portable_cpu_env(deterministic: bool) -> dict[str, str]:
+    """The variables a run process needs before torch loads: :data:`PORTABLE_CPU_ENV` for a deterministic run on
+    an x86-64 CPU with AVX2 (unless ``IBNNET_CPU_ISA=native``), nothing otherwise. Values the user already set
+    win (a user pinning ``ATEN_CPU_CAPABILITY=default`` gets that, recorded in metrics.json)."""
+    if not deterministic or os.environ.get(NATIVE_ISA_ENV, "").lower() == "native":
+        return {}
+    if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= _cpu_flags():
+        return {}
+    return {k: os.environ.get(k, v) for k, v in PORTABLE_CPU_ENV.items()}
+
+
+def needs_portable_restart(deterministic: bool) -> dict[str, str] | None:
+    """The environment to restart this process with, when a deterministic run would start without its pinned
+    instruction set (None when nothing is missing)."""
+    wanted = portable_cpu_env(deterministic)
+    if all(os.environ.get(k) == v for k, v in wanted.items()):
+        return None
+    return dict(os.environ, **wanted)
+
+
+def cpu_isa_record() -> dict[str, object]:
+    """What the CPU kernels dispatched to in this process, for metrics.json's ``reproducibility``."""
+    import torch
+    out: dict[str, object] = {"aten_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    for k in PORTABLE_CPU_ENV:
+        out[k.lower()] = os.environ.get(k)
+    out["portable"] = all(os.environ.get(k) == v for k, v in PORTABLE_CPU_ENV.items()) \
+        and out["aten_cpu_capability"] == "AVX2"
+    return out

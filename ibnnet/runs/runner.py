@@ -20,7 +20,7 @@ from ..config import compose, to_plain
 from ..errors import MissingPathError, UserError
 from ..files import atomic_write_json
 from .claims import Claim, try_claim
-from .env import git_state, host, is_rank_zero, package_versions, slurm_job
+from .env import cpu_isa_record, git_state, host, is_rank_zero, package_versions, slurm_job
 from .folder import (
     DONE,
     FAILED,
@@ -278,11 +278,16 @@ def evaluation_only(t) -> bool:
 
 
 def apply_numerics(t) -> None:
-    """Process-wide settings that decide the numbers: threads, TF32 on CUDA (see reproducibility())."""
+    """Process-wide settings that decide the numbers: threads, TF32 and cuDNN autotuning on CUDA (recorded by
+    reproducibility())."""
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda"):
         torch.set_float32_matmul_precision(t.float32_matmul_precision)
+        # cuDNN's convolutions take TF32 by default whatever the matmul precision says: one setting for both.
+        torch.backends.cudnn.allow_tf32 = t.float32_matmul_precision != "highest"
+        # Autotuning picks the fastest algorithm per shape, which may differ between runs: off when deterministic.
+        torch.backends.cudnn.benchmark = not t.deterministic
 
 
 def reproducibility(cfg) -> dict[str, Any]:
@@ -297,10 +302,13 @@ def reproducibility(cfg) -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": _cpu_model(),
     }
+    out["cpu_kernels"] = cpu_isa_record()
     if torch.cuda.is_available():
         out["cuda"] = torch.version.cuda
         out["cudnn"] = torch.backends.cudnn.version()
         out["gpu"] = torch.cuda.get_device_name()
+        out["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        out["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     return out
 
 
