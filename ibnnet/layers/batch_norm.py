@@ -60,7 +60,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
     def _normalize(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if use_fused("InstanceNorm2d", x) and not self.track_running_stats and x.dim() == 4:
+            if use_fused("InstanceNorm2d", x, self.training) and not self.track_running_stats and x.dim() == 4:
                 return self._fused_forward(x)
         momentum = self.momentum if self.momentum is not None else 0.0
         return native.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
@@ -92,7 +92,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if use_fused("GhostBatchNorm2d", x):
+            if use_fused("GhostBatchNorm2d", x, self.training):
                 return self._fused_forward(x)
         return native.batch_norm(x, self.running_mean, self.running_var, self.num_batches_tracked, self.weight,
                                  self.bias, self.training, self.momentum, self.eps,

@@ -54,7 +54,7 @@ class IBN(nn.Module):
         if self.BN is None:
             return self.IN(x)
         if not torch.jit.is_scripting():
-            if self._fusable() and use_fused("IBN", x):
+            if self._fusable() and use_fused("IBN", x, self.training):
                 return self._fused_forward(x)
         # No .contiguous(): each half keeps x's memory format (channels-last stays channels-last).
         a, b = torch.split(x, [self.half, self.channels - self.half], dim=1)

@@ -10,8 +10,8 @@ running-statistics updates:
   compilable, so it is also what ``torch.jit.script``, ``torch.fx``, ``torch.export`` and
   ``torch.compile`` see, whatever the table below says.
 
-The choice is per (layer, device type, dtype) in :data:`MEASURED_CHOICE`; anything not listed runs
-the native ops. What the entries rest on:
+The choice is per (layer, device type, dtype) in :data:`MEASURED_CHOICE`, in training mode; anything not
+listed, and every layer in eval mode, runs the native ops (:func:`use_fused`). What the entries rest on:
 
 - CPU, IBN, SN, ghost BN in float32/float64 and IBN in bfloat16: the fused kernel, measured faster than
   the native ops per layer (``bench/kernels.py``: forward + backward of an 8x256x56x56 activation, 2
@@ -74,11 +74,18 @@ def kernel_for(layer: str, device_type: str, dtype: torch.dtype) -> str:
     return MEASURED_CHOICE.get((layer, device_type, dtype), NATIVE)
 
 
-def use_fused(layer: str, x: Tensor) -> bool:
-    """Whether ``layer`` should run the fused kernel on ``x`` (never while a graph is being captured)."""
+def use_fused(layer: str, x: Tensor, training: bool = True) -> bool:
+    """Whether ``layer`` should run the fused kernel on ``x``: in training mode where :data:`MEASURED_CHOICE` says
+    so, never while a graph is being captured.
+
+    Eval mode runs the native ops: the same ops torch.fx, TorchScript and torch.export record, so an eager model
+    and its traced graph give identical outputs (timm's FX tests compare them with ``==``); the fused kernel's
+    win is its hand-written backward, which inference does not run. ``use_kernel`` forces either in any mode."""
     if graph_capture_active():
         return False
-    return kernel_for(layer, x.device.type, x.dtype) == FUSED
+    if _forced:
+        return _forced[-1] == FUSED
+    return training and kernel_for(layer, x.device.type, x.dtype) == FUSED
 
 
 @contextlib.contextmanager
@@ -110,7 +117,7 @@ _FUSED_OPS = {
 def kernel_report(devices: tuple[str, ...] = ("cpu", "cuda"),
                   dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16),
                   print_table: bool = True) -> list[dict[str, str]]:
-    """Which implementation each layer type runs per (device, dtype) in eager mode; printed as a table.
+    """Which implementation each layer type runs per (device, dtype) in eager training mode; printed as a table.
 
     Under bf16/fp16 autocast the layers see the dtype autocast gives the preceding convolution.
     ``torch.jit.script``, ``torch.fx``, ``torch.export`` and ``torch.compile`` always run the native ops.
@@ -127,5 +134,5 @@ def kernel_report(devices: tuple[str, ...] = ("cpu", "cuda"),
         print(f"{'layer':18s} {'device':6s} {'dtype':9s} {'kernel':7s} implementation")
         for r in rows:
             print(f"{r['layer']:18s} {r['device']:6s} {r['dtype']:9s} {r['kernel']:7s} {r['implementation']}")
-        print("torch.jit.script / torch.fx / torch.export / torch.compile: native, for every layer")
+        print("eval mode, torch.jit.script / torch.fx / torch.export / torch.compile: native, for every layer")
     return rows

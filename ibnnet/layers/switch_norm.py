@@ -113,7 +113,7 @@ class SwitchNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if use_fused("SwitchNorm2d", x):
+            if use_fused("SwitchNorm2d", x, self.training):
                 params = (self.weight, self.bias, self.mean_weight, self.var_weight)
                 return moment_normalize(x, self._stats, params, correction=1)
         out = native.switch_norm(x, self.weight, self.bias, self.mean_weight, self.var_weight, self.running_mean,
