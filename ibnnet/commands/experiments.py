@@ -88,7 +88,7 @@ def cmd_sweep(args) -> int:
             prepare(cfg)
         folders.append(folder)
     if workers > 1:
-        code = _spawn_workers(args, workers)
+        code = _spawn_workers(args, workers, [cfg for _, cfg, folder in triples if not folder.is_done()])
     else:
         lc = triples[0][1].launcher
         summary = run_local(folders, stop_on_error=args.stop_on_error, retry_failed=args.retry_failed,
@@ -175,8 +175,9 @@ def _cost_gate(args, exp: Experiment, estimate: float | None) -> int | None:
     return 1
 
 
-def _spawn_workers(args, n: int) -> int:
-    """``--workers N``: N single-worker sweeps of the same grid as child processes; the worst exit code."""
+def _spawn_workers(args, n: int, cfgs: list) -> int:
+    """``--workers N``: N single-worker sweeps of the same grid as child processes; the worst exit code.
+    ``cfgs``: the configs of the cells to run, which decide the GPUs each worker gets."""
     import subprocess
 
     from ..launchers.local import worker_environments
@@ -185,7 +186,7 @@ def _spawn_workers(args, n: int) -> int:
     cmd += (["--retry-failed"] if args.retry_failed else []) + (["--stop-on-error"] if args.stop_on_error else [])
     cmd += ["--yes"]   # the cost was confirmed (or below the limit) here; the workers must not ask again
     cmd += list(args.overrides)
-    envs = worker_environments(n)
+    envs = worker_environments(n, cfgs)
     procs = []
     for i, env in enumerate(envs):
         where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""

@@ -142,7 +142,7 @@ class TrainerConfig:
     physical_devices: int = 0
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"         # 32-true | bf16-mixed | 16-mixed
+    precision: str = "32-true"         # 32-true | bf16-mixed (GPUs of compute capability >= 8.0) | 16-mixed
     compile: bool = False
     check_val_every_n_epoch: int = 1
     log_every_n_steps: int = 50

@@ -10,7 +10,10 @@ from omegaconf import DictConfig
 TASKS = ("classification", "segmentation")
 SCHEDULES = ("step", "cosine", "poly", "constant")
 OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true")
+# Whole-model half precision: no fp32 master weights (an SGD update of lr x grad, ~1e-4 of a weight, rounds
+# away in bf16's 8-bit mantissa) and BN/SN running statistics and SN's importance weights kept in half precision.
+HALF_TRUE = ("bf16-true", "16-true")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 LAUNCHERS = ("local", "slurm")
 SEG_HEADS = ("fcn", "aspp", "deeplabv2")
@@ -165,7 +168,12 @@ def validate(cfg: DictConfig) -> list[Problem]:
               t.physical_devices, f"must divide trainer.devices={t.devices}")
         check(m.norm != "syncbn", "trainer.physical_devices", t.physical_devices,
               "cannot emulate SyncBN statistics; use norm bn (ghost batches) or run on real devices")
-    choice("trainer.precision", str(t.precision), PRECISIONS)
+    if str(t.precision) in HALF_TRUE:
+        out.append(("trainer.precision", str(t.precision),
+                    "trains without fp32 master weights (small updates round away) and keeps BN/SN running "
+                    "statistics and SN weights in half precision; use bf16-mixed or 16-mixed"))
+    else:
+        choice("trainer.precision", str(t.precision), PRECISIONS)
     check(t.check_val_every_n_epoch >= 1, "trainer.check_val_every_n_epoch", t.check_val_every_n_epoch, "must be >= 1")
     check(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1")
     check(t.num_threads >= 0, "trainer.num_threads", t.num_threads, "must be >= 0 (0 = PyTorch's default)")

@@ -82,16 +82,51 @@ def run_local(folders: list[RunFolder], stop_on_error: bool = False, retry_faile
     return summary
 
 
-def worker_environments(n: int) -> list[dict[str, str]]:
-    """The environment of each of ``n`` local workers: one GPU each when there are GPUs."""
-    import torch
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand out: ``CUDA_VISIBLE_DEVICES`` if set, else every device torch sees."""
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
-    visible = ([g for g in gpus.split(",") if g.strip()] if gpus is not None
-               else [str(i) for i in range(torch.cuda.device_count())])
-    envs = []
-    for i in range(n):
-        env = dict(os.environ, IBNNET_WORKER=str(i))
-        if visible:
-            env["CUDA_VISIBLE_DEVICES"] = visible[i % len(visible)]
-        envs.append(env)
+    if gpus is not None:
+        return [g.strip() for g in gpus.split(",") if g.strip()]
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpus_per_run(cfgs) -> int | None:
+    """GPUs one run of these cells takes: the largest ``trainer.devices`` of the processes each starts
+    (after ``trainer.physical_devices`` emulation); 0 when every cell trains on CPU; None for ``devices=auto``
+    (every visible GPU)."""
+    from ..config.emulation import physical_config
+    need: int | None = 0
+    for cfg in cfgs:
+        t = physical_config(cfg).trainer
+        if t.accelerator == "cpu":
+            continue
+        if not isinstance(t.devices, int):
+            return None
+        need = max(need, t.devices)
+    return need
+
+
+def worker_environments(n: int, cfgs=(), visible: list[str] | None = None) -> list[dict[str, str]]:
+    """The environment of each of ``n`` local workers running the cells ``cfgs``: on a GPU machine each worker
+    gets its own ``trainer.devices`` GPUs (``visible``: the GPUs to share out, default :func:`visible_gpus`).
+
+    Raises :class:`ConfigError` when ``n`` workers need more GPUs than are visible, saying how many fit.
+    """
+    from ..config import ConfigError
+    visible = visible_gpus() if visible is None else list(visible)
+    per = gpus_per_run(cfgs)
+    if per is None:
+        per, key = len(visible), "trainer.devices=auto (every visible GPU)"
+    else:
+        key = f"trainer.devices={per}"
+    envs = [dict(os.environ, IBNNET_WORKER=str(i)) for i in range(n)]
+    if not visible or per == 0:
+        return envs   # CPU runs (or no GPU here): nothing to share out
+    if n * per > len(visible):
+        raise ConfigError(f"--workers {n}: each run takes {key} of the {len(visible)} visible GPUs "
+                          f"({','.join(visible)}); at most {len(visible) // per} worker(s) fit "
+                          f"(or lower trainer.devices, e.g. with trainer.physical_devices)")
+    for i, env in enumerate(envs):
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i * per:(i + 1) * per])
     return envs

@@ -27,7 +27,7 @@ from ..experiments.grid import describe_cell
 from ..files import atomic_write_text
 from ..runs.folder import FAILED, INTERRUPTED, PENDING
 from ..runs.env import PORTABLE_CPU_ENV
-from ..runs.runner import prepare
+from ..runs.runner import check_device_support, prepare
 from ..runs.status import SUBMITTED, live_status
 
 
@@ -43,6 +43,11 @@ def check_slurm_config(cfg: DictConfig, where: str) -> None:
     if not sl.gpus_per_node and t.accelerator in ("gpu", "cuda"):
         raise ConfigError(f"{where}: trainer.accelerator={t.accelerator} but launcher.slurm.gpus_per_node=0; "
                           f"request GPUs with launcher.slurm.gpus_per_node")
+    if sl.gpus_per_node and t.accelerator != "cpu":
+        try:   # refused at submission rather than after the job waited in the queue (the GPU model is not known yet)
+            check_device_support(cfg, "cuda")
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def resources_key(cfg: DictConfig) -> str:
@@ -92,8 +97,11 @@ def render_script(cfg: DictConfig, experiment: str, runs_file: Path, out_dir: Pa
         f"cd {shlex.quote(str(Path.cwd()))}",
         "export PYTHONUNBUFFERED=1",
         *portable_exports(t.deterministic),
-        "# one process per device; Lightning reads the SLURM environment for ranks and the master address",
-        f'srun --kill-on-bad-exit=1 {shlex.quote(python)} -m ibnnet run "$RUN_DIR" \\',
+        "# one process per device; Lightning reads the SLURM environment for ranks and the master address.",
+        "# srun gets the cores per task itself: since Slurm 22.05 it no longer inherits sbatch's --cpus-per-task,",
+        "# and without it each task is bound to one core, starving its data-loader workers.",
+        f'srun --kill-on-bad-exit=1 --cpus-per-task="${{SLURM_CPUS_PER_TASK:-{sl.cpus_per_task}}}" '
+        f'{shlex.quote(python)} -m ibnnet run "$RUN_DIR" \\',
         '    >> "${RUN_DIR}/slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" 2>&1',
     ]
     return "\n".join(lines) + "\n"

@@ -206,12 +206,15 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
 
     from ..config.emulation import physical_config
     from ..data.datamodule import DataModule
+    from ..models.compiling import training_device_type
     from ..tasks import TASKS
     from .callbacks import build_callbacks, build_plugins, evaluate_both_inference_modes
     from .exact import ReseedEachBatch, SampleLog
     from .loggers import build_loggers
     cfg = physical_config(cfg)  # what the processes run: fewer devices with ghost batches, if emulating
     t = cfg.trainer
+    device_type = training_device_type(t.accelerator)
+    check_device_support(cfg, device_type, cuda_capability() if device_type == "cuda" else None)
     apply_numerics(t)
     pl.seed_everything(t.seed, workers=True, verbose=False)
     if resume is None and not is_rank_zero():
@@ -270,6 +273,35 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
         "class_names": list(class_names) if class_names is not None and len(class_names) <= 100 else None,
         "inference": inference,
     }
+
+
+def check_device_support(cfg, device_type: str, capability: tuple[int, int] | None = None) -> None:
+    """Refuse, before anything is built, a run that the GPU it lands on cannot train.
+
+    ``device_type``: where training runs (``cpu``, ``cuda``); ``capability``: the CUDA compute capability
+    of the GPU (None: unknown, e.g. ROCm, where bf16 is not checked). Raises :class:`ConfigError`.
+    """
+    from ..config import ConfigError
+    t = cfg.trainer
+    if device_type != "cuda":
+        return
+    if t.deterministic and cfg.task == "segmentation":
+        # Bilinear upsampling's backward and the 4-D (per-pixel) NLL loss have no deterministic CUDA kernel:
+        # torch.use_deterministic_algorithms makes the first training step raise.
+        raise ConfigError("trainer.deterministic=true: task segmentation has no deterministic CUDA kernels "
+                          "(bilinear upsampling backward, per-pixel NLL loss); set trainer.deterministic=false "
+                          "(seeded, not bit-reproducible) or train on CPU with trainer.accelerator=cpu")
+    if str(t.precision).startswith("bf16") and capability is not None and capability < (8, 0):
+        raise ConfigError(f"trainer.precision={t.precision}: this GPU (compute capability "
+                          f"{capability[0]}.{capability[1]}) has no bf16 arithmetic (it needs 8.0, Ampere or "
+                          f"newer); use trainer.precision=16-mixed")
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    """The compute capability of this process's GPU; None on ROCm (bf16 there is not a capability number)."""
+    if not torch.cuda.is_available() or torch.version.hip:
+        return None
+    return tuple(torch.cuda.get_device_capability())
 
 
 def evaluation_only(t) -> bool:

@@ -1,0 +1,127 @@
+"""GPU-path checks that run on CPU: each takes the device type, compute capability or GPU list as an argument."""
+import os
+
+import pytest
+
+from helpers import SEG, TINY, config
+from ibnnet.config import ConfigError, compose
+
+
+def _cfg(tmp_path, body=TINY, *overrides):
+    return compose(config(tmp_path, body), list(overrides))
+
+
+# --- 1: deterministic segmentation on CUDA -------------------------------------------------------------------
+
+def test_deterministic_segmentation_is_refused_on_cuda_only(tmp_path):
+    from ibnnet.runs.runner import check_device_support
+    seg = _cfg(tmp_path, SEG, "trainer.deterministic=true")
+    with pytest.raises(ConfigError) as e:
+        check_device_support(seg, "cuda", (9, 0))
+    msg = str(e.value)
+    assert "\n" not in msg and "trainer.deterministic=true" in msg and "segmentation" in msg
+    assert "trainer.deterministic=false" in msg   # what to set instead
+    check_device_support(seg, "cpu")   # CPU has deterministic kernels for both
+    check_device_support(_cfg(tmp_path, SEG, "trainer.deterministic=false"), "cuda", (9, 0))
+    check_device_support(_cfg(tmp_path, TINY, "trainer.deterministic=true"), "cuda", (9, 0))   # classification
+
+
+def test_train_refuses_before_building_anything(tmp_path, monkeypatch):
+    """train_and_evaluate checks the device it will train on first (here made to look like CUDA)."""
+    import ibnnet.data.datamodule as datamodule
+    import ibnnet.models.compiling as compiling
+    from ibnnet.runs import runner
+    from ibnnet.runs.folder import RunFolder
+    monkeypatch.setattr(compiling, "training_device_type", lambda accelerator: "cuda")
+    monkeypatch.setattr(runner, "cuda_capability", lambda: (7, 0))
+
+    def no_data(*a, **k):
+        raise AssertionError("the data module was built before the check")
+    monkeypatch.setattr(datamodule, "DataModule", no_data)
+    with pytest.raises(ConfigError, match="trainer.deterministic=true"):
+        runner.train_and_evaluate(_cfg(tmp_path, SEG, "trainer.deterministic=true"), RunFolder(tmp_path / "r"))
+    with pytest.raises(ConfigError, match="trainer.precision=bf16-mixed"):
+        runner.train_and_evaluate(_cfg(tmp_path, TINY, "trainer.precision=bf16-mixed"), RunFolder(tmp_path / "r"))
+
+
+def test_slurm_submission_refuses_deterministic_segmentation_on_gpus(tmp_path):
+    from ibnnet.launchers.slurm import check_slurm_config
+    cfg = _cfg(tmp_path, SEG, "trainer.deterministic=true", "launcher.name=slurm", "launcher.slurm.gpus_per_node=1",
+               "trainer.accelerator=gpu")
+    with pytest.raises(ConfigError, match=r"^cell x: trainer\.deterministic=true"):
+        check_slurm_config(cfg, "cell x")
+    check_slurm_config(_cfg(tmp_path, SEG, "trainer.deterministic=true", "launcher.name=slurm"), "cell x")   # CPU
+
+
+# --- 3: bf16 -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("precision", ["bf16-mixed"])
+def test_bf16_needs_compute_capability_8(tmp_path, precision):
+    from ibnnet.runs.runner import check_device_support
+    cfg = _cfg(tmp_path, TINY, f"trainer.precision={precision}")
+    for v100_or_t4 in ((7, 0), (7, 5)):
+        with pytest.raises(ConfigError) as e:
+            check_device_support(cfg, "cuda", v100_or_t4)
+        msg = str(e.value)
+        assert "\n" not in msg and f"trainer.precision={precision}" in msg and "trainer.precision=16-mixed" in msg
+        assert f"{v100_or_t4[0]}.{v100_or_t4[1]}" in msg
+    for ampere_or_later in ((8, 0), (8, 6), (9, 0)):
+        check_device_support(cfg, "cuda", ampere_or_later)
+    check_device_support(cfg, "cuda", None)   # capability unknown (ROCm): not refused
+    check_device_support(cfg, "cpu")          # CPU autocast has bf16
+    check_device_support(_cfg(tmp_path, TINY, "trainer.precision=16-mixed"), "cuda", (7, 0))
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_half_true_precisions_are_refused_with_the_reason(tmp_path, precision):
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, TINY, f"trainer.precision={precision}")
+    msg = str(e.value)
+    assert "\n" not in msg and f"trainer.precision='{precision}'" in msg
+    assert "master weights" in msg and "running statistics" in msg and "bf16-mixed" in msg
+
+
+# --- 4: local workers share out the GPUs ---------------------------------------------------------------------
+
+def test_each_worker_gets_the_gpus_its_runs_ask_for(tmp_path):
+    from ibnnet.launchers.local import worker_environments
+    eight = _cfg(tmp_path, TINY, "trainer.accelerator=gpu", "trainer.devices=8")
+    envs = worker_environments(1, [eight], visible=[str(i) for i in range(8)])
+    assert envs[0]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7" and envs[0]["IBNNET_WORKER"] == "0"
+    two = _cfg(tmp_path, TINY, "trainer.accelerator=auto", "trainer.devices=2")
+    envs = worker_environments(3, [two, two], visible=["3", "4", "5", "6", "7", "9"])
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["3,4", "5,6", "7,9"]
+    # emulation: devices=8 on physical_devices=2 runs 2 processes, 2 GPUs
+    emulated = _cfg(tmp_path, TINY, "trainer.accelerator=gpu", "trainer.devices=8", "trainer.physical_devices=2")
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in worker_environments(2, [emulated], visible=list("0123"))] == ["0,1", "2,3"]
+    # CPU cells take no GPU: no worker is pinned
+    cpu = _cfg(tmp_path, TINY, "trainer.devices=2")
+    envs = worker_environments(4, [cpu], visible=["0"])
+    assert [e["IBNNET_WORKER"] for e in envs] == ["0", "1", "2", "3"]
+    assert all(e.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES") for e in envs)
+
+
+def test_more_workers_than_the_gpus_allow_are_refused_with_how_many_fit(tmp_path):
+    from ibnnet.launchers.local import worker_environments
+    eight = _cfg(tmp_path, TINY, "trainer.accelerator=gpu", "trainer.devices=8")
+    two = _cfg(tmp_path, TINY, "trainer.accelerator=gpu", "trainer.devices=2")
+    with pytest.raises(ConfigError) as e:
+        worker_environments(2, [two, eight], visible=[str(i) for i in range(8)])   # the largest cell decides
+    msg = str(e.value)
+    assert "\n" not in msg and "--workers 2" in msg and "trainer.devices=8" in msg and "at most 1 worker(s) fit" in msg
+    with pytest.raises(ConfigError, match="at most 2 worker"):
+        worker_environments(3, [two], visible=list("01234"))
+    auto = _cfg(tmp_path, TINY, "trainer.accelerator=gpu", "trainer.devices=auto")
+    with pytest.raises(ConfigError, match=r"trainer\.devices=auto .*at most 1 worker"):
+        worker_environments(2, [auto], visible=list("0123"))
+
+
+# --- 5: srun gets the cores of its task ----------------------------------------------------------------------
+
+def test_srun_is_given_the_cpus_per_task(tmp_path):
+    from ibnnet.launchers.slurm import render_script
+    cfg = _cfg(tmp_path, TINY, "launcher.name=slurm", "launcher.slurm.cpus_per_task=6")
+    script = render_script(cfg, "demo", tmp_path / "runs.txt", tmp_path, 2)
+    assert "#SBATCH --cpus-per-task=6" in script
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert '--cpus-per-task="${SLURM_CPUS_PER_TASK:-6}"' in srun
