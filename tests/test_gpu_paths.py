@@ -125,3 +125,115 @@ def test_srun_is_given_the_cpus_per_task(tmp_path):
     assert "#SBATCH --cpus-per-task=6" in script
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
     assert '--cpus-per-task="${SLURM_CPUS_PER_TASK:-6}"' in srun
+
+
+# --- 6: no host-device sync every step -----------------------------------------------------------------------
+
+class _FakeTrainer:
+    def __init__(self, world_size):
+        import torch
+        self.world_size = world_size
+        self.global_step = 0
+        self.strategy = type("S", (), {"root_device": torch.device("cpu")})()
+        self.saved = []
+
+    def save_checkpoint(self, path):
+        self.saved.append(path)
+
+
+def _batches_until_stop(callback, trainer, n, flag_at=None, reason=None):
+    from ibnnet.runs.preemption import Preempted
+    for i in range(n):
+        if i == flag_at:
+            callback.flag.reason = reason
+        try:
+            callback.on_train_batch_start(trainer, None, None, i)
+        except Preempted as e:
+            return i, e.reason
+    return None, None
+
+
+def test_preemption_flag_is_all_reduced_every_n_batches_under_ddp_and_never_alone(tmp_path, monkeypatch):
+    import torch
+
+    from ibnnet.runs import preemption
+    from ibnnet.runs.preemption import CHECK_EVERY_N_BATCHES as K
+    from ibnnet.runs.preemption import TIME_LIMIT, PreemptionCheckpoint, SignalFlag
+    assert 1 < K <= 20
+    reduces, tensors = [], []
+    other_rank = {"code": 0}   # what the other rank contributes to the MAX
+
+    def all_reduce(t, op=None):
+        reduces.append(int(t.item()))
+        t.clamp_(min=other_rank["code"])
+    real_tensor = torch.tensor
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: tensors.append(a) or real_tensor(*a, **k))
+
+    # one process: the flag is read every batch, no tensor, no collective
+    cb, trainer = PreemptionCheckpoint(SignalFlag(), tmp_path), _FakeTrainer(1)
+    assert _batches_until_stop(cb, trainer, 3 * K) == (None, None)
+    assert _batches_until_stop(cb, trainer, 5, flag_at=3, reason=TIME_LIMIT) == (3, TIME_LIMIT)
+    assert reduces == [] and tensors == [] and len(trainer.saved) == 1
+
+    # two processes: one all-reduce per K batches (at the same batches on every rank)
+    cb, trainer = PreemptionCheckpoint(SignalFlag(), tmp_path), _FakeTrainer(2)
+    cb.on_train_start(trainer, None)
+    assert _batches_until_stop(cb, trainer, 3 * K) == (None, None)
+    assert reduces == [0, 0, 0] and len(tensors) == 3 and trainer.saved == []
+    # this rank's flag, set between two checks: acted on at the next check, on every rank alike
+    assert _batches_until_stop(cb, trainer, 2 * K, flag_at=1, reason=TIME_LIMIT) == (K, TIME_LIMIT)
+    assert reduces[3:] == [0, 2]
+    # only the other rank got the signal: this one stops at the same batch
+    cb, trainer = PreemptionCheckpoint(SignalFlag(), tmp_path), _FakeTrainer(2)
+    cb.on_train_start(trainer, None)
+    other_rank["code"] = 2
+    assert _batches_until_stop(cb, trainer, 2 * K) == (0, TIME_LIMIT)
+    assert preemption.PREEMPT_CHECKPOINT in trainer.saved[0]
+
+
+def _logged(task, step):
+    """Every self.log call of one training step: name -> its keyword arguments."""
+    import torch
+    calls = {}
+    task.log = lambda name, value, **kw: calls.__setitem__(name, kw)
+    opt = torch.optim.SGD(task.parameters(), lr=0.5)
+    task._trainer = type("T", (), {"optimizers": [opt]})()
+    step()
+    return calls
+
+
+@pytest.mark.parametrize("body,overrides", [(TINY, []), (SEG, ["segmentation.aux_weight=0.4"])])
+def test_step_losses_are_logged_without_sync_dist(tmp_path, body, overrides):
+    import torch
+
+    from ibnnet.tasks import TASKS
+    from ibnnet.config import to_plain
+    cfg = _cfg(tmp_path, body, *overrides)
+    task = TASKS[cfg.task](to_plain(cfg), 3, ["synthetic"])
+    if cfg.task == "classification":
+        batch = (torch.rand(2, 3, 32, 32), torch.tensor([0, 2]))
+    else:
+        batch = (torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))
+    calls = _logged(task, lambda: task.training_step(batch, 0))
+    names = ["train/loss"] + (["train/loss_main", "train/loss_aux"] if cfg.task == "segmentation" else [])
+    for name in names:
+        step, epoch = calls[f"{name}_step"], calls[f"{name}_epoch"]
+        assert step["on_step"] and not step["on_epoch"] and not step.get("sync_dist", False)
+        assert epoch["on_epoch"] and not epoch["on_step"] and epoch["sync_dist"]   # once per epoch
+    assert calls["train/loss_step"]["prog_bar"]
+    assert all(not kw.get("sync_dist") for kw in calls.values() if kw.get("on_step", True))
+
+
+def test_progress_bar_reads_the_loss_only_when_the_loggers_write(tmp_path):
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from ibnnet.runs.callbacks import build_callbacks
+    from ibnnet.runs.folder import RunFolder
+    bars = [c for c in build_callbacks(_cfg(tmp_path, TINY, "trainer.enable_progress_bar=true",
+                                            "trainer.log_every_n_steps=25"), RunFolder(tmp_path / "r"))
+            if isinstance(c, TQDMProgressBar)]
+    assert [b.refresh_rate for b in bars] == [25]
+    assert not any(isinstance(c, TQDMProgressBar) for c in build_callbacks(
+        _cfg(tmp_path, TINY, "trainer.enable_progress_bar=false"), RunFolder(tmp_path / "r")))

@@ -12,7 +12,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..data.transforms import normalize_batch
@@ -209,6 +209,10 @@ def build_callbacks(cfg, folder: RunFolder) -> list[Callback]:
         callbacks.append(ModelCheckpoint(dirpath=folder.checkpoint_dir, filename="best", monitor=primary[0],
                                          mode=primary[1], save_top_k=1, auto_insert_metric_name=False,
                                          enable_version_counter=False))
+    if cfg.trainer.enable_progress_bar:
+        # The bar shows the step loss, and every refresh reads it from the GPU (.item(), a host-device sync):
+        # refresh as often as the loggers write (trainer.log_every_n_steps), not every step.
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps)))
     if cfg.trainer.batch_average_batches > 0:
         callbacks.append(BatchAverageStats(cfg.trainer.batch_average_batches, cfg.trainer.batch_average_every_eval))
     return callbacks

@@ -5,8 +5,10 @@ ibnnet owns requeueing alone (Lightning's ``SLURMEnvironment(auto_requeue=False)
 - ``#SBATCH --signal=USR1@N`` sends SIGUSR1 to every training process N seconds before the time limit.
 - Preemption and ``scontrol requeue`` send SIGTERM, and SIGKILL ``KillWait`` seconds later.
 
-Either signal only sets a flag. At the start of the next training batch all processes agree on it (one
-all-reduce), save ``checkpoints/preempt.ckpt`` and stop. Saving there, between two batches, means the
+Either signal only sets a flag. A single process acts on it at the start of the next training batch. Under
+DDP the processes agree on it (one all-reduce, a host-device sync) only at the start of every
+:data:`CHECK_EVERY_N_BATCHES`-th batch, the same batches on every rank; then all save
+``checkpoints/preempt.ckpt`` and stop. Saving there, between two batches, means the
 checkpoint counts every finished batch as finished and none as started, so the resumed run trains
 exactly the remaining optimizer steps: no batch twice, none skipped. After SIGUSR1 rank 0 requeues
 the job itself (at most ``launcher.slurm.max_requeues`` times, counted by ``SLURM_RESTART_COUNT``);
@@ -29,6 +31,12 @@ log = logging.getLogger("ibnnet")
 
 PREEMPT_CHECKPOINT = "preempt.ckpt"
 TIME_LIMIT, PREEMPTED = "time limit", "preempted"
+# Under DDP the flag is all-reduced at the start of every N-th training batch, not every batch: the .item()
+# of an all-reduced flag waits for the GPU and stalls the CPU from queueing the next steps. A delay of up to N
+# steps (10-30 s at 1-3 s a step) is well inside the warning: SIGUSR1 comes launcher.slurm.signal_seconds
+# (default 120 s) before the time limit; SIGTERM on preemption comes KillWait before SIGKILL (Slurm's default
+# is 30 s, which a multi-second step with a large checkpoint may not fit either way).
+CHECK_EVERY_N_BATCHES = 10
 
 
 class Preempted(Exception):
@@ -64,8 +72,8 @@ class SignalFlag:
         def handle(signum, frame):
             if self.reason is None:
                 self.reason = reason
-                log.warning("received %s (%s): will checkpoint and stop at the next batch",
-                            signal.Signals(signum).name, reason)
+                log.warning("received %s (%s): will checkpoint and stop at the next batch (under DDP within "
+                            "%d batches)", signal.Signals(signum).name, reason, CHECK_EVERY_N_BATCHES)
         return handle
 
     def restore(self) -> None:
@@ -75,21 +83,30 @@ class SignalFlag:
 
 
 class PreemptionCheckpoint(Callback):
-    def __init__(self, flag: SignalFlag, checkpoint_dir):
+    def __init__(self, flag: SignalFlag, checkpoint_dir, every_n_batches: int = CHECK_EVERY_N_BATCHES):
         self.flag = flag
         self.path = os.path.join(str(checkpoint_dir), PREEMPT_CHECKPOINT)
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning installs its own SIGTERM handler (exit without a checkpoint) when fit starts; ours must win.
-        signal.signal(signal.SIGTERM, self.flag._handler(PREEMPTED))
+        self.every_n_batches = every_n_batches
+        # Training batches this process started since fit began: the same count on every rank (each runs
+        # every batch), so all ranks reach the all-reduce at the same batch, also after a resume.
+        self._batches = 0
 
     def _agreed_reason(self, trainer: pl.Trainer) -> str | None:
+        """The reason to stop now, the same on every rank; None to go on."""
+        if trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return self.flag.reason   # one process: a Python attribute, no tensor, no sync
+        self._batches += 1
+        if (self._batches - 1) % self.every_n_batches:
+            return None
         code = {None: 0, PREEMPTED: 1, TIME_LIMIT: 2}[self.flag.reason]
-        if trainer.world_size > 1 and torch.distributed.is_initialized():
-            t = torch.tensor([code], device=trainer.strategy.root_device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            code = int(t.item())
-        return {0: None, 1: PREEMPTED, 2: TIME_LIMIT}[code]
+        t = torch.tensor([code], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return {0: None, 1: PREEMPTED, 2: TIME_LIMIT}[int(t.item())]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._batches = 0
+        # Lightning installs its own SIGTERM handler (exit without a checkpoint) when fit starts; ours must win.
+        signal.signal(signal.SIGTERM, self.flag._handler(PREEMPTED))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         reason = self._agreed_reason(trainer)

@@ -147,6 +147,13 @@ class TaskBase(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_state = dict(checkpoint.get("ibnnet_best") or {})
 
+    def log_loss(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
+        """``<name>_step``: this process's value, logged every step without ``sync_dist`` (a per-step all-reduce
+        is a host-device sync that stalls the GPU queue); ``<name>_epoch``: the epoch mean over all processes,
+        all-reduced once per epoch. The same keys Lightning gives ``on_step=True, on_epoch=True``."""
+        self.log(f"{name}_step", value, prog_bar=prog_bar, on_step=True, on_epoch=False)
+        self.log(f"{name}_epoch", value, on_step=False, on_epoch=True, sync_dist=True)
+
     def on_train_epoch_start(self) -> None:
         self.log("epoch_float", float(self.current_epoch), on_step=False, on_epoch=True)
 

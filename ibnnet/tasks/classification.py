@@ -32,7 +32,7 @@ class ClassificationTask(TaskBase):
         logits = self(x)
         loss = self.criterion(logits, y)
         acc = (logits.detach().argmax(1) == y).float().mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log_loss("train/loss", loss, prog_bar=True)
         self.log("train/top1_acc", 100 * acc, on_step=False, on_epoch=True, sync_dist=True)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss

@@ -184,9 +184,9 @@ class SegmentationTask(TaskBase):
     def training_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
         loss, parts = self.training_loss(x, y)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log_loss("train/loss", loss, prog_bar=True)
         for name, value in parts.items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=True, sync_dist=True)
+            self.log_loss(f"train/{name}", value)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
