@@ -237,3 +237,38 @@ def test_progress_bar_reads_the_loss_only_when_the_loggers_write(tmp_path):
     assert [b.refresh_rate for b in bars] == [25]
     assert not any(isinstance(c, TQDMProgressBar) for c in build_callbacks(
         _cfg(tmp_path, TINY, "trainer.enable_progress_bar=false"), RunFolder(tmp_path / "r")))
+
+
+# --- 8: trainer.compile reaches the training forward with the auxiliary head ---------------------------------
+
+def test_compiled_network_runs_the_training_forward_with_the_aux_head(tmp_path, monkeypatch):
+    import torch
+
+    import ibnnet.models.compiling as compiling
+    from ibnnet.config import to_plain
+    from ibnnet.tasks import TASKS
+    calls = []
+
+    def counting_backend(gm, example_inputs):   # dynamo's graphs run eagerly, each call counted
+        def run(*args):
+            calls.append(len(gm.graph.nodes))
+            return gm.forward(*args)
+        return run
+    # compile_model's own path (nn.Module.compile in place), with a backend that compiles in seconds
+    monkeypatch.setattr(compiling, "compile_network", lambda net, device_type: net.compile(backend=counting_backend))
+    torch._dynamo.reset()
+    cfg = _cfg(tmp_path, SEG, "segmentation.aux_weight=0.4", "model.name=resnet18_bn", "trainer.compile=true")
+    task = TASKS["segmentation"](to_plain(cfg), 3, ["synthetic"])
+    task.compile_model()
+    task.train()
+    x, y = torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    loss, parts = task.training_loss(x, y)
+    assert calls, "the training forward with the auxiliary head ran eagerly, not the compiled module"
+    assert set(parts) == {"loss_main", "loss_aux"} and torch.isfinite(loss)
+    loss.backward()
+    n = len(calls)
+    task.eval()
+    with torch.no_grad():
+        assert task(x).shape == (2, 3, 32, 32)   # evaluation (no aux) goes through the compiled forward too
+    assert len(calls) > n
+    torch._dynamo.reset()

@@ -108,17 +108,22 @@ class SegmentationNet(nn.Module):
         return b.layer4(c3), c3
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Main and auxiliary logits at the input size (aux is None without an auxiliary head)."""
-        size = x.shape[-2:]
-        c4, c3 = self._features(x)
-        up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
-        return up(self.head(c4)), (up(self.aux_head(c3)) if self.aux_head is not None else None)
+        """Main and auxiliary logits at the input size (aux is None without an auxiliary head).
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Through ``self(...)``, i.e. ``nn.Module.__call__``: after ``nn.Module.compile`` (``trainer.compile``)
+        that is the compiled forward; calling a method of the module directly would run it eagerly."""
+        return self(x, with_aux=True)
+
+    def forward(self, x: torch.Tensor, with_aux: bool = False):
+        """Logits at the input size; ``with_aux``: (main, aux) logits, the training forward."""
+        up = lambda t: F.interpolate(t, size=x.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
         if self.aux_head is None:
-            logits = self.head(self.backbone.forward_features(x))
-            return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return self.forward_with_aux(x)[0]
+            main = up(self.head(self.backbone.forward_features(x)))
+            return (main, None) if with_aux else main
+        c4, c3 = self._features(x)
+        if not with_aux:   # evaluation: the auxiliary head is not used
+            return up(self.head(c4))
+        return up(self.head(c4)), up(self.aux_head(c3))
 
 
 @torch.no_grad()
