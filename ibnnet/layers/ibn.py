@@ -34,12 +34,13 @@ class IBN(nn.Module):
             raise ValueError(f"IBN ratio must be in [0, 1], got {ratio}")
         self.channels = channels
         self.ratio = ratio
-        self.half = int(channels * ratio)
-        self.IN = InstanceNorm2d(self.half, affine=True) if self.half > 0 else None
-        self.BN = bn_layer(channels - self.half) if self.half < channels else None
+        # not `half` (the official name): that would shadow nn.Module.half(), so IBN(c).half() failed
+        self.in_channels = int(channels * ratio)
+        self.IN = InstanceNorm2d(self.in_channels, affine=True) if self.in_channels > 0 else None
+        self.BN = bn_layer(channels - self.in_channels) if self.in_channels < channels else None
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, in_channels={self.half}"
+        return f"channels={self.channels}, in_channels={self.in_channels}"
 
     def _fusable(self) -> bool:
         if self.IN is None or self.BN is None:
@@ -57,12 +58,12 @@ class IBN(nn.Module):
             if self._fusable() and use_fused("IBN", x, self.training):
                 return self._fused_forward(x)
         # No .contiguous(): each half keeps x's memory format (channels-last stays channels-last).
-        a, b = torch.split(x, [self.half, self.channels - self.half], dim=1)
+        a, b = torch.split(x, [self.in_channels, self.channels - self.in_channels], dim=1)
         return torch.cat([self.IN(a), self.BN(b)], 1)
 
     @torch.jit.unused
     def _fused_forward(self, x: Tensor) -> Tensor:
-        k, hw = self.half, x.shape[2] * x.shape[3]
+        k, hw = self.in_channels, x.shape[2] * x.shape[3]
         group = getattr(self.BN, "ghost_batch_size", 0)
 
         def stats(mean, var, w_in, b_in, w_bn, b_bn):

@@ -24,6 +24,10 @@ listed, and every layer in eval mode, runs the native ops (:func:`use_fused`). W
   a half-precision tensor saved for backward); the plain-op alternative needs float32 copies of the
   activation to keep float32-accurate statistics (or loses the variance when |mean| >> std), and was
   measured 3x slower with 4x the saved memory (577 vs 198 ms, 49 vs 12 MiB for SN in bfloat16).
+- CUDA, IBN in half precision: the fused kernel, for memory. The native IBN splits the channels; each half of a
+  channels-last tensor is a channel slice, whose instance norm runs as plain ops on float32 copies, so autograd
+  keeps about 3x the activation bytes BN keeps (``tests/test_precision.py`` counts them), where the fused kernel
+  keeps one half-precision tensor, as BN does. Its speed on a GPU is what ``bench/gpu_acceptance.sh`` reports.
 - CUDA otherwise: native (cuDNN batch norm is one fused kernel) until a GPU run of ``bench/`` shows
   the fused kernel faster.
 """
@@ -51,6 +55,8 @@ for _layer in ("SwitchNorm2d", "GhostBatchNorm2d"):
     for _device in ("cpu", "cuda"):
         for _dtype in _HALF:
             MEASURED_CHOICE[(_layer, _device, _dtype)] = FUSED
+for _dtype in _HALF:   # IBN under autocast on CUDA: for the saved memory (module docstring)
+    MEASURED_CHOICE[("IBN", "cuda", _dtype)] = FUSED
 
 _forced: list[str] = []
 

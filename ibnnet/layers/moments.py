@@ -62,8 +62,9 @@ def centred_moments(x: Tensor, correction: int) -> tuple[Tensor, Tensor, Tensor,
     hw = x.shape[2] * x.shape[3]
     m_lp = x.mean(dim=(2, 3), keepdim=True)
     xc = x - m_lp
-    s1 = xc.sum(dim=(2, 3)).float()
-    s2 = torch.linalg.vector_norm(xc, dim=(2, 3)).float().square()
+    # float32 results: a float16 sum or norm overflows (65504) on large images before it is converted
+    s1 = xc.sum(dim=(2, 3), dtype=torch.float32)
+    s2 = torch.linalg.vector_norm(xc, dim=(2, 3), dtype=torch.float32).square()
     d = s1 / hw
     m_lp = m_lp.view(m_lp.shape[:2])
     # sum (x - mean)^2 = sum (xc - d)^2 = s2 - d * s1
@@ -85,15 +86,30 @@ def _sum_hw(a: Tensor, b: Tensor | None = None) -> Tensor:
     return (a if b is None else a * b).sum(dim=(2, 3))
 
 
-def _dot_hw(a: Tensor, b: Tensor) -> Tensor:
-    """sum over H, W of a * b -> (N, C) without the full-size product for contiguous inputs.
+def _sum_hw_float(a: Tensor) -> Tensor:
+    """sum over H, W of a half-precision ``a`` -> float32 (N, C): accumulated and returned in float32, so that
+    gradients scaled by a GradScaler (x2^16) do not overflow float16's 65504 in the sum."""
+    return a.sum(dim=(2, 3), dtype=torch.float32)
 
-    A batched (1 x HW) @ (HW x 1) product accumulates in float32 inside the matmul kernel (oneDNN/cuBLAS);
-    measured faster than ``(a * b).sum()`` in bfloat16 on CPU."""
+
+def _dot_hw(a: Tensor, b: Tensor) -> Tensor:
+    """sum over H, W of a * b of half-precision tensors -> float32 (N, C), without a full-size product where the
+    kernel allows.
+
+    A batched (1 x HW) @ (HW x 1) product accumulates in float32 inside the matmul kernel: on CUDA it also
+    returns float32 (``out_dtype``); on CPU (no such kernel) it returns bfloat16, whose range is float32's and
+    whose rounding of the sum (2^-9) is below the activations' own, measured faster than ``(a * b).sum()``.
+    A float16 product or sum could overflow, so float16 on CPU multiplies float32 copies."""
     n, c, h, w = a.shape
     if a.is_contiguous() and b.is_contiguous():
-        return torch.bmm(a.view(n * c, 1, h * w), b.view(n * c, h * w, 1)).view(n, c)
-    return _sum_hw(a, b)
+        av, bv = a.view(n * c, 1, h * w), b.view(n * c, h * w, 1)
+        if a.is_cuda:
+            return torch.bmm(av, bv, out_dtype=torch.float32).view(n, c)
+        if a.dtype == torch.bfloat16:
+            return torch.bmm(av, bv).view(n, c).float()
+    if a.dtype == torch.float16:
+        return (a.float() * b.float()).sum(dim=(2, 3))
+    return _sum_hw(a, b).float()
 
 
 class _MomentNormalize(torch.autograd.Function):
@@ -134,8 +150,8 @@ class _MomentNormalize(torch.autograd.Function):
         mean, var = leaves[0], leaves[1]
         if low:
             # Float32 (N, C) results from half-precision passes; sum gy * x = sum gy * xc + m_lp * sum gy.
-            gshift = _sum_hw(gy).float()
-            gscale = _dot_hw(gy, xc).float() + m_lp.float() * gshift
+            gshift = _sum_hw_float(gy)
+            gscale = _dot_hw(gy, xc) + m_lp.float() * gshift
         else:
             gscale = _sum_hw(gy, x)
             gshift = _sum_hw(gy)

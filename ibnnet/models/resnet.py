@@ -7,7 +7,6 @@ official weights, ``build_model_with_cfg`` and a ``checkpoint_filter_fn``, ``for
 the official IBN-Net checkpoints (``bn1``, ``layerX.Y.bn1.IN``, ``layerX.Y.IN``, ``se.fc.0`` ...), so
 official files load with ``strict=True``.  How each variant is read from the paper: docs/variants.md.
 """
-from __future__ import annotations
 
 import math
 from dataclasses import dataclass
