@@ -272,3 +272,90 @@ def test_compiled_network_runs_the_training_forward_with_the_aux_head(tmp_path, 
         assert task(x).shape == (2, 3, 32, 32)   # evaluation (no aux) goes through the compiled forward too
     assert len(calls) > n
     torch._dynamo.reset()
+
+
+# --- 9: predictions encoded off the main thread; DDP fails fast ----------------------------------------------
+
+def test_png_writer_writes_the_bytes_of_serial_encoding_with_a_bounded_queue(tmp_path):
+    import threading
+
+    import numpy as np
+
+    from ibnnet.commands.predict import PngWriter, encode_label_png, train_to_label_id_lut
+    rng = np.random.default_rng(0)
+    lut = train_to_label_id_lut()
+    maps = [rng.integers(0, 19, size=(h, w), dtype=np.uint8) for h, w in [(31, 47), (64, 64), (5, 200)] * 4]
+    maps[1][:10] = 3   # some runs that compress
+    writer = PngWriter(workers=3, max_pending=2)
+    for i, m in enumerate(maps):
+        writer.submit(tmp_path / "a" / f"{i}.png", lambda ids=m: lut[ids])
+    writer.close()
+    for i, m in enumerate(maps):
+        assert (tmp_path / "a" / f"{i}.png").read_bytes() == encode_label_png(lut[m])
+
+    # bounded: with both slots taken, the next submit waits for one to finish
+    gate, returned = threading.Event(), threading.Event()
+    writer = PngWriter(workers=1, max_pending=2)
+
+    def blocked():
+        gate.wait(10)
+        return maps[0]
+    writer.submit(tmp_path / "b0.png", blocked)
+    writer.submit(tmp_path / "b1.png", maps[1])
+    third = threading.Thread(target=lambda: (writer.submit(tmp_path / "b2.png", maps[2]), returned.set()))
+    third.start()
+    assert not returned.wait(0.3)
+    gate.set()
+    assert returned.wait(10)
+    third.join()
+    writer.close()
+    assert [(tmp_path / f"b{i}.png").read_bytes() for i in range(3)] == [encode_label_png(m) for m in maps[:3]]
+
+    # an encoding error reaches the caller
+    writer = PngWriter(workers=1)
+    writer.submit(tmp_path / "c.png", lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        writer.close()
+
+
+def test_ddp_strategies_carry_a_short_process_group_timeout(monkeypatch):
+    from datetime import timedelta
+
+    from pytorch_lightning.strategies import DDPStrategy
+
+    from ibnnet.runs.runner import DDP_TIMEOUT_ENV, build_strategy, process_count
+    monkeypatch.delenv(DDP_TIMEOUT_ENV, raising=False)
+    for name, processes in (("ddp", 8), ("ddp", 1), ("auto", 2)):
+        s = build_strategy(name, processes)
+        assert isinstance(s, DDPStrategy) and s._timeout == timedelta(minutes=10) < timedelta(minutes=30)
+    s = build_strategy("ddp_find_unused_parameters_true", 2)
+    assert s._ddp_kwargs["find_unused_parameters"] is True and s._timeout == timedelta(minutes=10)
+    assert build_strategy("auto", 1) == "auto"   # one process: no process group at all
+    monkeypatch.setenv(DDP_TIMEOUT_ENV, "45")
+    assert build_strategy("ddp", 2)._timeout == timedelta(seconds=45)
+    for bad in ("soon", "0", "-3"):
+        monkeypatch.setenv(DDP_TIMEOUT_ENV, bad)
+        with pytest.raises(ConfigError, match=f"^{DDP_TIMEOUT_ENV}='{bad}': must be a number of seconds > 0"):
+            build_strategy("ddp", 2)
+    assert process_count(4, 2, "cuda") == 8 and process_count("auto", 1, "cpu") == 1
+
+
+def test_a_failing_rank_zero_stops_the_ranks_it_started(tmp_path):
+    import subprocess
+
+    from lightning_fabric.plugins.environments import LightningEnvironment
+    from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+
+    from ibnnet.runs.preemption import Preempted
+    from ibnnet.runs.runner import fail_fast
+    launcher = _SubprocessScriptLauncher(LightningEnvironment(), num_processes=2, num_nodes=1)
+    trainer = type("T", (), {"global_rank": 0, "strategy": type("S", (), {"launcher": launcher})()})()
+    # a coordinated preemption stop is not a failure: the other ranks stop by themselves
+    launcher.procs = [subprocess.Popen(["sleep", "60"])]
+    with pytest.raises(Preempted), fail_fast(trainer):
+        raise Preempted("time limit")
+    assert launcher.procs[0].poll() is None
+    # rank 0 raising before a barrier: its child (rank 1, which would wait in the barrier) is killed at once
+    with pytest.raises(RuntimeError, match="boom"), fail_fast(trainer):
+        raise RuntimeError("boom")
+    assert launcher.procs[0].wait(5) == -9

@@ -48,6 +48,7 @@ def run(args) -> int:
     from ..data.datamodule import DataModule
     from ..files import atomic_write_json, atomic_write_text
     from ..models import load_weights
+    from ..runs.runner import build_strategy, fail_fast
     from ..tasks import TASKS
 
     kinds = [k.strip() for k in args.appearance.split(",") if k.strip()]
@@ -80,10 +81,12 @@ def run(args) -> int:
     else:   # no checkpoint: the configured starting weights (e.g. the official release) are evaluated
         task.load_initial_weights()
     trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=args.devices,
-                         strategy="ddp" if args.devices > 1 else "auto", precision=cfg.trainer.precision,
+                         strategy=build_strategy("ddp" if args.devices > 1 else "auto", args.devices),
+                         precision=cfg.trainer.precision,
                          logger=False, enable_progress_bar=progress,
                          limit_val_batches=cfg.trainer.limit_val_batches, use_distributed_sampler=False)
-    trainer.validate(task, datamodule=dm, verbose=False)
+    with fail_fast(trainer):
+        trainer.validate(task, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:
         return 0
     results = task.last_val

@@ -64,6 +64,50 @@ def encode_label_png(label_ids: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+class PngWriter:
+    """Encodes and writes prediction PNGs on a few threads while the model predicts the next batch (PIL's zlib
+    encoder releases the GIL). At most ``max_pending`` images wait, so memory stays bounded; the bytes are
+    those of :func:`encode_label_png`, each file written atomically. :meth:`close` waits for the rest and
+    raises the first error."""
+
+    def __init__(self, workers: int = 0, max_pending: int = 0):
+        import os
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        workers = workers or min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ibnnet-png")
+        self._slots = threading.BoundedSemaphore(max_pending or 2 * workers)
+        self._error: BaseException | None = None
+
+    def submit(self, path: Path, label_ids) -> None:
+        """Queue one label map (an array, or a callable giving it in the worker thread); blocks while full."""
+        if self._error is not None:
+            raise self._error
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._write, path, label_ids)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(self._done)
+
+    @staticmethod
+    def _write(path: Path, label_ids) -> None:
+        from ..files import atomic_write_bytes
+        atomic_write_bytes(path, encode_label_png(label_ids() if callable(label_ids) else label_ids))
+
+    def _done(self, future) -> None:
+        self._slots.release()
+        if not future.cancelled() and future.exception() is not None and self._error is None:
+            self._error = future.exception()
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for every queued image (``cancel``: drop those not started; after a failure elsewhere)."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+        if self._error is not None and not cancel:
+            raise self._error
+
+
 def prediction_name(raw, image_path: str) -> Path:
     """Output path (relative to the eval set's folder) of one image: its path below the images folder, as .png."""
     rel = Path(image_path).relative_to(raw.images_dir)
@@ -121,16 +165,15 @@ def _jobs(cfg, out: Path, overwrite: bool) -> list[_Job]:
     return jobs
 
 
-def _predictor(task, jobs: list[_Job], batch_size: int, num_workers: int):
+def _predictor(task, jobs: list[_Job], batch_size: int, num_workers: int, writer: PngWriter):
     import pytorch_lightning as pl
     from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
     from torch.nn import functional as F
     from torch.utils.data import DataLoader, SequentialSampler
 
     from ..data.transforms import normalize_batch
-    from ..files import atomic_write_bytes
 
-    lut = torch.from_numpy(train_to_label_id_lut())
+    lut = train_to_label_id_lut()
 
     class Predictor(pl.LightningModule):
         def __init__(self):
@@ -158,11 +201,11 @@ def _predictor(task, jobs: list[_Job], batch_size: int, num_workers: int):
                 size = (int(hs[k]), int(ws[k]))
                 if tuple(s.shape[-2:]) != size:  # an eval set resized on load (GTA5): back to the file's size
                     s = F.interpolate(s.float(), size=size, mode="bilinear", align_corners=False)
-                train_ids = s.argmax(1)[0].to("cpu", torch.long)
-                label_ids = lut[train_ids].numpy()
+                train_ids = s.argmax(1)[0].to("cpu", torch.uint8).numpy()   # < 256 classes (NUM_CLASSES)
                 raw = job.dataset.raw
                 path = job.folder / prediction_name(raw, raw.samples[int(indices[k])][0])
-                atomic_write_bytes(path, encode_label_png(label_ids))
+                # label ids, PNG encoding and the write on the writer's threads; the GPU goes on meanwhile
+                writer.submit(path, lambda ids=train_ids: lut[ids])
 
     return Predictor()
 
@@ -176,6 +219,7 @@ def cmd_predict(args) -> int:
     from ..files import atomic_write_json
     from ..models import load_weights
     from ..progress import progress_enabled
+    from ..runs.runner import build_strategy, fail_fast
     from ..tasks import TASKS
 
     base = compose(args.config, args.overrides)
@@ -212,17 +256,26 @@ def cmd_predict(args) -> int:
         if args.checkpoint:
             load_weights(task.network, args.checkpoint)
         trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=args.devices,
-                             strategy="ddp" if args.devices > 1 else "auto", precision=cfg.trainer.precision,
+                             strategy=build_strategy("ddp" if args.devices > 1 else "auto", args.devices),
+                             precision=cfg.trainer.precision,
                              logger=False, enable_progress_bar=progress_enabled(args.progress),
                              use_distributed_sampler=False,
                              enable_checkpointing=False)
-        predictor = _predictor(task, todo, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.num_workers)
+        writer = PngWriter()
+        predictor = _predictor(task, todo, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.num_workers,
+                               writer)
         import warnings
-        with warnings.catch_warnings():
-            # predict_step writes files and returns nothing, on purpose.
-            warnings.filterwarnings("ignore", message="predict returned None")
-            trainer.predict(predictor, return_predictions=False)
-        trainer.strategy.barrier("predictions written")
+        with fail_fast(trainer):
+            try:
+                with warnings.catch_warnings():
+                    # predict_step writes files and returns nothing, on purpose.
+                    warnings.filterwarnings("ignore", message="predict returned None")
+                    trainer.predict(predictor, return_predictions=False)
+            except BaseException:
+                writer.close(cancel=True)
+                raise
+            writer.close()   # before the barrier: rank 0 then finds every file of every rank
+            trainer.strategy.barrier("predictions written")
         if not trainer.is_global_zero:
             return 0
     missing = [str(j.folder / prediction_name(j.dataset.raw, j.dataset.raw.samples[i][0]))

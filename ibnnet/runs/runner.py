@@ -208,7 +208,7 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
     from ..data.datamodule import DataModule
     from ..models.compiling import training_device_type
     from ..tasks import TASKS
-    from .callbacks import build_callbacks, build_plugins, evaluate_both_inference_modes
+    from .callbacks import build_callbacks, build_plugins
     from .exact import ReseedEachBatch, SampleLog
     from .loggers import build_loggers
     cfg = physical_config(cfg)  # what the processes run: fewer devices with ghost batches, if emulating
@@ -228,11 +228,12 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
     if t.compile:
         task.compile_model()
     exact = [ReseedEachBatch(t.seed)] + ([SampleLog(folder.path / "logs")] if t.log_sample_indices else [])
+    strategy = build_strategy(t.strategy, process_count(t.devices, t.num_nodes, device_type))
     trainer = pl.Trainer(
         default_root_dir=str(folder.path),
         max_epochs=t.max_epochs, max_steps=t.max_steps,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
         precision=t.precision, check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
@@ -242,7 +243,14 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
         + ([PreemptionCheckpoint(flag, folder.checkpoint_dir)] if flag is not None else []),
         plugins=build_plugins(cfg),
     )
+    with fail_fast(trainer):
+        return _fit_and_evaluate(trainer, task, dm, t, resume)
+
+
+def _fit_and_evaluate(trainer, task, dm, t, resume: Path | None) -> dict[str, Any]:
     import warnings
+
+    from .callbacks import evaluate_both_inference_modes
     if evaluation_only(t):
         trainer.validate(task, datamodule=dm, verbose=False)
         inference = evaluate_both_inference_modes(trainer, task, dm)
@@ -273,6 +281,74 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
         "class_names": list(class_names) if class_names is not None and len(class_names) <= 100 else None,
         "inference": inference,
     }
+
+
+DDP_TIMEOUT_ENV = "IBNNET_DDP_TIMEOUT_S"
+# NCCL's default is 30 minutes: a rank that died before a collective (a barrier, a metric sync) left the others
+# waiting that long. 10 minutes still covers the longest legitimate wait we know of: ranks compiling the first
+# step (trainer.compile) with different Inductor cache states, or rank 0 writing a large checkpoint.
+DEFAULT_DDP_TIMEOUT_S = 600.0
+
+
+def ddp_timeout():
+    """The process-group timeout of every DDP run: ``$IBNNET_DDP_TIMEOUT_S`` seconds, else 600."""
+    from datetime import timedelta
+
+    from ..config import ConfigError
+    raw = os.environ.get(DDP_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(raw) if raw else DEFAULT_DDP_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"{DDP_TIMEOUT_ENV}={raw!r}: must be a number of seconds > 0 (the DDP process-group timeout)")
+    return timedelta(seconds=seconds)
+
+
+def process_count(devices, num_nodes: int, device_type: str) -> int:
+    """Training processes of a run: ``devices`` x ``num_nodes`` (``devices=auto``: every GPU, or one CPU process)."""
+    if isinstance(devices, int):
+        return devices * num_nodes
+    return (max(1, torch.cuda.device_count()) if device_type == "cuda" else 1) * num_nodes
+
+
+def build_strategy(strategy: str, processes: int):
+    """``trainer.strategy`` for ``pl.Trainer``: DDP (what ``auto`` picks for several processes) with the short
+    process-group timeout of :func:`ddp_timeout`; one process under ``auto`` stays ``auto`` (no process group)."""
+    if strategy == "auto" and processes <= 1:
+        return "auto"
+    from pytorch_lightning.strategies import DDPStrategy
+    if strategy in ("auto", "ddp"):
+        return DDPStrategy(timeout=ddp_timeout())
+    if strategy in ("ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false"):
+        return DDPStrategy(timeout=ddp_timeout(), find_unused_parameters=strategy.endswith("true"))
+    return strategy
+
+
+class fail_fast:
+    """Around a trainer's calls and barriers: when this process fails, the processes it launched (Lightning
+    starts ranks 1..N-1 as children of rank 0 outside SLURM) are killed at once instead of waiting in their
+    next collective for the process-group timeout. A failing child is caught by Lightning's own observer in
+    rank 0, a failing SLURM task by ``srun --kill-on-bad-exit``; a preemption stop is coordinated, not a failure."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+
+    def __enter__(self) -> "fail_fast":
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if error is None or not isinstance(error, Exception) or isinstance(error, (Preempted, RequeueRequested)):
+            return False
+        from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+        launcher = getattr(self.trainer.strategy, "launcher", None)
+        procs = [p for p in getattr(launcher, "procs", []) if p.poll() is None]
+        if isinstance(launcher, _SubprocessScriptLauncher) and procs:
+            import signal
+            log.error("rank %d failed (%s: %s); stopping the %d other process(es) it started",
+                      self.trainer.global_rank, type(error).__name__, error, len(procs))
+            launcher.kill(signal.SIGKILL)
+        return False
 
 
 def check_device_support(cfg, device_type: str, capability: tuple[int, int] | None = None) -> None:
