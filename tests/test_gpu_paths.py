@@ -93,7 +93,8 @@ def test_each_worker_gets_the_gpus_its_runs_ask_for(tmp_path):
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["3,4", "5,6", "7,9"]
     # emulation: devices=8 on physical_devices=2 runs 2 processes, 2 GPUs
     emulated = _cfg(tmp_path, TINY, "trainer.accelerator=gpu", "trainer.devices=8", "trainer.physical_devices=2")
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in worker_environments(2, [emulated], visible=list("0123"))] == ["0,1", "2,3"]
+    envs = worker_environments(2, [emulated], visible=list("0123"))
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0,1", "2,3"]
     # CPU cells take no GPU: no worker is pinned
     cpu = _cfg(tmp_path, TINY, "trainer.devices=2")
     envs = worker_environments(4, [cpu], visible=["0"])
@@ -208,8 +209,8 @@ def _logged(task, step):
 def test_step_losses_are_logged_without_sync_dist(tmp_path, body, overrides):
     import torch
 
-    from ibnnet.tasks import TASKS
     from ibnnet.config import to_plain
+    from ibnnet.tasks import TASKS
     cfg = _cfg(tmp_path, body, *overrides)
     task = TASKS[cfg.task](to_plain(cfg), 3, ["synthetic"])
     if cfg.task == "classification":
