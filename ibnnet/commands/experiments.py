@@ -321,7 +321,28 @@ def cmd_demo(args) -> int:
     if (out / "table.md").is_file():
         print()
         print((out / "table.md").read_text())
+    kernels = _cpu_kernels_line(exp, tuple(args.overrides))
+    if kernels:
+        print(kernels)
     return code
+
+
+def _cpu_kernels_line(exp: Experiment, overrides: tuple[str, ...]) -> str | None:
+    """What the demo's runs dispatched their CPU kernels to (their metrics.json), so a newcomer comparing with
+    the README sees at once whether the numbers can match."""
+    seen = set()
+    for _cell, _cfg, folder in exp.folders(overrides):
+        rec = ((folder.metrics() or {}).get("reproducibility") or {}).get("cpu_kernels")
+        if rec:
+            seen.add((rec.get("aten_dispatch"), bool(rec.get("portable"))))
+    if not seen:
+        return None
+    if seen == {("AVX2", True)}:
+        return ("[ibnnet] CPU kernels: AVX2 (ATen, oneDNN and MKL pinned), as for the README's numbers: any x86-64 "
+                "CPU with AVX2 gives them at the same seed and thread count")
+    isas = ", ".join(sorted(f"{isa}{'' if portable else ' (not pinned)'}" for isa, portable in seen))
+    return (f"[ibnnet] CPU kernels: {isas}: not the pinned AVX2 set the README's numbers were made with, so the "
+            f"numbers may differ from them (see metrics.json 'reproducibility')")
 
 
 def cmd_run(args) -> int:

@@ -116,9 +116,7 @@ def needs_portable_restart(deterministic: bool) -> dict[str, str] | None:
 def cpu_isa_record() -> dict[str, object]:
     """What the CPU kernels dispatched to in this process, for metrics.json's ``reproducibility``."""
     import torch
-    out: dict[str, object] = {"aten_cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    for k in PORTABLE_CPU_ENV:
-        out[k.lower()] = os.environ.get(k)
-    out["portable"] = all(os.environ.get(k) == v for k, v in PORTABLE_CPU_ENV.items()) \
-        and out["aten_cpu_capability"] == "AVX2"
-    return out
+    dispatch = torch.backends.cpu.get_cpu_capability()
+    env = {k: os.environ.get(k) for k in PORTABLE_CPU_ENV}
+    return {"aten_dispatch": dispatch, "env": env,
+            "portable": dispatch == "AVX2" and all(env[k] == v for k, v in PORTABLE_CPU_ENV.items())}
