@@ -288,7 +288,7 @@ def test_generator_loads_strictly_and_names_mismatches(tmp_path):
     g = _official_checkpoint(tmp_path / "latest_net_G.pth", old_torch=True)
     loaded = load_generator(tmp_path / "latest_net_G.pth")
     x = torch.rand(1, 3, 16, 20) * 2 - 1
-    with torch.no_grad():
+    with torch.no_grad():  # the same ResnetGenerator class (the same ops) with the same weights: bit-identical
         assert torch.equal(loaded(x), g(x))
     state = g.state_dict()
     bad = dict(state)

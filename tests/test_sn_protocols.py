@@ -276,7 +276,7 @@ def test_auxiliary_loss_is_main_plus_weight_times_aux_and_unused_in_evaluation()
     main, aux = net.forward_with_aux(x)
     assert main.shape == aux.shape == (2, 5, 40, 48)
     ce = nn.CrossEntropyLoss(ignore_index=255)
-    loss, parts = task.training_loss(x, y)
+    loss, parts = task.training_loss(x, y)   # the same forward_with_aux ops on the same NCHW input as above
     assert torch.allclose(loss, ce(main, y) + 0.4 * ce(aux, y))
     assert torch.allclose(parts["loss_aux"], ce(aux, y)) and not torch.allclose(loss, ce(main, y))
     # evaluation: the main head only
