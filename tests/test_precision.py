@@ -136,3 +136,18 @@ def test_eval_model_equals_its_fx_and_torchscript_graphs(name):
     scripted = torch.jit.script(graph)
     with torch.no_grad():
         assert torch.equal(torch.cat(tuple(scripted(x).values())), outputs)
+
+
+def test_inductor_cache_is_kept_per_cpu_dispatch(monkeypatch):
+    """Compiled CPU code cached under one ATen dispatch is never loaded under another (ibnnet/models/compiling.py);
+    a folder the user chose is kept."""
+    import os
+
+    from ibnnet.models.compiling import compile_network
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    compile_network(torch.nn.Linear(2, 2), "cpu")   # compiles lazily, at the first call: nothing runs here
+    path = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    assert path.endswith(f"cpu-{torch.backends.cpu.get_cpu_capability().lower()}")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/mine")
+    compile_network(torch.nn.Linear(2, 2), "cpu")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/tmp/mine"
