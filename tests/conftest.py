@@ -1,3 +1,13 @@
+# The test process computes with the CPU kernels deterministic runs pin (ibnnet/runs/env.py), set before torch
+# loads: tests train in this process and in run subprocesses and compare them bit for bit (a run resumed here
+# must continue exactly what a pinned subprocess began), and CI on an AVX-512 Xeon and on an AVX2 EPYC then
+# runs the same kernels. Values set in the environment win: `ATEN_CPU_CAPABILITY=default pytest` runs the
+# whole suite, subprocesses included, under ATen's scalar kernels.
+import os as _os
+
+for _k, _v in {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2,STRICT"}.items():
+    _os.environ.setdefault(_k, _v)
+
 # =============================================================================
 # BEGIN SLURM local-cluster fixture (owner: slurm/local-cluster.sh).
 # Self-contained: keep other fixtures outside this block. If you need your own

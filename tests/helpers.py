@@ -6,12 +6,9 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# The run processes get their pinned CPU kernels here, as the launchers give them (values set in the environment
-# win, so `ATEN_CPU_CAPABILITY=default pytest` runs them under default), instead of restarting themselves with
-# them; tests/test_portable_cpu.py tests the restart.
+# With the pinned CPU kernels conftest.py puts in the environment: run processes need not restart themselves
+# (tests/test_portable_cpu.py tests the restart).
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", WANDB_SILENT="true")
-ENV.update({k: os.environ.get(k, v) for k, v in {
-    "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2,STRICT"}.items()})
 
 CLS = """
 defaults: [{optim: demo}, {trainer: cpu_demo}, {logger: offline}, {launcher: local}]
