@@ -137,3 +137,21 @@ def assert_same_training(a, b, epochs: int, steps_per_epoch: int, num_samples: i
         seen = [i for r in sa if r["epoch"] == e for i in r["indices"]]
         assert sorted(seen) == list(range(num_samples))
     assert [r["indices"] for r in sa[:steps_per_epoch]] != [r["indices"] for r in sa[steps_per_epoch:2 * steps_per_epoch]]
+
+
+def saved_tensor_bytes(layer, x, kind: str) -> int:
+    """Bytes of the storages autograd keeps for backward when ``layer`` runs ``kind`` ("fused"/"native") on ``x``
+    (one forward and backward)."""
+    import torch
+
+    from ibnnet.layers import use_kernel
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), use_kernel(kind):
+        y = layer(x)
+    y.float().sum().backward()
+    return sum(storages.values())

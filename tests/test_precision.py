@@ -8,6 +8,8 @@ import torch
 from timm.layers import get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from helpers import saved_tensor_bytes
+
 import ibnnet  # noqa: F401  (registers the models)
 from ibnnet.layers import IBN, GhostBatchNorm2d, SwitchNorm2d, kernel_for, use_kernel
 from ibnnet.models import MODELS
@@ -58,19 +60,6 @@ def test_float16_moments_of_a_large_plane_do_not_overflow():
     assert (y.double() - ref).abs().max().item() < 2e-2
 
 
-def _saved_bytes(layer, x, kind):
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), use_kernel(kind):
-        y = layer(x)
-    y.float().sum().backward()
-    return sum(storages.values())
-
-
 def test_ibn_in_half_precision_on_cuda_keeps_one_activation():
     """IBN under autocast on CUDA runs the fused kernel (ibnnet/layers/kernels.py): autograd keeps one
     half-precision activation, as BN does, where the split + plain-op path keeps float32 copies of the
@@ -80,8 +69,8 @@ def test_ibn_in_half_precision_on_cuda_keeps_one_activation():
     assert kernel_for("IBN", "cuda", torch.float32) == "native"
     x = torch.randn(4, 32, 16, 16).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     activation = x.numel() * x.element_size()
-    fused = _saved_bytes(IBN(32).to(torch.bfloat16).train(), x.detach().clone().requires_grad_(), "fused")
-    native = _saved_bytes(IBN(32).to(torch.bfloat16).train(), x.detach().clone().requires_grad_(), "native")
+    fused = saved_tensor_bytes(IBN(32).to(torch.bfloat16).train(), x.detach().clone().requires_grad_(), "fused")
+    native = saved_tensor_bytes(IBN(32).to(torch.bfloat16).train(), x.detach().clone().requires_grad_(), "native")
     assert activation <= fused <= 1.05 * activation
     assert native >= 2 * activation
 

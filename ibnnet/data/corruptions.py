@@ -224,7 +224,9 @@ def corrupt_imagenet(src: str | os.PathLike, dst: str | os.PathLike, *, corrupti
             if todo:
                 jobs.append((str(src / wnid / name), todo, resize, crop, quality, seed))
     total = summary.skipped + sum(len(j[1]) for j in jobs)
-    pool = get_context("fork").Pool(workers) if workers > 1 and len(jobs) > 1 else None
+    # forkserver, not fork: this process may already run threads (torch's OpenMP pool, OpenCV's, a progress
+    # bar's), and a child forked while one of them held a lock waited on it forever (seen in the test suite)
+    pool = get_context("forkserver").Pool(workers) if workers > 1 and len(jobs) > 1 else None
     try:
         it = pool.imap_unordered(_job, jobs, chunksize=4) if pool else map(_job, jobs)
         with tqdm(total=total, initial=summary.skipped, desc="ImageNet-C", unit="img", disable=not progress,
