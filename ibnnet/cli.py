@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run (SLURM: resubmit) failed cells again; never duplicates running or finished ones")
     p.add_argument("--stop-on-error", action="store_true", help="local: stop at the first failed run")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="local: N worker processes sharing the grid (one GPU each when there are GPUs). "
-                        "Further `ibnnet sweep` commands on the same grid, here or on other machines, join in")
+                   help="local: N worker processes sharing the grid (on a GPU machine each gets the "
+                        "trainer.devices GPUs its runs ask for). Further `ibnnet sweep` commands on the same grid, "
+                        "here or on other machines, join in")
     p.add_argument("--no-table", action="store_true", help="local: do not render the table afterwards")
     p.add_argument("--yes", "-y", action="store_true",
                    help="start even if the estimate is above --confirm-above (no question asked)")
