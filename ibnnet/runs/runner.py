@@ -340,10 +340,11 @@ class fail_fast:
     def __exit__(self, kind, error, tb) -> bool:
         if error is None or not isinstance(error, Exception) or isinstance(error, (Preempted, RequeueRequested)):
             return False
-        from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+        # Lightning's subprocess launcher (the one that starts ranks as children) keeps them in ``procs`` and
+        # has ``kill``; other launchers have neither. Duck-typed: the class itself is private to Lightning.
         launcher = getattr(self.trainer.strategy, "launcher", None)
-        procs = [p for p in getattr(launcher, "procs", []) if p.poll() is None]
-        if isinstance(launcher, _SubprocessScriptLauncher) and procs:
+        procs = [p for p in getattr(launcher, "procs", None) or [] if p.poll() is None]
+        if procs and callable(getattr(launcher, "kill", None)):
             import signal
             log.error("rank %d failed (%s: %s); stopping the %d other process(es) it started",
                       self.trainer.global_rank, type(error).__name__, error, len(procs))
