@@ -578,7 +578,7 @@ def _sn_batch_average_check(rank, world, dev, tmp: Path) -> dict:
 
     from ibnnet.config import compose
     from ibnnet.data.datamodule import DataModule
-    from ibnnet.data.transforms import normalize_batch
+    from ibnnet.data.transforms.pipeline import normalize_batch
     from ibnnet.layers import estimate_batch_average_stats
     from ibnnet.runs.callbacks import BatchAverageStats, statistics_loader
     from ibnnet.tasks.classification import ClassificationTask

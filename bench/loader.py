@@ -45,11 +45,11 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TVF
 
 from ibnnet.config.schema import AugmentConfig, DatasetSpec
-from ibnnet.data.cityscapes import Cityscapes
-from ibnnet.data.imagenet import ImageNet
+from ibnnet.data.datasets.cityscapes import Cityscapes
+from ibnnet.data.datasets.imagenet import ImageNet
 from ibnnet.data.labels import label_lut
-from ibnnet.data.shrink import shrink_imagenet
-from ibnnet.data.transforms import TransformedDataset, build_transform, prepare_batch
+from ibnnet.data.tools.shrink import shrink_imagenet
+from ibnnet.data.transforms.pipeline import TransformedDataset, build_transform, prepare_batch
 
 SHRUNK_SIDE = 160
 

@@ -18,11 +18,11 @@ from fixtures_datasets import (
 )
 from PIL import Image
 
-from ibnnet.data.bdd100k import BDD100K
-from ibnnet.data.check import check_dataset
-from ibnnet.data.mapillary import V12_TO_TRAIN_ID, MapillaryVistas, robustnet_eval_geometry
+from ibnnet.data.datasets.bdd100k import BDD100K
+from ibnnet.data.tools.check import check_dataset
+from ibnnet.data.datasets.mapillary import V12_TO_TRAIN_ID, MapillaryVistas, robustnet_eval_geometry
 from ibnnet.data.registry import class_subsets
-from ibnnet.data.synthia import SYNTHIA13, SYNTHIA16, SYNTHIA_TO_TRAIN_ID, SynthiaRandCityscapes
+from ibnnet.data.datasets.synthia import SYNTHIA13, SYNTHIA16, SYNTHIA_TO_TRAIN_ID, SynthiaRandCityscapes
 from ibnnet.errors import DataError, DataNotFoundError
 from ibnnet.tasks.metrics import segmentation_scores, subset_miou
 

@@ -122,7 +122,7 @@ def test_resume_and_evaluate_need_nothing_but_the_run_folder(tmp_path):
     import timm
     from helpers import TINY
     source = tmp_path / "start.pth"
-    from ibnnet.data.synthetic import SHAPE_CLASSES
+    from ibnnet.data.datasets.synthetic import SHAPE_CLASSES
     start = timm.create_model("resnet18_bn", num_classes=len(SHAPE_CLASSES)).state_dict()
     torch.save(start, source)
     path = config(tmp_path, TINY.replace("model: {name: resnet18_bn}", f"model: {{name: resnet18_bn, "

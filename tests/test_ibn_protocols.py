@@ -13,8 +13,8 @@ from torchvision import tv_tensors
 
 import ibnnet.models  # noqa: F401  (registers the IBN models with timm)
 from ibnnet.config.schema import AugmentConfig, DatasetSpec
-from ibnnet.data.appearance import ALL_APPEARANCES, apply_appearance_float
-from ibnnet.data.transforms import build_transform
+from ibnnet.data.transforms.appearance import ALL_APPEARANCES, apply_appearance_float
+from ibnnet.data.transforms.pipeline import build_transform
 
 # ---------------------------------------------------------------- IBN Table 1: appearance transforms
 
@@ -32,7 +32,7 @@ def _network_input(img, kind: str, size: int) -> torch.Tensor:
     aug = OmegaConf.structured(AugmentConfig(image_size=size, eval_resize=size + size // 8))
     x, _ = build_transform(spec, "imagenet", aug, train=False)(img, 0)
     # what the network sees: uint8 hand-overs are normalised on the device, float ones already are
-    from ibnnet.data.transforms import normalize_batch
+    from ibnnet.data.transforms.pipeline import normalize_batch
     return normalize_batch(x.as_subclass(torch.Tensor)[None])[0]
 
 
@@ -134,7 +134,7 @@ def test_evaluate_styled_maps_labels_to_the_real_val(tmp_path):
 
 def test_gta5_without_split_stops_with_where_to_get_it(tmp_path):
     from ibnnet.config.schema import DataConfig
-    from ibnnet.data.gta5 import GTA5, SPLIT_URL
+    from ibnnet.data.datasets.gta5 import GTA5, SPLIT_URL
     from ibnnet.data.registry import build_dataset
     fx.write_gta5(tmp_path, n=4)
     spec = OmegaConf.structured(DatasetSpec(name="gta5", dataset="gta5", root=str(tmp_path), split="train"))
@@ -258,7 +258,7 @@ KEYS_FILE = __import__("pathlib").Path(__file__).parent / "data" / "official_key
 
 
 def test_generator_has_the_official_style_monet_layout():
-    from ibnnet.data.stylize import ResnetGenerator
+    from ibnnet.data.tools.stylize import ResnetGenerator
     expected = dict(line.split(" ", 1) for line in KEYS_FILE.read_text().splitlines())
     ours = {k: str(list(v.shape)).replace(" ", "") for k, v in ResnetGenerator().state_dict().items()}
     assert len(expected) == 48 and ours == expected
@@ -270,7 +270,7 @@ def test_generator_has_the_official_style_monet_layout():
 
 def _official_checkpoint(path, seed=0, old_torch=False):
     """A random generator saved as the official latest_net_G.pth (bare state_dict)."""
-    from ibnnet.data.stylize import ResnetGenerator
+    from ibnnet.data.tools.stylize import ResnetGenerator
     torch.manual_seed(seed)
     g = ResnetGenerator().eval()
     state = g.state_dict()
@@ -284,7 +284,7 @@ def _official_checkpoint(path, seed=0, old_torch=False):
 
 
 def test_generator_loads_strictly_and_names_mismatches(tmp_path):
-    from ibnnet.data.stylize import load_generator
+    from ibnnet.data.tools.stylize import load_generator
     g = _official_checkpoint(tmp_path / "latest_net_G.pth", old_torch=True)
     loaded = load_generator(tmp_path / "latest_net_G.pth")
     x = torch.rand(1, 3, 16, 20) * 2 - 1
@@ -311,7 +311,7 @@ def test_stylize_command_writes_a_resumable_styled_copy(tmp_path):
     from helpers import cli
     from PIL import Image
 
-    from ibnnet.data.stylize import from_generator_output, to_generator_input
+    from ibnnet.data.tools.stylize import from_generator_output, to_generator_input
     g = _official_checkpoint(tmp_path / "latest_net_G.pth", seed=1)
     src, dst = tmp_path / "val", tmp_path / "monet" / "val"
     fx.write_imagenet(tmp_path, "val", ["n01", "n02"], per_class=2, size=(20, 16))
@@ -349,7 +349,7 @@ def test_stylize_command_writes_a_resumable_styled_copy(tmp_path):
 
 
 def test_stylize_errors_name_the_problem(tmp_path):
-    from ibnnet.data.stylize import plan_folder
+    from ibnnet.data.tools.stylize import plan_folder
     with pytest.raises(FileNotFoundError, match="source folder not found"):
         plan_folder(tmp_path / "none", tmp_path / "out")
     (tmp_path / "flat").mkdir()

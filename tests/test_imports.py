@@ -46,12 +46,12 @@ def test_data_exports():
         SyntheticScenes,
         SyntheticShapes,
     )
-    from ibnnet.data.cityscapes import Cityscapes as C
+    from ibnnet.data.datasets.cityscapes import Cityscapes as C
     from ibnnet.data.datamodule import DataModule as D
-    from ibnnet.data.gta5 import GTA5 as G
-    from ibnnet.data.imagenet import ImageNet as I
-    from ibnnet.data.synthetic import SyntheticScenes as SC
-    from ibnnet.data.synthetic import SyntheticShapes as SH
+    from ibnnet.data.datasets.gta5 import GTA5 as G
+    from ibnnet.data.datasets.imagenet import ImageNet as I
+    from ibnnet.data.datasets.synthetic import SyntheticScenes as SC
+    from ibnnet.data.datasets.synthetic import SyntheticShapes as SH
     assert (Cityscapes, GTA5, ImageNet, SyntheticShapes, SyntheticScenes, DataModule) == (C, G, I, SH, SC, D)
     assert {"builtin_cls", "builtin_seg", "imagenet", "cityscapes", "gta5"} <= set(DATASETS)
     assert {"Cityscapes", "GTA5", "ImageNet", "SyntheticShapes", "SyntheticScenes", "DataModule"} <= set(data.__all__)

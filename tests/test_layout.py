@@ -73,3 +73,63 @@ def test_the_check_sees_upward_imports(tmp_path):
     probe.write_text("from ..runs.folder import RunFolder\nfrom . import base\n\ndef f():\n"
                      "    from .. import commands\n    import ibnnet.launchers.slurm\n")
     assert imported_packages(probe, tmp_path / "ibnnet") == {"runs", "tasks", "commands", "launchers"}
+
+
+def module_imports(path: Path, root: Path = ROOT) -> set[str]:
+    """Dotted ibnnet modules that ``path`` imports by name (``from .x import y`` counts as ``x.y`` when that
+    is a module), module level and inside functions, including those under TYPE_CHECKING."""
+    package = list(path.relative_to(root.parent).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        mods = []
+        if isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - (node.level - 1)] if node.level else []
+            mod = base + (node.module.split(".") if node.module else [])
+            mods = [mod + [a.name] for a in node.names] + [mod]
+        elif isinstance(node, ast.Import):
+            mods = [a.name.split(".") for a in node.names]
+        for m in mods:
+            if m and m[0] == "ibnnet":
+                as_file = root.parent.joinpath(*m)
+                if as_file.with_suffix(".py").is_file() or (as_file / "__init__.py").is_file():
+                    found.add(".".join(m))
+    return found
+
+
+def test_no_module_imports_itself_through_a_circle():
+    """Import circles between modules (data/imagenet <-> data/shrink was one) make the order of imports matter
+    and hide which module owns what; every module-level dependency graph here is acyclic."""
+    graph = {}
+    for path in ROOT.rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {m for m in module_imports(path) if m != name and not name.startswith(m + ".")}
+    state, circles = {}, []
+
+    def visit(node, stack):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(nxt_ := node, ())):
+            if nxt.startswith(nxt_ + "."):
+                continue   # a package importing its own submodule
+            if state.get(nxt) == 1:
+                circles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_data_holds_datasets_transforms_and_tools_apart():
+    data = ROOT / "data"
+    assert {p.stem for p in (data / "tools").glob("*.py")} >= {"check", "shrink", "stylize", "corruptions"}
+    readers = {p.stem for p in (data / "datasets").glob("*.py")} - {"__init__"}
+    assert {"imagenet", "cityscapes", "gta5", "synthia", "mapillary", "bdd100k"} <= readers
+    for reader in (data / "datasets").glob("*.py"):   # a reader never depends on a tool that writes datasets
+        assert not any(".data.tools" in m for m in module_imports(reader)), reader

@@ -22,10 +22,11 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from ibnnet.config.schema import AugmentConfig, DataConfig, DatasetSpec
-from ibnnet.data.imagenet import ImageNet
+from ibnnet.data.datasets.imagenet import ImageNet
 from ibnnet.data.registry import build_dataset
-from ibnnet.data.shrink import MARKER, select_shrunk, shrink_imagenet, target_size
-from ibnnet.data.transforms import (
+from ibnnet.data.datasets.imagenet import select_shrunk
+from ibnnet.data.tools.shrink import MARKER, shrink_imagenet, target_size
+from ibnnet.data.transforms.pipeline import (
     RandomScaleAspect,
     TransformedDataset,
     build_transform,

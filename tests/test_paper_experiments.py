@@ -51,7 +51,7 @@ def data_root(tmp_path_factory):
     write_imagenet(root / "imagenet", "val", wnids, per_class=2, size=(40, 32))
     write_imagenet(root / "imagenet_monet", "val", wnids, per_class=2, size=(40, 32))
     # the `ibnnet data shrink` copy the reduced ImageNet scales of Tables 1-3 train from
-    from ibnnet.data.shrink import shrink_imagenet
+    from ibnnet.data.tools.shrink import shrink_imagenet
     shrink_imagenet(root / "imagenet", root / "imagenet-160", 160, progress=False)
     write_cityscapes(root / "cityscapes", splits={"train": {"aachen": 6, "bochum": 4}, "val": {"frankfurt": 2}},
                      size=(64, 32))

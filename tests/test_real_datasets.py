@@ -14,11 +14,11 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests import fixtures_datasets as fx
 
-from ibnnet.data.appearance import APPEARANCES, Appearance, apply_appearance
-from ibnnet.data.check import CheckReport, check_dataset
-from ibnnet.data.cityscapes import Cityscapes, LabelSizeMismatchWarning
-from ibnnet.data.gta5 import GTA5
-from ibnnet.data.imagenet import ImageNet, fraction_count, select_fraction
+from ibnnet.data.transforms.appearance import APPEARANCES, Appearance, apply_appearance
+from ibnnet.data.tools.check import CheckReport, check_dataset
+from ibnnet.data.datasets.cityscapes import Cityscapes, LabelSizeMismatchWarning
+from ibnnet.data.datasets.gta5 import GTA5
+from ibnnet.data.datasets.imagenet import ImageNet, fraction_count, select_fraction
 from ibnnet.data.labels import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,

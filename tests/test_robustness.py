@@ -10,9 +10,9 @@ import torch
 from fixtures_datasets import write_jpeg
 from PIL import Image
 
-from ibnnet.data.check import check_dataset
-from ibnnet.data.corruptions import MARKER, corrupt_imagenet
-from ibnnet.data.robustness import (
+from ibnnet.data.tools.check import check_dataset
+from ibnnet.data.tools.corruptions import MARKER, corrupt_imagenet
+from ibnnet.data.datasets.robustness import (
     ALEXNET_CLEAN_ERROR,
     ALEXNET_ERRORS,
     CORRUPTIONS,
@@ -154,7 +154,7 @@ def test_robustness_experiment_evaluates_official_weights_end_to_end(tmp_path):
     from helpers import cli
     from test_paper_experiments import run_cell
 
-    from ibnnet.data.transforms import normalize_batch
+    from ibnnet.data.transforms.pipeline import normalize_batch
     from ibnnet.models import create_model
     from ibnnet.results.table import write_table
 

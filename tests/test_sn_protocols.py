@@ -73,7 +73,7 @@ def _augment(**kw):
 def test_pca_lighting_is_off_by_default_and_only_in_imagenet_training():
     from omegaconf import OmegaConf
 
-    from ibnnet.data.transforms import PCALighting, build_transform
+    from ibnnet.data.transforms.pipeline import PCALighting, build_transform
     spec = OmegaConf.structured(DatasetSpec)
     assert AugmentConfig().pca_lighting == 0.0
     has = lambda t: any(isinstance(s, PCALighting) for s in t.transforms)  # noqa: E731
@@ -85,7 +85,7 @@ def test_pca_lighting_is_off_by_default_and_only_in_imagenet_training():
 
 
 def test_pca_lighting_adds_one_rgb_offset_along_the_eigenvectors_deterministically():
-    from ibnnet.data.transforms import PCALighting
+    from ibnnet.data.transforms.pipeline import PCALighting
     t = PCALighting(0.1)
     image = tv_tensors.Image(torch.rand(3, 9, 7))
     torch.manual_seed(3)
@@ -115,7 +115,7 @@ def test_pca_lighting_in_the_pipeline_shifts_each_normalised_channel_by_offset_o
     from omegaconf import OmegaConf
     from timm.data import IMAGENET_DEFAULT_STD
 
-    from ibnnet.data.transforms import PCALighting, build_transform, normalize_batch
+    from ibnnet.data.transforms.pipeline import PCALighting, build_transform, normalize_batch
     spec = OmegaConf.structured(DatasetSpec)
     image = tv_tensors.Image(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8))
     plain = build_transform(spec, "imagenet", _augment(image_size=16), train=True)
@@ -158,7 +158,7 @@ def tiny_cls(root: Path, tmp: Path, *extra: str):
 def test_batch_average_batches_are_unaugmented_training_images(textured_imagenet, tmp_path):
     from ibnnet.data.datamodule import DataModule
     from ibnnet.data.registry import DATASETS
-    from ibnnet.data.transforms import TransformedDataset, build_transform
+    from ibnnet.data.transforms.pipeline import TransformedDataset, build_transform
     from ibnnet.runs.callbacks import statistics_loader
     cfg = tiny_cls(textured_imagenet, tmp_path, "data.augment.pca_lighting=0.1")
     dm = DataModule(cfg)

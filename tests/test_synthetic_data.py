@@ -7,7 +7,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ibnnet.data.synthetic import (
+from ibnnet.data.datasets.synthetic import (
     DEFAULT_NUM_SAMPLES,
     DOMAINS,
     SCENE_CLASSES,

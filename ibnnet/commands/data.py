@@ -84,7 +84,7 @@ def run(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from ..data.check import check_dataset
+    from ..data.tools.check import check_dataset
     report = check_dataset(args.name, args.root, check_label_values=not args.no_label_values,
                            progress=progress_enabled(args.progress))
     print(report.render())
@@ -94,7 +94,7 @@ def cmd_data_check(args) -> int:
 def cmd_stylize(args) -> int:
     import torch
 
-    from ..data.stylize import download_style_monet, load_generator, stylize_folder
+    from ..data.tools.stylize import download_style_monet, load_generator, stylize_folder
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 1 <= args.quality <= 100:
@@ -111,7 +111,7 @@ def cmd_stylize(args) -> int:
 
 
 def cmd_data_shrink(args) -> int:
-    from ..data.shrink import MARKER, shrink_imagenet
+    from ..data.tools.shrink import MARKER, shrink_imagenet
     src = Path(args.src)
     dst = Path(args.dst) if args.dst else src.with_name(f"{src.name}-{args.short_side}")
     if dst.name != f"{src.name}-{args.short_side}":
@@ -136,7 +136,7 @@ def cmd_data_shrink(args) -> int:
 
 
 def cmd_data_corrupt(args) -> int:
-    from ..data.corruptions import MARKER, corrupt_imagenet
+    from ..data.tools.corruptions import MARKER, corrupt_imagenet
     shard = None
     if args.shard:
         try:

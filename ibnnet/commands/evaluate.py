@@ -44,7 +44,7 @@ def run(args) -> int:
 
     from ..config import compose
     from ..config.loader import Source
-    from ..data.appearance import ALL_APPEARANCES
+    from ..data.transforms.appearance import ALL_APPEARANCES
     from ..data.datamodule import DataModule
     from ..files import atomic_write_json, atomic_write_text
     from ..models import load_weights
@@ -91,7 +91,7 @@ def run(args) -> int:
         return 0
     results = task.last_val
     metrics = ("top1_err", "top5_err") if cfg.task == "classification" else ("miou", "pixel_acc")
-    # ImageNet-C's summary row (ibnnet/data/robustness.py) also has mCE and relative mCE
+    # ImageNet-C's summary row (ibnnet/data/datasets/robustness.py) also has mCE and relative mCE
     metrics += tuple(m for m in ("mce", "relative_mce") if any(m in v for v in results.values()))
     lines = [f"# Evaluation of {args.checkpoint or cfg.model.name}", "",
              "| eval set | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]

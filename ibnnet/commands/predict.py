@@ -145,7 +145,7 @@ class _Images(torch.utils.data.Dataset):
 def _jobs(cfg, out: Path, overwrite: bool) -> list[_Job]:
     from ..data.datamodule import DataModule
     from ..data.registry import DATASETS, build_dataset
-    from ..data.transforms import build_transform
+    from ..data.transforms.pipeline import build_transform
 
     dm = DataModule(cfg)
     jobs = []
@@ -171,7 +171,7 @@ def _predictor(task, jobs: list[_Job], batch_size: int, num_workers: int, writer
     from torch.nn import functional as F
     from torch.utils.data import DataLoader, SequentialSampler
 
-    from ..data.transforms import normalize_batch
+    from ..data.transforms.pipeline import normalize_batch
 
     lut = train_to_label_id_lut()
 

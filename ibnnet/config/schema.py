@@ -59,7 +59,7 @@ class DatasetSpec:
     # mapillary: RobustNet's evaluation geometry (height resized to it, centre square crop); None = 1536 for val, 0 = off
     eval_size: Optional[int] = None
     # imagenet_c: the corruptions and severities read, one evaluation set each, named <name>/<corruption>/<severity>,
-    # plus <name> itself holding mCE etc. (ibnnet/data/robustness.py); None = the benchmark's 15 x 5
+    # plus <name> itself holding mCE etc. (ibnnet/data/datasets/robustness.py); None = the benchmark's 15 x 5
     corruptions: Optional[List[str]] = None
     severities: Optional[List[int]] = None
     scales: List[float] = field(default_factory=lambda: [1.0])  # segmentation eval: multi-scale testing

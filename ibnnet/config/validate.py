@@ -18,7 +18,7 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 LAUNCHERS = ("local", "slurm")
 SEG_HEADS = ("fcn", "aspp", "deeplabv2")
 EVAL_MODES = ("whole", "slide")
-# IBN Table 1 (unclipped float, default) and the uint8 rounded+clipped variants; see ibnnet/data/appearance.py
+# IBN Table 1 (unclipped float, default) and the uint8 rounded+clipped variants; see ibnnet/data/transforms/appearance.py
 APPEARANCES = ("none", "rgb+50", "r+50", "std1.5", "rgb+50_clip", "r+50_clip", "std1.5_clip")
 
 Problem = tuple[str, Any, str]
@@ -99,7 +99,7 @@ def validate(cfg: DictConfig) -> list[Problem]:
             check(list(spec.scales) == [1.0] and not spec.flip, f"{key}.scales", list(spec.scales),
                   "multi-scale/flip testing is for segmentation")
         if spec.corruptions is not None or spec.severities is not None:
-            from ..data.robustness import CORRUPTIONS, SEVERITIES
+            from ..data.datasets.robustness import CORRUPTIONS, SEVERITIES
             check(spec.dataset == "imagenet_c", f"{key}.corruptions", spec.dataset, "are for dataset imagenet_c")
             for c in spec.corruptions or []:
                 choice(f"{key}.corruptions", c, CORRUPTIONS)

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> submodule that defines it
 _LAZY = {
-    "ImageNet": "imagenet",
-    "Cityscapes": "cityscapes",
-    "GTA5": "gta5",
-    "SyntheticShapes": "synthetic",
-    "SyntheticScenes": "synthetic",
+    "ImageNet": "datasets.imagenet",
+    "Cityscapes": "datasets.cityscapes",
+    "GTA5": "datasets.gta5",
+    "SyntheticShapes": "datasets.synthetic",
+    "SyntheticScenes": "datasets.synthetic",
     "DataModule": "datamodule",
     "DATASETS": "registry",
     "build_dataset": "registry",
@@ -25,12 +25,12 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
-    from .cityscapes import Cityscapes
+    from .datasets.cityscapes import Cityscapes
     from .datamodule import DataModule
-    from .gta5 import GTA5
-    from .imagenet import ImageNet
+    from .datasets.gta5 import GTA5
+    from .datasets.imagenet import ImageNet
     from .registry import DATASETS, build_dataset
-    from .synthetic import SyntheticScenes, SyntheticShapes
+    from .datasets.synthetic import SyntheticScenes, SyntheticShapes
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 from ..errors import ConfigError
 from .registry import DATASETS, build_dataset, dataset_root
 from .sampling import EpochBatchSampler
-from .transforms import TransformedDataset, build_transform
+from .transforms.pipeline import TransformedDataset, build_transform
 
 log = logging.getLogger("ibnnet")
 

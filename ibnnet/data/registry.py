@@ -26,19 +26,19 @@ class DatasetEntry:
 
 
 def _builtin_cls(spec, root, data):
-    from .synthetic import SyntheticShapes
+    from .datasets.synthetic import SyntheticShapes
     return SyntheticShapes(split=spec.split, domain=spec.domain, num_samples=spec.num_samples, seed=spec.seed,
                            image_size=data.augment.image_size)
 
 
 def _builtin_seg(spec, root, data):
-    from .synthetic import SyntheticScenes
+    from .datasets.synthetic import SyntheticScenes
     return SyntheticScenes(split=spec.split, domain=spec.domain, num_samples=spec.num_samples, seed=spec.seed,
                            image_size=data.augment.crop_size[0])
 
 
 def _imagenet(spec, root, data):
-    from .imagenet import ImageNet
+    from .datasets.imagenet import ImageNet
     # The shrunk copy serves training only: evaluation always reads the original val images.
     return ImageNet(root, split=spec.split, num_classes_subset=data.class_subset, fraction=spec.fraction,
                     seed=spec.seed, shrunk_short_side=data.shrunk_short_side if spec.split == "train" else 0)
@@ -47,39 +47,39 @@ def _imagenet(spec, root, data):
 def _image_folder(spec, root, data):
     # A folder of class folders (e.g. a CycleGAN/Monet-styled copy of ImageNet val): root/split/<wnid>/*.
     # Labels by folder NAME from `classes_root` (the real val), not by position in this folder's listing.
-    from .imagenet import ImageNet, reference_classes
+    from .datasets.imagenet import ImageNet, reference_classes
     classes = reference_classes(spec.classes_root) if spec.classes_root else None
     return ImageNet(root, split=spec.split, num_classes_subset=data.class_subset, fraction=spec.fraction,
                     seed=spec.seed, classes=classes, classes_source=spec.classes_root)
 
 
 def _cityscapes(spec, root, data):
-    from .cityscapes import Cityscapes
+    from .datasets.cityscapes import Cityscapes
     return Cityscapes(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
 
 
 def _gta5(spec, root, data):
-    from .gta5 import GTA5
+    from .datasets.gta5 import GTA5
     return GTA5(root, split=spec.split, fraction=spec.fraction, seed=spec.seed, allow_no_split=data.gta5_allow_no_split)
 
 
 def _bdd100k(spec, root, data):
-    from .bdd100k import BDD100K
+    from .datasets.bdd100k import BDD100K
     return BDD100K(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
 
 
 def _mapillary(spec, root, data):
-    from .mapillary import MapillaryVistas
+    from .datasets.mapillary import MapillaryVistas
     return MapillaryVistas(root, split=spec.split, fraction=spec.fraction, seed=spec.seed, eval_size=spec.eval_size)
 
 
 def _synthia(spec, root, data):
-    from .synthia import SynthiaRandCityscapes
+    from .datasets.synthia import SynthiaRandCityscapes
     return SynthiaRandCityscapes(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
 
 
 def _imagenet_c(spec, root, data):
-    from .robustness import imagenet_c
+    from .datasets.robustness import imagenet_c
     if len(spec.corruptions or ()) != 1 or len(spec.severities or ()) != 1:
         raise ConfigError(f"{spec.name}: an ImageNet-C reader reads one corruption at one severity (the data "
                           "module expands a spec into one evaluation set each)")
@@ -90,7 +90,7 @@ def _imagenet_c(spec, root, data):
 def _expand_imagenet_c(spec) -> list:
     from omegaconf import OmegaConf
 
-    from .robustness import imagenet_c_sets
+    from .datasets.robustness import imagenet_c_sets
     out = []
     for name, corruption, severity in imagenet_c_sets(spec):
         one = OmegaConf.merge(spec, {"name": name, "corruptions": [corruption], "severities": [severity]})
@@ -100,17 +100,17 @@ def _expand_imagenet_c(spec) -> list:
 
 
 def _imagenet_r(spec, root, data):
-    from .robustness import imagenet_r
+    from .datasets.robustness import imagenet_r
     return imagenet_r(root, class_subset=data.class_subset, fraction=spec.fraction, seed=spec.seed)
 
 
 def _imagenet_sketch(spec, root, data):
-    from .robustness import imagenet_sketch
+    from .datasets.robustness import imagenet_sketch
     return imagenet_sketch(root, class_subset=data.class_subset, fraction=spec.fraction, seed=spec.seed)
 
 
 def _synthia_subsets() -> dict[str, tuple[int, ...]]:
-    from .synthia import CLASS_SUBSETS
+    from .datasets.synthia import CLASS_SUBSETS
     return dict(CLASS_SUBSETS)
 
 
@@ -123,7 +123,7 @@ DATASETS: dict[str, DatasetEntry] = {
     "image_folder": DatasetEntry("classification", _image_folder, None, "imagenet",
                                  "class folders in ImageNet's layout, e.g. a Monet-styled copy of val",
                                  needs_root=True),
-    # Robustness sets, labelled in ImageNet-1k's 1000 classes (ibnnet/data/robustness.py)
+    # Robustness sets, labelled in ImageNet-1k's 1000 classes (ibnnet/data/datasets/robustness.py)
     "imagenet_c": DatasetEntry("classification", _imagenet_c, "imagenet-c", "center_crop",
                                "ImageNet-C: 15 corruptions x 5 severities of val (224 px; mCE)",
                                expand=_expand_imagenet_c),

@@ -9,7 +9,7 @@ without depending on how many batches the DataLoader's workers prefetched when t
 - a resume position ``(epoch, batches already trained)`` taken from Lightning's loop progress (which
   counts *trained* batches, not fetched ones), so the resumed epoch skips exactly those batches;
 - every item is ``(epoch, index)``: the dataset seeds each sample's augmentation from
-  (seed, epoch, index) (:class:`~ibnnet.data.transforms.TransformedDataset`), so worker count, worker
+  (seed, epoch, index) (:class:`~ibnnet.data.transforms.pipeline.TransformedDataset`), so worker count, worker
   restarts and prefetching never change what a sample looks like.
 """
 from __future__ import annotations

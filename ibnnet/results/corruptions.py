@@ -1,7 +1,7 @@
 """The ImageNet-C figure of an experiment: which corruptions each model resists, and how errors grow with severity.
 
 Drawn from the ImageNet-C summaries in the run folders (``metrics.json``, the spec's own name, see
-:func:`ibnnet.data.robustness.imagenet_c_summary`): left, the corruption error CE of each of the 15
+:func:`ibnnet.data.datasets.robustness.imagenet_c_summary`): left, the corruption error CE of each of the 15
 corruptions (AlexNet = 100) per model, or the mean error per corruption where CE is not defined (a class
 subset, missing severities); right, the mean error over corruptions at each severity.
 """
@@ -14,12 +14,12 @@ from ..files import atomic_output
 
 if TYPE_CHECKING:
     from ..experiments.grid import Experiment
-    from .table import Record
+    from .records import Record
 
 
 def render_corruption_figure(exp: Experiment, records: list[Record], path: Path) -> bool:
     """Write ``path`` if any finished run has an ImageNet-C summary; returns whether it did."""
-    from ..data.robustness import CORRUPTIONS, SEVERITIES
+    from ..data.datasets.robustness import CORRUPTIONS, SEVERITIES
     runs = [r for r in records if any(k.startswith("err_severity_") for k in r.metrics)]
     if not runs:
         return False

@@ -16,28 +16,18 @@ import csv
 import io
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..experiments.grid import Experiment
 from ..files import atomic_output, atomic_write_text
 from ..runs.folder import BROKEN, DONE, PENDING
+from .records import Record
 
 log = logging.getLogger("ibnnet")
 
 METRIC_LABELS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc", "top5_acc": "top-5 acc",
                  "miou": "mIoU", "pixel_acc": "pixel acc", "mce": "mCE", "relative_mce": "relative mCE"}
-
-
-@dataclass
-class Record:
-    labels: dict[str, str]
-    eval: str
-    status: str
-    run_id: str
-    metrics: dict[str, float]
-    evaluation_only: bool = False   # the run scored its starting weights (trainer.max_epochs: 0)
 
 
 def select_metrics(metrics: dict[str, Any], select: str, where: str = "") -> dict[str, Any]:

@@ -15,7 +15,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from ..data.transforms import normalize_batch
+from ..data.transforms.pipeline import normalize_batch
 from ..errors import UserError
 from ..layers import estimate_batch_average_stats
 from .folder import RunFolder
@@ -89,7 +89,7 @@ def statistics_loader(datamodule, seed: int, world_size: int = 1, rank: int = 0)
     colour noise), shuffled with ``seed``, in batches of the run's per-process batch size. The official SN code
     estimates its batch-average statistics from exactly such un-augmented training batches."""
     from ..data.registry import DATASETS
-    from ..data.transforms import TransformedDataset, build_transform
+    from ..data.transforms.pipeline import TransformedDataset, build_transform
 
     cfg = datamodule.cfg
     spec = cfg.data.train

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from ..data.transforms import normalize_batch, prepare_batch
+from ..data.transforms.pipeline import normalize_batch, prepare_batch
 from .optim import build_optimizer, linear_scaled_lr, param_groups
 
 # Metrics whose best is tracked per evaluation set (lower is better for *_err, higher for the others).

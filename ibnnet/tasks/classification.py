@@ -82,7 +82,7 @@ def imagenet_c_summaries(val_specs, results: dict[str, dict], num_classes: int) 
     The clean error of the relative mCE is that of the first evaluation set reading ImageNet val with no
     appearance change (the configs name it ``origin``); without one there is no relative mCE.
     """
-    from ..data.robustness import imagenet_c_sets, imagenet_c_summary
+    from ..data.datasets.robustness import imagenet_c_sets, imagenet_c_summary
     clean = next((results[s.name]["top1_err"] for s in val_specs
                   if s.dataset == "imagenet" and s.split == "val" and s.appearance == "none" and s.name in results),
                  None)

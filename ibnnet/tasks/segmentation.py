@@ -23,7 +23,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from ..config.emulation import effective_norm
 from ..data.registry import class_subsets
-from ..data.transforms import normalize_batch
+from ..data.transforms.pipeline import normalize_batch
 from ..layers.norm import get_norm_layer
 from .base import TaskBase
 from .common import (

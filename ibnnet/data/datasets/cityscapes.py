@@ -16,7 +16,7 @@ gives an all-255 mask so the item tuple keeps its shape.
 Size mismatch policy: if a label's size differs from its image's, ``__getitem__`` does not raise (one
 bad file should not kill an 80-epoch run); it resizes the label to the image size with nearest neighbour
 (ids are never blended) and emits one :class:`LabelSizeMismatchWarning` per file per process (each
-DataLoader worker is a process, so up to one per worker). ``ibnnet.data.check.check_dataset`` lists such
+DataLoader worker is a process, so up to one per worker). ``ibnnet.data.tools.check.check_dataset`` lists such
 files up front.
 """
 from __future__ import annotations
@@ -32,10 +32,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from ..errors import DataError, DataNotFoundError
+from ...errors import DataError, DataNotFoundError
 from .imagenet import fraction_count, select_fraction
-from .images import DECODERS, decode_rgb
-from .labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, label_lut
+from ..images import DECODERS, decode_rgb
+from ..labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, label_lut
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -235,7 +235,7 @@ class Cityscapes(PairedSegmentation):
             raise DataNotFoundError(
                 f"{len(missing)} of {len(images)} Cityscapes {split} images have no label file, e.g. "
                 + ", ".join(missing[:3])
-                + " (run ibnnet.data.check.check_dataset('cityscapes', root) for a full report)"
+                + " (run ibnnet.data.tools.check.check_dataset('cityscapes', root) for a full report)"
             )
         self._apply_fraction([Path(p).name[: -len(IMAGE_SUFFIX)] for p, _ in self.samples], fraction, seed)
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from ..errors import DataError, DataNotFoundError
+from ...errors import DataError, DataNotFoundError
 from .cityscapes import PairedSegmentation
 from .imagenet import is_image_file
 
@@ -179,7 +179,7 @@ class GTA5(PairedSegmentation):
             raise DataNotFoundError(
                 f"{len(missing)} of {len(stems)} GTA5 {split} frames have no label file, e.g. "
                 + ", ".join(missing[:3])
-                + " (run ibnnet.data.check.check_dataset('gta5', root) for a full report)"
+                + " (run ibnnet.data.tools.check.check_dataset('gta5', root) for a full report)"
             )
         self._apply_fraction(stems, fraction, seed)
 

@@ -26,7 +26,7 @@ reports drops of 0.18 and 1.46 top-1 for them, so its pipeline was not an exact 
 saturation being one explanation. The paper does not say; the ``_clip`` variants let you evaluate both.)
 
 The "Monet" row needs no transform: a CycleGAN/Monet-styled copy of val in the same class-folder layout
-(``ibnnet data stylize``, :mod:`ibnnet.data.stylize`) is read as an ``image_folder`` evaluation set whose
+(``ibnnet data stylize``, :mod:`ibnnet.data.tools.stylize`) is read as an ``image_folder`` evaluation set whose
 labels are mapped by folder name to the real val's classes (``classes_root``).
 """
 from __future__ import annotations

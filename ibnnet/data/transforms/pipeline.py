@@ -6,7 +6,7 @@
   ignore label), mirror; evaluation at full resolution.
 Every pipeline starts with the optional fixed resize of the dataset spec (GTA5 -> 1024x563). IBN Table 1's
 appearance transforms act on the float network input just before normalisation (unclipped, the default),
-or, for the ``*_clip`` variants, on the decoded uint8 image (see :mod:`ibnnet.data.appearance`).
+or, for the ``*_clip`` variants, on the decoded uint8 image (see :mod:`ibnnet.data.transforms.appearance`).
 
 Workers hand over uint8 images (and uint8 masks): conversion to float and ImageNet normalisation run on the
 device (:func:`normalize_batch`, called by the task's ``on_after_batch_transfer``), as timm's prefetcher does.
@@ -56,7 +56,7 @@ class RandomScaleAspect(v2.Transform):
 
 
 class Appearance(v2.Transform):
-    """IBN Table 1 appearance change of the image (see :mod:`ibnnet.data.appearance`): the ``*_clip``
+    """IBN Table 1 appearance change of the image (see :mod:`ibnnet.data.transforms.appearance`): the ``*_clip``
     kinds on uint8 images (rounded, clipped), the others on float images in [0, 1] (exact, unclipped)."""
 
     def __init__(self, kind: str):
@@ -215,7 +215,7 @@ class TransformedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item):
-        from .sampling import sample_seed, seed_torch
+        from ..sampling import sample_seed, seed_torch
         epoch, index = item if isinstance(item, (tuple, list)) else (-1, item)
         image, target = self.dataset[index]
         s = sample_seed(self.seed, epoch, index)

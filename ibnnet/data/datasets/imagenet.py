@@ -15,6 +15,7 @@ Images are decoded by :func:`ibnnet.data.images.decode_rgb` (why torchvision fir
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -23,8 +24,11 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from ..errors import DataError, DataNotFoundError
-from .images import DECODERS, IMAGE_EXTENSIONS, decode_rgb, is_image_file  # noqa: F401  (re-exported)
+from ...errors import DataError, DataNotFoundError
+from ...files import read_json
+from ..images import DECODERS, IMAGE_EXTENSIONS, decode_rgb, is_image_file  # noqa: F401  (re-exported)
+
+log = logging.getLogger("ibnnet")
 
 
 def fraction_count(n: int, fraction: float) -> int:
@@ -120,7 +124,6 @@ class ImageNet(Dataset):
         if num_classes_subset < 0:
             raise ValueError(f"num_classes_subset must be >= 0, got {num_classes_subset}")
         fraction_count(1, fraction)  # validates the range early
-        from .shrink import select_shrunk
         found = select_shrunk(root, shrunk_short_side, split)
         # Which files were read, for the run's records: None = the originals under `root`.
         self.shrunk = None if found is None else {"root": str(found[0]), "original_root": str(root),
@@ -194,5 +197,32 @@ class ImageNet(Dataset):
                 f"classes={self.num_classes}, images={len(self)})")
 
 
-__all__ = ["DECODERS", "IMAGE_EXTENSIONS", "ImageNet", "decode_rgb", "fraction_count", "reference_classes",
+
+# The shrunk copy's marker file (written by `ibnnet data shrink`, data/tools/shrink.py). Reading it lives here,
+# beside the reader that uses it, so the reader does not depend on the tool that writes copies.
+SHRUNK_MARKER = "ibnnet_shrink.json"
+
+def select_shrunk(root: str | os.PathLike, short_side: int, split: str) -> tuple[Path, dict] | None:
+    """``(<root>-<short_side>, its marker)`` when that copy's ``split`` is complete, else None (with a
+    warning when a copy exists but is unfinished or was made with other settings)."""
+    if short_side <= 0:
+        return None
+    root = Path(root)
+    base = root if root.name else root.resolve()  # "." has no name to append -N to
+    copy = base.with_name(f"{base.name}-{short_side}")
+    if not copy.is_dir():
+        return None
+    marker = read_json(copy / SHRUNK_MARKER) or {}
+    info = marker.get("splits", {}).get(split, {})
+    if marker.get("short_side") != short_side or not info.get("complete"):
+        log.warning("%s is not a complete shrunk copy of %s (%s); reading the original images. Finish it with "
+                    "'ibnnet data shrink imagenet %s %s --short-side %d'", copy, split,
+                    f"no {SHRUNK_MARKER}" if not marker else f"marker: {info or 'split missing'}", root, copy, short_side)
+        return None
+    log.info("ImageNet %s: reading the shrunk copy %s (short side %d, JPEG quality %s) instead of %s",
+             split, copy, short_side, marker.get("quality"), root)
+    return copy, marker
+
+
+__all__ = ["DECODERS", "IMAGE_EXTENSIONS", "ImageNet", "SHRUNK_MARKER", "select_shrunk", "decode_rgb", "fraction_count", "reference_classes",
            "select_fraction"]

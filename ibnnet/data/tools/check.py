@@ -19,17 +19,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, DataError, DataNotFoundError
-from ..progress import progress_bar
-from .cityscapes import (
+from ...errors import ConfigError, DataError, DataNotFoundError
+from ...progress import progress_bar
+from ..datasets.cityscapes import (
     CITYSCAPES_SPLITS,
     cityscapes_label_path,
     find_cityscapes_dir,
     list_cityscapes_images,
 )
-from .gta5 import SPLIT_URL, list_frames, read_gta5_splits
-from .imagenet import list_class_folders, list_images
-from .labels import KNOWN_LABEL_VALUES
+from ..datasets.gta5 import SPLIT_URL, list_frames, read_gta5_splits
+from ..datasets.imagenet import list_class_folders, list_images
+from ..labels import KNOWN_LABEL_VALUES
 
 EXPECTED = {
     "cityscapes": {"train": 2975, "val": 500, "test": 1525},
@@ -369,16 +369,16 @@ _DG_LABEL_KIND = {"bdd100k": "8-bit train-id PNGs (labels/sem_seg/masks, not the
 
 
 def _dg_reader(name: str):
-    from .bdd100k import BDD100K
-    from .mapillary import MapillaryVistas
-    from .synthia import SynthiaRandCityscapes
+    from ..datasets.bdd100k import BDD100K
+    from ..datasets.mapillary import MapillaryVistas
+    from ..datasets.synthia import SynthiaRandCityscapes
     return {"bdd100k": BDD100K, "mapillary": MapillaryVistas, "synthia": SynthiaRandCityscapes}[name]
 
 
 def _raw_label_ids(name: str, path: str) -> np.ndarray:
     """The ids stored in a label file (before mapping), checking the file's kind."""
     if name == "synthia":
-        from .synthia import read_synthia_ids
+        from ..datasets.synthia import read_synthia_ids
         return read_synthia_ids(path).numpy()
     with Image.open(path) as lab:
         if lab.mode not in ("L", "P"):
@@ -428,7 +428,7 @@ def _check_dg_target(report: CheckReport, root: Path, limit: int, check_values: 
 
 def _check_robustness(report: CheckReport, root: Path, limit: int, progress: bool) -> None:
     """ImageNet-C (every corruption x severity folder), ImageNet-R, ImageNet-Sketch: each read by its reader."""
-    from .robustness import CORRUPTIONS, SEVERITIES, corruption_folder, imagenet_c, imagenet_r, imagenet_sketch
+    from ..datasets.robustness import CORRUPTIONS, SEVERITIES, corruption_folder, imagenet_c, imagenet_r, imagenet_sketch
     name = report.name
     if name == "imagenet_c":
         missing = _Capped("missing ImageNet-C folders", limit)
@@ -460,7 +460,7 @@ def _check_robustness(report: CheckReport, root: Path, limit: int, progress: boo
         ds = reader(root)
     except (DataNotFoundError, DataError) as e:
         report.problems.append(str(e))
-        report.hint(f"{name}: the expected layout is in ibnnet/data/robustness.py (and docs/datasets.md)")
+        report.hint(f"{name}: the expected layout is in ibnnet/data/datasets/robustness.py (and docs/datasets.md)")
         return
     report.counts["images"] = len(ds)
     report.counts["classes"] = len({label for _, label in ds.samples})

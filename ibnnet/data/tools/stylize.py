@@ -39,16 +39,16 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import (
+from ...errors import (
     ConfigError,
     DataError,
     DataNotFoundError,
     DownloadError,
     MissingPathError,
 )
-from ..files import atomic_output
-from .imagenet import list_class_folders, list_images
-from .images import decode_rgb
+from ...files import atomic_output
+from ..datasets.imagenet import list_class_folders, list_images
+from ..images import decode_rgb
 
 STYLE_MONET_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/style_monet.pth"
 # The official download script's layout: checkpoints/<name>_pretrained/latest_net_G.pth

@@ -10,7 +10,7 @@ ImageNet-C (Hendrycks & Dietterich, ICLR 2019; github.com/hendrycks/robustness)
     (``<root>/noise/gaussian_noise/1/...``). Their images are 224x224 (val resized to 256, centre crop 224,
     corrupted, JPEG quality 85: ``ImageNet-C/create_c/make_imagenet_c.py``), and the authors' evaluation
     (``ImageNet-C/test.py``) only centre-crops them to 224: no second resize (policy ``center_crop``).
-    ``ibnnet data corrupt`` makes the same layout from a val folder (:mod:`ibnnet.data.corruptions`).
+    ``ibnnet data corrupt`` makes the same layout from a val folder (:mod:`ibnnet.data.tools.corruptions`).
     Metrics (:func:`imagenet_c_summary`): CE_c = sum_s E_{s,c} / sum_s E^AlexNet_{s,c}, mCE = mean_c CE_c;
     relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (E^AlexNet_{s,c} - E^AlexNet_clean).
 
@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import DataError
+from ...errors import DataError
 
 # The 15 corruptions of ImageNet-C's mCE, in the order of the paper's tables and the authors' test.py.
 CORRUPTIONS: tuple[str, ...] = (

@@ -28,9 +28,9 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import DataError, DataNotFoundError
+from ...errors import DataError, DataNotFoundError
 from .cityscapes import PairedSegmentation
-from .labels import IGNORE_INDEX
+from ..labels import IGNORE_INDEX
 
 MAPILLARY_SPLITS = {"train": "training", "val": "validation"}
 NUM_V12_CLASSES = 66

@@ -31,13 +31,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import ConfigError, DataError, DataNotFoundError
-from ..files import atomic_write_bytes, atomic_write_json, read_json
-from .imagenet import list_class_folders, list_images
+from ...errors import ConfigError, DataError, DataNotFoundError
+from ...files import atomic_write_bytes, atomic_write_json, read_json
+from ..datasets.imagenet import SHRUNK_MARKER as MARKER, list_class_folders, list_images
 
 log = logging.getLogger("ibnnet")
 
-MARKER = "ibnnet_shrink.json"
 SPLITS = ("train", "val")
 FORMAT = "ibnnet-shrink-v1"
 RESAMPLE = "Pillow draft (DCT downscale while >= 2x target) + antialiased bilinear"
@@ -200,27 +199,7 @@ def shrink_imagenet(src: str | os.PathLike, dst: str | os.PathLike, short_side: 
     return results
 
 
-def select_shrunk(root: str | os.PathLike, short_side: int, split: str) -> tuple[Path, dict] | None:
-    """``(<root>-<short_side>, its marker)`` when that copy's ``split`` is complete, else None (with a
-    warning when a copy exists but is unfinished or was made with other settings)."""
-    if short_side <= 0:
-        return None
-    root = Path(root)
-    base = root if root.name else root.resolve()  # "." has no name to append -N to
-    copy = base.with_name(f"{base.name}-{short_side}")
-    if not copy.is_dir():
-        return None
-    marker = read_json(copy / MARKER) or {}
-    info = marker.get("splits", {}).get(split, {})
-    if marker.get("short_side") != short_side or not info.get("complete"):
-        log.warning("%s is not a complete shrunk copy of %s (%s); reading the original images. Finish it with "
-                    "'ibnnet data shrink imagenet %s %s --short-side %d'", copy, split,
-                    f"no {MARKER}" if not marker else f"marker: {info or 'split missing'}", root, copy, short_side)
-        return None
-    log.info("ImageNet %s: reading the shrunk copy %s (short side %d, JPEG quality %s) instead of %s",
-             split, copy, short_side, marker.get("quality"), root)
-    return copy, marker
 
 
-__all__ = ["MARKER", "ShrinkSummary", "dest_name", "select_shrunk", "shrink_file", "shrink_imagenet",
+__all__ = ["MARKER", "ShrinkSummary", "dest_name", "shrink_file", "shrink_imagenet",
            "target_size"]

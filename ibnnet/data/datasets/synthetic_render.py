@@ -1,6 +1,6 @@
 """Drawing the built-in data: shapes and street scenes in two appearance domains (numpy, no I/O).
 
-:mod:`ibnnet.data.synthetic` wraps these into datasets (seeds, splits, caching, tensors); what the two domains
+:mod:`ibnnet.data.datasets.synthetic` wraps these into datasets (seeds, splits, caching, tensors); what the two domains
 are and why is documented there. Each function draws from ``rng(stream)``: stream :data:`GEOMETRY` decides the
 scene and its labels, :data:`APPEARANCE` only the "real" camera, so the domain never shifts the geometry.
 """

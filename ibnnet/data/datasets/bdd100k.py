@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataNotFoundError
+from ...errors import DataNotFoundError
 from .cityscapes import PairedSegmentation
-from .labels import IGNORE_INDEX, NUM_CLASSES
+from ..labels import IGNORE_INDEX, NUM_CLASSES
 
 BDD100K_SPLITS = ("train", "val", "test")
 BDD100K_SIZES = {"train": 7000, "val": 1000, "test": 2000}

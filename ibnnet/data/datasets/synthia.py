@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_png, read_file
 
-from ..errors import DataError, DataNotFoundError
+from ...errors import DataError, DataNotFoundError
 from .cityscapes import PairedSegmentation
 from .gta5 import frame_stem, read_split_txt
-from .labels import CITYSCAPES_CLASSES, IGNORE_INDEX
+from ..labels import CITYSCAPES_CLASSES, IGNORE_INDEX
 
 SYNTHIA_SPLITS = ("all", "train", "val")
 SYNTHIA_FRAMES = 9400

@@ -32,10 +32,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ConfigError, DataError, DataNotFoundError
-from ..files import atomic_write_bytes, atomic_write_json, read_json
-from .imagenet import list_class_folders, list_images, select_fraction
-from .robustness import CORRUPTIONS, SEVERITIES, check_corruption_axes
+from ...errors import ConfigError, DataError, DataNotFoundError
+from ...files import atomic_write_bytes, atomic_write_json, read_json
+from ..datasets.imagenet import list_class_folders, list_images, select_fraction
+from ..datasets.robustness import CORRUPTIONS, SEVERITIES, check_corruption_axes
 
 MARKER = "ibnnet_corrupt.json"
 FORMAT = 1
@@ -160,7 +160,7 @@ def corrupt_imagenet(src: str | os.PathLike, dst: str | os.PathLike, *, corrupti
     """Write ImageNet-C for the class folders of ``src`` (ImageNet val) to ``dst`` (see the module docstring).
 
     ``fraction`` < 1 keeps that share of each class's images (the seeded, nested subset of
-    :func:`~ibnnet.data.imagenet.select_fraction`, the same images for every corruption). ``shard=(k, n)``:
+    :func:`~ibnnet.data.datasets.imagenet.select_fraction`, the same images for every corruption). ``shard=(k, n)``:
     only the class folders ``k, k + n, k + 2n, ...`` (sorted), for n processes or array tasks side by side.
     """
     from tqdm import tqdm

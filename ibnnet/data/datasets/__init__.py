@@ -1,0 +1,1 @@
+"""One module per dataset: its on-disk layout, its reader, its label mapping."""

@@ -1,0 +1,1 @@
+"""Commands' work on datasets: `data check`, `data shrink`, `data stylize`, `data corrupt`."""

@@ -1,0 +1,1 @@
+"""Training and evaluation transforms (`pipeline`) and the photometric appearance changes they use."""
