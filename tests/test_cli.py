@@ -399,3 +399,20 @@ def test_a_failed_upload_is_reported_and_nothing_recorded(tmp_path, monkeypatch,
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     code, out, err = run_cli("sync", path, "--timeout", "60")
     assert code == 2 and err.startswith("ibnnet: error: wandb has no API key on this machine") and "wandb login" in err
+
+
+# ------------------------------------------------------------------------------------ reruns
+
+def test_a_rerun_says_it_skipped_failed_cells_and_exits_non_zero(tmp_path):
+    """A cell that failed is not rerun without --retry-failed; the rerun must say so, not report success."""
+    path = experiment(tmp_path, f"""
+        overrides: {{data.train.dataset: imagenet, paths.data: "{tmp_path / 'data'}", data.val: []}}
+        grid: {{model: {{BN: {{model.name: resnet18_bn}}}}}}
+        table: {{rows: model, columns: eval, metrics: [top1_err]}}
+    """)
+    code, out, err = run_cli("sweep", path, "--no-table")
+    assert code == 1 and "1 failed" in out, out + err
+    code, out, err = run_cli("sweep", path, "--no-table")
+    assert code == 1, out + err
+    assert "1 cells, 0 to run, 1 failed before" in out
+    assert "1 failed cell skipped: --retry-failed reruns it" in out + err

@@ -152,8 +152,10 @@ def test_a_failing_cell_is_reported_and_retried_alone(slurm_cluster, tmp_path):
     status = cli("status", path, env=env)
     assert ok.is_done() and not broken.is_done()
     assert "model=BROKEN" in status and "failed" in status and "no such weight file" in status
-    again = cli("sweep", path, "--launcher", "slurm", env=env)
-    assert "nothing to submit" in again and "--retry-failed" in again
+    with pytest.raises(AssertionError, match="exited 1") as skipped:   # nothing was rerun: not a success
+        cli("sweep", path, "--launcher", "slurm", env=env)
+    again = str(skipped.value)
+    assert "nothing to submit" in again and "1 failed cell skipped: --retry-failed reruns it" in again
     torch.save(torch.nn.Module.state_dict(__import__("timm").create_model("resnet18_bn")), weights)
     ok_mtime = ok.metrics_path.stat().st_mtime
     retry = cli("sweep", path, "--launcher", "slurm", "--retry-failed", env=env)

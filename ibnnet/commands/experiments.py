@@ -16,7 +16,7 @@ from ..experiments.grid import (
     select,
 )
 from ..runs.folder import DONE, FAILED, RUNNING
-from ..runs.status import live_status
+from ..runs.status import live_status, skipped_failed_note
 
 
 def _summary_line(metrics: dict | None) -> str:
@@ -59,7 +59,7 @@ def cmd_sweep(args) -> int:
     if launcher == "slurm" and getattr(args, "workers", 1) != 1:
         print("ibnnet: --workers is for local sweeps; a SLURM sweep runs one array task per cell", file=sys.stderr)
         return 2
-    estimate = _announce(exp, triples, launcher)
+    estimate = _announce(exp, triples, launcher, args.retry_failed)
     if args.dry_run:
         if estimate is not None and estimate > confirm_threshold(args):
             print(f"[ibnnet] above {confirm_threshold(args):g} GPU-hours: the sweep itself asks for confirmation "
@@ -96,6 +96,9 @@ def cmd_sweep(args) -> int:
         print(f"\n[ibnnet] {len(summary['done'])} finished, {len(summary['skipped'])} already done, "
               f"{len(summary['failed'])} failed")
         code = 1 if summary["failed"] else 0
+        if summary["failed_before"]:
+            print(skipped_failed_note(len(summary["failed_before"])), flush=True)
+            code = 1
     if not args.no_table:
         _render_table(exp, tuple(args.overrides), triples[0][1].paths.results, discover=False)
     return code
@@ -113,9 +116,10 @@ def _hours_or_unknown(h: float | None) -> str:
     return "?" if h is None else f"{h:g}"
 
 
-def _announce(exp: Experiment, triples: list, launcher: str) -> float | None:
+def _announce(exp: Experiment, triples: list, launcher: str, retry_failed: bool = False) -> float | None:
     """Print the grid, its scale and the cost estimate; returns the estimate (GPU-hours) or None."""
-    to_run = sum(not folder.is_done() for _, _, folder in triples)
+    failed = 0 if retry_failed else sum(folder.failed_before() for _, _, folder in triples)
+    to_run = sum(not folder.is_done() for _, _, folder in triples) - failed
     if exp.scale:
         others = ", ".join(f"{name} {_hours_or_unknown(scale_gpu_hours(spec))}" for name, spec in exp.scales.items()
                            if name != exp.scale)
@@ -124,7 +128,9 @@ def _announce(exp: Experiment, triples: list, launcher: str) -> float | None:
         scale = f" (scale {exp.scale}{how})"
     else:
         scale = ""
-    print(f"[ibnnet] experiment {exp.name}{scale}: {len(triples)} cells, {to_run} to run, launcher {launcher}")
+    skipped = f", {failed} failed before (skipped: --retry-failed reruns them)" if failed else ""
+    print(f"[ibnnet] experiment {exp.name}{scale}: {len(triples)} cells, {to_run} to run{skipped}, "
+          f"launcher {launcher}")
     if exp.gpu_hours is None:
         print("[ibnnet] estimate: unknown (the experiment file gives no gpu_hours for this scale)")
         return None

@@ -39,9 +39,12 @@ def run_environment(folder: RunFolder, env: dict[str, str] | None = None) -> dic
 def run_local(folders: list[RunFolder], stop_on_error: bool = False, retry_failed: bool = False,
               claim_timeout_s: float = 300.0, poll_s: float = 2.0,
               env: dict[str, str] | None = None) -> dict[str, list[RunFolder]]:
-    """One worker. ``done``: finished here; ``skipped``: finished before or by others; ``failed``."""
-    summary: dict[str, list[RunFolder]] = {"done": [], "skipped": [], "failed": []}
+    """One worker. ``done``: finished here; ``skipped``: finished before or by others; ``failed``;
+    ``failed_before``: failed in an earlier sweep and left alone (without ``retry_failed``)."""
+    summary: dict[str, list[RunFolder]] = {"done": [], "skipped": [], "failed": [], "failed_before": []}
     summary["skipped"] = [f for f in folders if f.is_done()]
+    if not retry_failed:
+        summary["failed_before"] = [f for f in folders if f.failed_before()]
     tried: set[str] = set()        # cells this worker ran to an error or an interruption: not again
     waiting_note = 0.0
     while True:

@@ -28,7 +28,7 @@ from ..files import atomic_write_text
 from ..runs.folder import FAILED, INTERRUPTED, PENDING
 from ..runs.env import PORTABLE_CPU_ENV
 from ..runs.runner import check_device_support, prepare
-from ..runs.status import SUBMITTED, live_status
+from ..runs.status import SUBMITTED, live_status, skipped_failed_note
 
 
 def check_slurm_config(cfg: DictConfig, where: str) -> None:
@@ -168,9 +168,10 @@ def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False)
     """Submit the cells that need it as one job array per resource group; never duplicate a live or done cell."""
     jobs = sorted({f.state().get("slurm_job") for _, _, f in triples} - {None})
     sched = scheduler_states(jobs) if jobs else {}
-    todo, skipped = [], []
+    todo, skipped, statuses = [], [], []
     for cell, cfg, folder in triples:
         status, info = live_status(folder, sched if jobs else None)
+        statuses.append(status)
         check_slurm_config(cfg, f"{exp.path} (cell {cell.name})")
         never_ran = status == PENDING and not info.get("job")
         if status == FAILED and retry_failed or never_ran or status == INTERRUPTED:
@@ -181,9 +182,12 @@ def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False)
     if skipped:
         print("[ibnnet] not submitted:")
         print("\n".join(skipped))
+    failed_before = sum(status == FAILED for status in statuses) if not retry_failed else 0
     if not todo:
         print("[ibnnet] nothing to submit")
-        return 0
+        if failed_before:
+            print(skipped_failed_note(failed_before))
+        return 1 if failed_before and not dry_run else 0
     groups: dict[str, list] = {}
     for item in todo:
         groups.setdefault(resources_key(item[1]), []).append(item)
@@ -210,4 +214,6 @@ def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False)
         print(f"[ibnnet] submitted job array {array_job} ({len(members)} runs): {out_dir / 'job.sbatch'}")
     if not dry_run:
         print(f"[ibnnet] follow it with: ibnnet status {exp.path}")
-    return 0
+    if failed_before:
+        print(skipped_failed_note(failed_before))
+    return 1 if failed_before and not dry_run else 0

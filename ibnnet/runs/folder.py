@@ -32,6 +32,8 @@ _NOT_HASHED = ("paths", "logger", "launcher", "experiment", "scale", "run_name",
 _NOT_HASHED_DATASET_KEYS = ("root",)   # moving a dataset does not change results
 # Dataset keys added after runs existed: at their default they stay out of the hash, so those runs keep their ids.
 _HASHED_WHEN_SET_DATASET_KEYS = {"eval_size": None, "corruptions": None, "severities": None}
+# Other keys added after runs existed, hashed only away from their default (which keeps the old behaviour).
+_HASHED_WHEN_SET = {"trainer.best_metric": None}
 
 DONE, RUNNING, FAILED, PENDING, REQUEUED = "done", "running", "failed", "pending", "requeued"
 INTERRUPTED = "interrupted"   # stopped by SIGTERM outside SLURM after a checkpoint: the next sweep resumes it
@@ -47,6 +49,10 @@ def hashed_content(cfg: DictConfig) -> dict[str, Any]:
         for p in parts[:-1]:
             node = node.get(p, {})
         node.pop(parts[-1], None)
+    for dotted, default in _HASHED_WHEN_SET.items():
+        section, key = dotted.split(".")
+        if plain.get(section, {}).get(key, default) == default:
+            plain.get(section, {}).pop(key, None)
     specs = [plain["data"]["train"]] + list(plain["data"]["val"])
     for spec in specs:
         for k in _NOT_HASHED_DATASET_KEYS:
@@ -113,6 +119,10 @@ class RunFolder:
     def is_done(self) -> bool:
         """Finished: metrics.json exists and is readable (a damaged one makes the run resume and rewrite it)."""
         return self.metrics_path.is_file() and isinstance(read_json(self.metrics_path), dict)
+
+    def failed_before(self) -> bool:
+        """Not finished and recorded as failed: sweeps skip it unless told to retry failed runs."""
+        return not self.is_done() and self.state().get("status") == FAILED
 
     def metrics(self) -> dict | None:
         return read_json(self.metrics_path)

@@ -13,6 +13,12 @@ _ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQU
 _RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
 
 
+def skipped_failed_note(n: int) -> str:
+    """What a sweep says when it left failed runs alone (it then exits non-zero: nothing was rerun)."""
+    cells = "1 failed cell" if n == 1 else f"{n} failed cells"
+    return f"[ibnnet] {cells} skipped: --retry-failed reruns {'it' if n == 1 else 'them'}"
+
+
 def live_status(folder: RunFolder, scheduler: dict[str, str] | None = None,
                 claim_timeout_s: float = 300.0) -> tuple[str, dict]:
     """(done | running | requeued | interrupted | pending | failed | broken, details).
