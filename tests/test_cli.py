@@ -336,6 +336,7 @@ def test_sync_uploads_each_offline_run_once(tmp_path, monkeypatch):
                 f.with_suffix(".wandb.synced").touch()
         return 0, "wandb: Syncing 1 run(s)"
     monkeypatch.setattr("ibnnet.runs.sync.run_wandb_sync", wandb_sync)
+    monkeypatch.setattr("ibnnet.runs.sync.unreachable", lambda *a, **k: None)   # the upload is faked: no network needed
     path, (a, b) = two_run_folders(tmp_path)
     first = fake_offline_run(a, "20260101_000000")
     with monkeypatch.context() as m:   # a run still training is left for later
@@ -371,34 +372,81 @@ def closed_port() -> int:
         return s.getsockname()[1]    # nothing listens there once closed
 
 
+@contextlib.contextmanager
+def server(answer: bool):
+    """A local HTTP server that answers every request with 500 (``answer``), or a socket that accepts
+    connections and never says a word."""
+    import http.server
+    import socket
+    import threading
+    if answer:
+        class Broken(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_error(500, "broken on purpose")
+            do_POST = do_PUT = do_GET
+
+            def log_message(self, *args):
+                pass
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(16)     # the kernel completes handshakes; nobody ever reads or answers
+            yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
 def test_a_failed_upload_is_reported_and_nothing_recorded(tmp_path, monkeypatch, offline_run):
     import shutil
     path, (a, b) = two_run_folders(tmp_path)
     run = a.path / "wandb" / offline_run.name
     shutil.copytree(offline_run, run)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     for key in ("WANDB__GRAPHQL_RETRY_MAX", "WANDB__FILE_STREAM_RETRY_MAX", "WANDB__FILE_TRANSFER_RETRY_MAX"):
         monkeypatch.setenv(key, "1")   # wandb's own retry settings: fail in seconds, not minutes
     monkeypatch.setenv("WANDB__GRAPHQL_RETRY_WAIT_MAX_SECONDS", "1")
-    code, out, err = run_cli("sync", path, "--timeout", "60")
-    assert code == 1
-    line = next(ln for ln in out.splitlines() if a.path.name in ln)
-    assert line.split()[0] == "failed" and "connection refused" in line, out
-    assert "1 failed, 1 no offline runs" in out and "not synced" in err
-    assert not (a.path / "wandb" / "synced.json").exists() and not list(run.glob("*.synced"))
-    # a server that never answers: the upload gives up after --timeout, still recording nothing
+    # no network to the server (a compute node): one line, at once, and wandb is not even started
+    url = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    with monkeypatch.context() as m:
+        m.setattr("ibnnet.runs.sync.run_wandb_sync", lambda *a: pytest.fail("wandb started without a network"))
+        code, out, err = run_cli("sync", path, "--timeout", "60")
+    assert code == 2 and err.strip().splitlines() == [
+        f"ibnnet: error: cannot reach the wandb server {url} (connection refused by 127.0.0.1:{url.rsplit(':', 1)[1]}); "
+        "nothing was uploaded. Run `ibnnet sync` on a machine with internet (a login node); the offline runs "
+        "stay where they are"], err
+    # a server that answers with errors: wandb's reason, per run folder, and nothing recorded
+    with server(answer=True) as url:
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        code, out, err = run_cli("sync", path, "--timeout", "60")
+        assert code == 1
+        line = next(ln for ln in out.splitlines() if a.path.name in ln)
+        assert line.split()[0] == "failed" and "wandb sync" in line, out
+        assert "1 failed, 1 no offline runs" in out and "not synced" in err
+        assert not (a.path / "wandb" / "synced.json").exists() and not list(run.glob("*.synced"))
+        # no API key at all: one line saying what to do
+        monkeypatch.delenv("WANDB_API_KEY")
+        monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+        code, out, err = run_cli("sync", path, "--timeout", "60")
+        assert code == 2 and err.startswith("ibnnet: error: wandb has no API key on this machine"), err
+        assert "wandb login" in err
+    # a server that never answers: the first upload gives up after --timeout, the others are not tried
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    shutil.copytree(offline_run, b.path / "wandb" / offline_run.name)
     for key in ("WANDB__GRAPHQL_RETRY_MAX", "WANDB__FILE_STREAM_RETRY_MAX", "WANDB__FILE_TRANSFER_RETRY_MAX",
                 "WANDB__GRAPHQL_RETRY_WAIT_MAX_SECONDS"):
         monkeypatch.delenv(key)
-    code, out, _ = run_cli("sync", path, "--timeout", "3")
+    with server(answer=False) as url:
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        code, out, _ = run_cli("sync", path, "--timeout", "3")
     assert code == 1 and "wandb sync timed out after 3 s" in out, out
-    assert not (a.path / "wandb" / "synced.json").exists()
-    # no API key at all: one line saying what to do
-    monkeypatch.delenv("WANDB_API_KEY")
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    code, out, err = run_cli("sync", path, "--timeout", "60")
-    assert code == 2 and err.startswith("ibnnet: error: wandb has no API key on this machine") and "wandb login" in err
+    assert "1 more run folder(s) with offline runs not tried" in out and "1 failed, 1 not tried" in out, out
+    assert not (a.path / "wandb" / "synced.json").exists() and not (b.path / "wandb" / "synced.json").exists()
 
 
 # ------------------------------------------------------------------------------------ reruns

@@ -269,6 +269,7 @@ def cmd_sync(args) -> int:
         LIVE,
         NOTHING,
         SYNCED,
+        check_network,
         sync_folder,
         unsynced_runs,
     )
@@ -279,8 +280,10 @@ def cmd_sync(args) -> int:
         return 1
     scale = f" (scale {exp.scale})" if exp.scale else ""
     print(f"[ibnnet] {exp.name}{scale}: offline wandb runs of {len(triples)} run folders")
+    if not args.dry_run and any(unsynced_runs(folder) for _, _, folder in triples):
+        check_network()
     counts: dict[str, int] = {}
-    for cell, cfg, folder in triples:
+    for i, (cell, cfg, folder) in enumerate(triples):
         status, _ = live_status(folder, None, cfg.launcher.claim_timeout_s)
         if args.dry_run:
             todo = unsynced_runs(folder)
@@ -293,7 +296,15 @@ def cmd_sync(args) -> int:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
         if outcome.status != NOTHING:
             print(f"  {outcome.status:15s} {folder.path.name}  {outcome.detail}", flush=True)
-    order = [SYNCED, ALREADY, LIVE, FAILED, NOTHING, "to sync", "nothing to do"]
+        if outcome.status == FAILED and "timed out" in outcome.detail:
+            # The server took the connection but did not answer: the next folders would each wait as long.
+            left = sum(bool(unsynced_runs(f)) for _, _, f in triples[i + 1:])
+            if left:
+                print(f"[ibnnet] stopping: the wandb server did not answer within --timeout {args.timeout:g} s; "
+                      f"{left} more run folder(s) with offline runs not tried", flush=True)
+                counts["not tried"] = left
+                break
+    order = [SYNCED, ALREADY, LIVE, FAILED, "not tried", NOTHING, "to sync", "nothing to do"]
     print("[ibnnet] " + ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k)))
     if counts.get(FAILED):
         print(f"ibnnet: {counts[FAILED]} run folder(s) not synced (reasons above); nothing was recorded for them, "

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from urllib.parse import urlsplit
+
 from ..errors import UserError
 from ..files import atomic_write_json, read_json
 from .folder import RUNNING, RunFolder
@@ -66,6 +68,47 @@ def marked_synced(run: Path) -> bool:
     """wandb's own proof of a finished upload: ``<run>.wandb.synced`` beside every ``.wandb`` file."""
     files = list(run.glob("*.wandb"))
     return bool(files) and all(f.with_suffix(".wandb.synced").exists() for f in files)
+
+
+DEFAULT_SERVER = "https://api.wandb.ai"
+
+
+def wandb_server() -> str:
+    """The server ``wandb sync`` uploads to: ``WANDB_BASE_URL`` as wandb reads it, else wandb's cloud."""
+    return os.environ.get("WANDB_BASE_URL") or DEFAULT_SERVER
+
+
+def unreachable(url: str, timeout_s: float = 10.0) -> str | None:
+    """Why this machine cannot open a connection to ``url`` (through ``HTTPS_PROXY``/``HTTP_PROXY`` when set,
+    as wandb would), or None when it can. A compute node without internet fails here in seconds, where
+    ``wandb sync`` would retry for minutes per run folder."""
+    parts = urlsplit(url)
+    proxy = (os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")) if parts.scheme == "https" else \
+        (os.environ.get("HTTP_PROXY") or os.environ.get("http_proxy"))
+    target = urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else parts
+    host = target.hostname or ""
+    port = target.port or (443 if target.scheme == "https" else 80)
+    via = f" (through the proxy {host}:{port})" if proxy else ""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except socket.gaierror as e:
+        return f"cannot resolve {host}{via}: {e.strerror or e}"
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port}{via}"
+    except TimeoutError:
+        return f"no answer from {host}:{port}{via} within {timeout_s:g} s"
+    except OSError as e:
+        return f"cannot connect to {host}:{port}{via}: {e.strerror or e}"
+    return None
+
+
+def check_network(url: str | None = None, timeout_s: float = 10.0) -> None:
+    """One line, once, when the wandb server cannot be reached: not one timeout per run folder."""
+    url = url or wandb_server()
+    why = unreachable(url, timeout_s)
+    if why is not None:
+        raise UserError(f"cannot reach the wandb server {url} ({why}); nothing was uploaded. Run `ibnnet sync` "
+                        f"on a machine with internet (a login node); the offline runs stay where they are")
 
 
 def run_wandb_sync(runs: list[Path], timeout_s: float | None) -> tuple[int | None, str]:
@@ -133,5 +176,5 @@ def sync_folder(folder: RunFolder, status: str, timeout_s: float | None = 600.0)
     return SyncOutcome(folder, SYNCED, f"{len(uploaded)} offline run(s)", [d.name for d in uploaded])
 
 
-__all__ = ["RECORD", "SyncOutcome", "offline_runs", "unsynced_runs", "synced_runs", "sync_folder",
+__all__ = ["RECORD", "SyncOutcome", "check_network", "unreachable", "wandb_server", "offline_runs", "unsynced_runs", "synced_runs", "sync_folder",
            "run_wandb_sync", "marked_synced"]
