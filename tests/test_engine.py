@@ -258,7 +258,8 @@ def test_wandb_failure_never_stops_training(tmp_path):
 
 def test_a_whole_part_can_be_chosen_on_the_command_line():
     cfg = compose(DEMO, ["launcher=slurm", "trainer=gpu_fast", "trainer.max_epochs=3", "trainer.devices=8"])
-    assert cfg.launcher.name == "slurm" and cfg.launcher.slurm.gpus_per_node == 8
+    from ibnnet.launchers.slurm import gpus_per_node
+    assert cfg.launcher.name == "slurm" and gpus_per_node(cfg) == 8   # one GPU per process, derived
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_epochs == 3
     with pytest.raises(ConfigError, match=r"no config part launcher/slurmm\.yaml; did you mean slurm"):
         compose(DEMO, ["launcher=slurmm"])

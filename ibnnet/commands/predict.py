@@ -36,7 +36,7 @@ def add_predict_command(sub) -> None:
                     "  ibnnet predict runs/sn_table5/<run>/config.yaml --checkpoint runs/.../best.ckpt \\\n"
                     "      --out results/sn_table5/test_predictions --split test\n"
                     "  CITYSCAPES_RESULTS=results/pred/cityscapes csEvalPixelLevelSemanticLabeling")
-    p.add_argument("config", help="segmentation run config (e.g. configs/cityscapes.yaml or a run's config.yaml)")
+    p.add_argument("config", help="segmentation run config (e.g. configs/segmentation.yaml or a run's config.yaml)")
     p.add_argument("--checkpoint", help="weights file or Lightning checkpoint; default: model.pretrained_file")
     p.add_argument("--out", required=True, help="output folder (one subfolder per evaluation set)")
     p.add_argument("--split", help="predict this split of every evaluation set instead of its own (e.g. test)")

@@ -181,7 +181,9 @@ class SlurmConfig:
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
-    gpus_per_node: int = 0             # 0: CPU tasks (gloo); else --gpus-per-node, must equal trainer.devices
+    # --gpus-per-node. None: one GPU per process (trainer.physical_devices or devices) unless the run is on
+    # trainer.accelerator=cpu; 0: CPU tasks (gloo); a number must equal the processes per node.
+    gpus_per_node: Optional[int] = None
     cpus_per_task: int = 4
     mem: Optional[str] = None          # per node, e.g. "64G"
     time: str = "24:00:00"

@@ -191,7 +191,7 @@ def validate(cfg: DictConfig) -> list[Problem]:
     sl = cfg.launcher.slurm
     check(sl.cpus_per_task >= 1, "launcher.slurm.cpus_per_task", sl.cpus_per_task, "must be >= 1")
     for key in ("gpus_per_node", "array_parallelism", "signal_seconds", "max_requeues"):
-        check(sl[key] >= 0, f"launcher.slurm.{key}", sl[key], "must be >= 0")
+        check(sl[key] is None or sl[key] >= 0, f"launcher.slurm.{key}", sl[key], "must be >= 0")
     if cfg.launcher.name == "slurm":
         check(isinstance(t.devices, int), "trainer.devices", t.devices,
               "must be a number under SLURM (one task per device, --ntasks-per-node)")

@@ -31,19 +31,30 @@ from ..runs.runner import check_device_support, prepare
 from ..runs.status import SUBMITTED, live_status, skipped_failed_note
 
 
+def gpus_per_node(cfg: DictConfig) -> int:
+    """GPUs a node of this run asks SLURM for (``cfg`` as the processes run it, see physical_config): the
+    setting, or by default one per process unless the run is CPU-only (trainer.accelerator=cpu). A GPU
+    experiment must never be submitted without GPUs because nobody wrote the number down."""
+    t, sl = cfg.trainer, cfg.launcher.slurm
+    if sl.gpus_per_node is not None:
+        return sl.gpus_per_node
+    return 0 if t.accelerator == "cpu" or not isinstance(t.devices, int) else t.devices
+
+
 def check_slurm_config(cfg: DictConfig, where: str) -> None:
     cfg = physical_config(cfg)
     t, sl = cfg.trainer, cfg.launcher.slurm
+    gpus = gpus_per_node(cfg)
     if not isinstance(t.devices, int):
         raise ConfigError(f"{where}: trainer.devices={t.devices!r}: must be a number under SLURM "
                           f"(one task per device, --ntasks-per-node)")
-    if sl.gpus_per_node and sl.gpus_per_node != t.devices:
-        raise ConfigError(f"{where}: launcher.slurm.gpus_per_node={sl.gpus_per_node} must equal "
+    if gpus and gpus != t.devices:
+        raise ConfigError(f"{where}: launcher.slurm.gpus_per_node={gpus} must equal "
                           f"trainer.devices={t.devices} (one process per GPU)")
-    if not sl.gpus_per_node and t.accelerator in ("gpu", "cuda"):
+    if not gpus and t.accelerator in ("gpu", "cuda"):
         raise ConfigError(f"{where}: trainer.accelerator={t.accelerator} but launcher.slurm.gpus_per_node=0; "
                           f"request GPUs with launcher.slurm.gpus_per_node")
-    if sl.gpus_per_node and t.accelerator != "cpu":
+    if gpus and t.accelerator != "cpu":
         try:   # refused at submission rather than after the job waited in the queue (the GPU model is not known yet)
             check_device_support(cfg, "cuda")
         except ConfigError as e:
@@ -74,8 +85,8 @@ def render_script(cfg: DictConfig, experiment: str, runs_file: Path, out_dir: Pa
         "--open-mode=append",                    # keep the output of earlier attempts after a requeue
         f"--output={out_dir}/%A_%a.out",
     ]
-    if sl.gpus_per_node:
-        opts.append(f"--gpus-per-node={sl.gpus_per_node}")
+    if gpus_per_node(cfg):
+        opts.append(f"--gpus-per-node={gpus_per_node(cfg)}")
     for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("mem", "mem"),
                       ("constraint", "constraint")):
         if sl[key]:
