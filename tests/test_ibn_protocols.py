@@ -218,6 +218,83 @@ def test_best_record_survives_a_checkpoint_round_trip():
     assert s["epochs_validated"] == [0, 1, 2]
 
 
+def test_best_epoch_follows_trainer_best_metric():
+    """The official IBN-Net imagenet.py keeps model_best by top-5 accuracy; the SN code by top-1."""
+    import pathlib
+    import tempfile
+
+    import helpers
+
+    from ibnnet.config import compose, to_plain
+    from ibnnet.runs.callbacks import primary_metric
+    from ibnnet.tasks import TASKS
+    epochs = [{"synthetic": {"top1_err": 40.0, "top5_err": 9.0}},
+              {"synthetic": {"top1_err": 30.0, "top5_err": 8.0}},    # best top-1
+              {"synthetic": {"top1_err": 35.0, "top5_err": 6.0}},    # best top-5
+              {"synthetic": {"top1_err": 36.0, "top5_err": 6.0}}]    # a tie keeps the first (official `>`)
+    chosen = {}
+    for metric in (None, "top5_err", "top5_acc"):
+        with tempfile.TemporaryDirectory() as d:
+            cfg = compose(helpers.config(pathlib.Path(d), helpers.CLS),
+                          ["model.name=resnet18_bn"] + ([f"trainer.best_metric={metric}"] if metric else []))
+        task = TASKS["classification"](to_plain(cfg), 3, ["synthetic"])
+        for epoch, results in enumerate(epochs):
+            results = {n: {**r, "top5_acc": 100 - r["top5_err"]} for n, r in results.items()}
+            task._update_best(results, epoch, False)
+        chosen[metric] = task.best_summary()
+        # best.ckpt follows the same metric
+        assert primary_metric(cfg) == (f"val/synthetic/{metric or 'top1_err'}", "max" if metric == "top5_acc" else "min")
+    assert chosen[None]["epoch"] == 1 and chosen[None]["monitor"] == "val/synthetic/top1_err"
+    assert chosen["top5_err"]["epoch"] == chosen["top5_acc"]["epoch"] == 2
+    assert chosen["top5_err"]["monitor"] == "val/synthetic/top5_err" and chosen["top5_err"]["mode"] == "min"
+    assert chosen["top5_err"]["metrics"]["synthetic"]["top1_err"] == 35.0   # the table shows that epoch's top-1
+
+
+def test_ibn_tables_choose_best_by_top5_and_sn_tables_by_top1():
+    from ibnnet.experiments.grid import load_experiment
+    from ibnnet.runs.folder import hashed_content
+    for name in ("ibn_table1", "ibn_table2", "ibn_table3", "ibn_table4", "ibn_table5"):
+        exp = load_experiment(name, "full")
+        assert exp.table["select"] == "best"
+        for cell, cfg in exp.configs():
+            assert cfg.trainer.best_metric == "top5_err", (name, cell.name)
+            assert hashed_content(cfg)["trainer"]["best_metric"] == "top5_err"   # it changes `best`: hashed
+    # SN: train_imagenet.py "is_best = prec1 > best_prec1" (top-1); the default stays out of the hash
+    for _, cfg in load_experiment("sn_table2", "full").configs():
+        assert cfg.trainer.best_metric is None and "best_metric" not in hashed_content(cfg)["trainer"]
+
+
+def test_best_metric_must_suit_the_task():
+    import pathlib
+    import tempfile
+
+    import helpers
+
+    from ibnnet.config import ConfigError, compose
+    with tempfile.TemporaryDirectory() as d:
+        with pytest.raises(ConfigError, match=r"trainer.best_metric='miou': must be one of top1_err, top5_err"):
+            compose(helpers.config(pathlib.Path(d), helpers.CLS), ["trainer.best_metric=miou"])
+        with pytest.raises(ConfigError, match=r"trainer.best_metric='top5_err'.*did you mean 'miou'|"
+                                              r"trainer.best_metric='top5_err': must be one of miou"):
+            compose(helpers.config(pathlib.Path(d), helpers.SEG), ["trainer.best_metric=top5_err"])
+        with pytest.raises(ConfigError, match="best_metrc"):
+            compose(helpers.config(pathlib.Path(d), helpers.CLS), ["trainer.best_metrc=top5_err"])
+
+
+def test_run_records_the_best_top5_epoch(tmp_path):
+    import helpers
+    body = helpers.CLS.replace("num_samples: 96", "num_samples: 16").replace("num_samples: 24", "num_samples: 8")
+    m = _train(tmp_path, body, ["trainer.max_epochs=3", "data.augment.image_size=32", "data.augment.eval_resize=32",
+                                "model.name=resnet18_bn", "optim.lr=0.05", "trainer.best_metric=top5_err"])
+    best = m["best"]
+    assert best["monitor"] == "val/synthetic/top5_err" and best["mode"] == "min"
+    assert best["epoch"] == best["per_metric"]["synthetic"]["top5_err"]["epoch"]
+    assert best["metrics"]["synthetic"]["top5_err"] == best["per_metric"]["synthetic"]["top5_err"]["value"]
+    # best.ckpt is the checkpoint of that epoch (ModelCheckpoint monitors the same metric)
+    (ckpt,) = (tmp_path / "runs").rglob("best.ckpt")
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == best["epoch"]
+
+
 def _roundtrip(obj):
     import io
     buf = io.BytesIO()

@@ -230,6 +230,116 @@ def test_runs_without_batch_average_report_moving_average_inference():
         "inference": "moving_average"}
 
 
+def _shipped_cells():
+    """(file, scale, cell, config) for every cell of every shipped experiment file at every scale."""
+    from ibnnet.config import ConfigError
+    for path in sorted((REPO / "experiments").glob("*.yaml")):
+        try:
+            exp = load_experiment(path)
+        except ConfigError as e:
+            assert "analysis file" in str(e), e   # ibn_fig5: a figure of trained models, no cells
+            continue
+        for scale in exp.scales or [None]:
+            scaled = load_experiment(path, scale)
+            for cell, cfg in scaled.configs():
+                yield path.stem, scale, scaled, cell, cfg
+
+
+def test_every_shipped_sn_cell_uses_batch_average_inference():
+    # SN sec. 3 "Inference": "When applying SN in test, BN uses batch average after training without computing
+    # moving average". A rule in the config layer, so that no file (present or future) can forget it.
+    from ibnnet.config.emulation import effective_norm
+    from ibnnet.experiments.grid import _matches
+    sn_cells = set()
+    for name, scale, exp, cell, cfg in _shipped_cells():
+        if effective_norm(cfg.model) != "sn" or cfg.trainer.max_epochs == 0:
+            assert cfg.trainer.batch_average_batches == 0, (name, scale, cell.name)
+            continue
+        sn_cells.add((name, cell.name))
+        opted_out = [e["why"] for e in exp.moving_average_inference if _matches(cell.labels, e["match"])]
+        if not cfg.model.sn_using_bn:        # SN (8,1): no BN branch, no statistics to estimate
+            assert cfg.trainer.batch_average_batches == 0, (name, scale, cell.name)
+        elif opted_out:
+            assert all(why.strip() for why in opted_out)
+        else:   # 200 (the official code's number) unless the file chooses another K
+            assert cfg.trainer.batch_average_batches > 0, (name, scale, cell.name)
+    # the rule reaches the SN cells outside sn_table2 too (the loop is not vacuous)
+    assert {("sn_table5", "norm=SN"), ("sn_vs_ibn_dg", "model=SN"), ("dg_gta5_multitarget", "model=SN"),
+            ("sn_table2", "norm=SN_setting=8x2")} <= sn_cells
+
+
+def test_segmentation_sn_run_reports_batch_average_inference_by_default(tmp_path):
+    # SN Table 5's and the DG files' SN cells: the same inference on a segmentation network (full training
+    # images through the evaluation transform, the DeepLab head and auxiliary head in the forward)
+    import helpers
+
+    from ibnnet.runs.runner import execute, prepare
+    body = helpers.SEG.replace("num_samples: 64", "num_samples: 8").replace("num_samples: 7", "num_samples: 2")
+    cfg = compose(helpers.config(tmp_path, body), [
+        "model.name=resnet18_sn", "segmentation.head=deeplabv2", "segmentation.aux_weight=0.4",
+        "data.batch_size=4", "trainer.max_epochs=1", "logger.wandb.enabled=false"])
+    assert cfg.trainer.batch_average_batches == 200
+    folder = prepare(cfg)
+    metrics = execute(folder.path)
+    assert metrics is not None and folder.is_done(), folder.log_tail(30)
+    on_disk = json.loads(folder.metrics_path.read_text())
+    assert on_disk["inference"] == "batch_average"
+    assert on_disk["batch_average"]["batches"] == 200 and on_disk["batch_average"]["batches_used"] == 8 // 4
+    assert set(on_disk["metrics"]) == set(on_disk["metrics_moving_average"]) == {"synthetic", "real"}
+    assert on_disk["metrics"] != on_disk["metrics_moving_average"]
+
+
+def _sn_experiment(tmp_path, cell_set: str = "", extra: str = ""):
+    import textwrap
+    path = tmp_path / "sn_opt_out.yaml"
+    path.write_text(textwrap.dedent(f"""
+        experiment: sn_opt_out
+        base: {REPO / "configs" / "demo.yaml"}
+        grid:
+          model:
+            BN: {{model.name: resnet18_bn}}
+            SN: {{model.name: resnet18_sn{cell_set}}}
+        """) + textwrap.dedent(extra))
+    return load_experiment(path)
+
+
+def test_sn_cell_opts_out_of_batch_average_only_with_a_stated_reason(tmp_path):
+    from ibnnet.config import ConfigError
+    # by default: batch average for the SN cell, nothing for the BN cell
+    cells = {c.name: cfg for c, cfg in _sn_experiment(tmp_path).configs()}
+    assert cells["model=SN"].trainer.batch_average_batches == 200
+    assert cells["model=BN"].trainer.batch_average_batches == 0
+    # turned off without a reason: an error naming the cell and the way to state it
+    off = ", trainer.batch_average_batches: 0"
+    with pytest.raises(ConfigError, match=r"cell model=SN .* moving_average_inference"):
+        _sn_experiment(tmp_path, off).configs()
+    with pytest.raises(ConfigError, match="model=SN"):   # from the command line, too
+        _sn_experiment(tmp_path).configs(("trainer.batch_average_batches=0",))
+    # with a reason: allowed
+    why = "moving_average_inference: [{match: {model: SN}, why: 'SN appendix A Fig. 5: the moving-average curve'}]\n"
+    cells = {c.name: cfg for c, cfg in _sn_experiment(tmp_path, off, why).configs()}
+    assert cells["model=SN"].trainer.batch_average_batches == 0
+    # a reason must say something, and name cells that exist
+    with pytest.raises(ConfigError, match="`why` must state the reason"):
+        _sn_experiment(tmp_path, off, "moving_average_inference: [{match: {model: SN}, why: ' '}]\n")
+    with pytest.raises(ConfigError, match="matches no cell"):
+        _sn_experiment(tmp_path, off, "moving_average_inference: [{match: {model: GN}, why: x}]\n")
+    with pytest.raises(ConfigError, match="must be"):
+        _sn_experiment(tmp_path, off, "moving_average_inference: [{match: {model: SN}}]\n")
+    # nothing to estimate: no BN branch, or no training (the weights are scored with the statistics they hold)
+    for setting in (", model.sn_using_bn: false", ", trainer.max_epochs: 0, model.pretrained: true"):
+        cells = {c.name: cfg for c, cfg in _sn_experiment(tmp_path, setting).configs()}
+        assert cells["model=SN"].trainer.batch_average_batches == 0
+
+
+def test_batch_average_default_keeps_the_ids_of_runs_without_sn(tmp_path):
+    from ibnnet.runs.folder import hashed_content
+    cells = {c.name: cfg for c, cfg in _sn_experiment(tmp_path).configs()}
+    # the resolved number is hashed (0 for BN, as before the default existed; 200 changes SN's results)
+    assert hashed_content(cells["model=BN"])["trainer"]["batch_average_batches"] == 0
+    assert hashed_content(cells["model=SN"])["trainer"]["batch_average_batches"] == 200
+
+
 # --------------------------------------------------------------------------------------- segmentation heads
 def seg_task(norm: str, head: str = "fcn", aux_weight: float = 0.4):
     from ibnnet.tasks.segmentation import SegmentationTask

@@ -156,7 +156,15 @@ class TrainerConfig:
     float32_matmul_precision: str = "high"   # on CUDA: highest | high (TF32) | medium; CPU runs are full fp32
     log_sample_indices: bool = False   # logs/samples-rank<r>.jsonl: the sample indices of every trained batch
     enable_progress_bar: bool = True
-    batch_average_batches: int = 0     # SN batch-average inference: re-estimate stats over K train batches
+    # The metric of the first evaluation set whose best epoch is `best` (best.ckpt, metrics.json's best record).
+    # None: top1_err (classification), miou (segmentation). The IBN ImageNet tables set top5_err, as the official
+    # IBN-Net imagenet.py keeps model_best by its top-5 accuracy.
+    best_metric: Optional[str] = None
+    # SN batch-average inference: re-estimate the BN statistics from K training batches for the final
+    # evaluation. None: 200 (the official SN code's ITER_COMPUTE_BATCH_AVEARGE) for a trained SN model with a
+    # BN branch, else 0 (ibnnet/config/validate.py fill_defaults). An experiment cell turns it off for such a
+    # model only with a stated reason (`moving_average_inference` in the experiment file).
+    batch_average_batches: Optional[int] = None
     batch_average_every_eval: bool = False  # also before every validation (SN Fig. 5's curve), not only at the end
 
 

@@ -5,7 +5,7 @@ import difflib
 import re
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 TASKS = ("classification", "segmentation")
 SCHEDULES = ("step", "cosine", "poly", "constant")
@@ -31,8 +31,43 @@ def dataset_label(spec: DictConfig) -> str:
     return label if spec.appearance == "none" else f"{label}_{spec.appearance}"
 
 
+# The official SN code's ITER_COMPUTE_BATCH_AVEARGE: training batches averaged for batch-average inference.
+SN_BATCH_AVERAGE_BATCHES = 200
+# trainer.best_metric: the metrics of the first evaluation set a run's best epoch may be chosen by.
+BEST_METRICS = {"classification": ("top1_err", "top5_err", "top1_acc", "top5_acc"),
+                "segmentation": ("miou", "pixel_acc")}
+
+
+def best_metric(cfg: DictConfig) -> tuple[str, str]:
+    """(metric of the first evaluation set, min | max) that chooses a run's best epoch (trainer.best_metric)."""
+    # select: the config of a task restored from a checkpoint written before the key existed lacks it
+    metric = OmegaConf.select(cfg, "trainer.best_metric", default=None) or (
+        "top1_err" if cfg.task == "classification" else "miou")
+    return metric, ("min" if metric.endswith("_err") else "max")
+
+
+def needs_batch_average(cfg: DictConfig) -> bool:
+    """A trained SN model with a BN branch: SN sec. 3 "Inference": "When applying SN in test, BN uses batch
+    average after training without computing moving average". An evaluation-only run scores its weights with
+    the statistics they hold; without a BN branch (``sn_using_bn: false``) there is nothing to estimate."""
+    from ..layers import canonical_norm
+    from ..models import MODELS
+    from .emulation import effective_norm
+
+    if cfg.model.name not in MODELS:   # validate() names the unknown model
+        return False
+    try:
+        norm = canonical_norm(effective_norm(cfg.model))
+    except (ValueError, KeyError):   # validate() names the unknown norm
+        return False
+    trains = cfg.trainer.max_epochs > 0 or (cfg.trainer.max_steps or 0) > 0
+    return norm == "sn" and bool(cfg.model.sn_using_bn) and trains
+
+
 def fill_defaults(cfg: DictConfig) -> None:
-    """Values derived from others: eval-set names, the eval batch size."""
+    """Values derived from others: eval-set names, the eval batch size, SN's batch-average inference."""
+    if cfg.trainer.batch_average_batches is None:
+        cfg.trainer.batch_average_batches = SN_BATCH_AVERAGE_BATCHES if needs_batch_average(cfg) else 0
     for spec in cfg.data.val:
         if not spec.name:
             spec.name = dataset_label(spec)
@@ -179,6 +214,8 @@ def validate(cfg: DictConfig) -> list[Problem]:
     check(t.num_threads >= 0, "trainer.num_threads", t.num_threads, "must be >= 0 (0 = PyTorch's default)")
     choice("trainer.float32_matmul_precision", t.float32_matmul_precision, ("highest", "high", "medium"))
     check(t.batch_average_batches >= 0, "trainer.batch_average_batches", t.batch_average_batches, "must be >= 0")
+    if t.best_metric is not None and cfg.task in BEST_METRICS:
+        choice("trainer.best_metric", t.best_metric, BEST_METRICS[cfg.task])
     for key in ("limit_train_batches", "limit_val_batches"):
         v = t[key]
         check(v is None or v > 0, f"trainer.{key}", v, "must be > 0 (a fraction or a number of batches)")

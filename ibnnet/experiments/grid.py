@@ -19,6 +19,8 @@ cases:                               # extra cells: axis labels + overrides
   - {labels: {ratio: "1", model: IBN-a}, set: {model.in_ratio: 1.0}}
 exclude: [{model: BN, ratio: full}]  # cells of the product to drop
 patches: [{match: {model: BN}, set: {optim.warmup_epochs: 5}}]
+moving_average_inference:           # SN cells evaluated with moving averages: which, and why (required)
+  - {match: {model: SN}, why: "..."}
 table: {rows: ratio, columns: eval, metrics: [top1_err, top5_err]}
 paper: [{ratio: "0.25", eval: val, top1_err: 22.49, top5_err: 6.39}]
 ```
@@ -40,7 +42,7 @@ from ..runs.folder import RunFolder, run_dir, run_id
 
 EXPERIMENTS_DIR = shipped_dir("experiments")   # the user's ./experiments and IBNNET_EXPERIMENT_PATH come first
 _TOP_KEYS = {"experiment", "title", "description", "base", "overrides", "scales", "default_scale", "grid", "cases",
-             "exclude", "patches", "table", "paper", "notes"}
+             "exclude", "patches", "table", "paper", "notes", "moving_average_inference"}
 _TABLE_KEYS = {"rows", "columns", "metrics", "eval_metrics", "format", "eval_labels", "row_title", "join", "select"}
 
 
@@ -69,6 +71,8 @@ class Experiment:
     raw: DictConfig
     axes: list[str] = field(default_factory=list)
     scale_is_default: bool = False    # no --scale given: the cheapest scale was chosen
+    # SN cells allowed to evaluate with moving averages: {match: {axis: label}, why: "..."}
+    moving_average_inference: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def gpu_hours(self) -> float | None:
@@ -92,7 +96,23 @@ class Experiment:
         identity = {"experiment": self.name, "scale": self.scale or "", "run_name": cell.name,
                     "grid": dict(cell.labels)}
         extra.append(Source(label, OmegaConf.create(identity)))
-        return compose(self.base, overrides, extra=extra)
+        cfg = compose(self.base, overrides, extra=extra)
+        self._check_sn_inference(cell, cfg)
+        return cfg
+
+    def _check_sn_inference(self, cell: Cell, cfg: DictConfig) -> None:
+        """SN cells use batch-average inference (SN sec. 3 "Inference"; the default of every trained SN model
+        with a BN branch) unless the file says why not."""
+        from ..config.validate import needs_batch_average
+        if cfg.trainer.batch_average_batches > 0 or not needs_batch_average(cfg):
+            return
+        if any(_matches(cell.labels, entry["match"]) for entry in self.moving_average_inference):
+            return
+        raise ConfigError(
+            f"{self.path}: cell {cell.name} trains an SN model with a BN branch but evaluates it with moving "
+            f"averages (trainer.batch_average_batches: 0); SN cells use batch-average inference (SN sec. 3: "
+            f"\"When applying SN in test, BN uses batch average after training\"). Drop the setting, or state "
+            f"the reason in the file: moving_average_inference: [{{match: {dict(cell.labels)}, why: ...}}]")
 
     def folders(self, overrides: tuple[str, ...] = ()) -> list[tuple[Cell, DictConfig, RunFolder]]:
         return [(cell, cfg, RunFolder(run_dir(cfg))) for cell, cfg in self.configs(overrides)]
@@ -234,6 +254,17 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{path}: cells with identical labels: {dupes}")
+    moving_average = list(data.get("moving_average_inference") or [])
+    for i, entry in enumerate(moving_average):
+        where = f"{path}: moving_average_inference[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"match", "why"} or not isinstance(entry["match"], dict):
+            raise ConfigError(f"{where} must be {{match: {{axis: label}}, why: <the reason>}}")
+        if not isinstance(entry["why"], str) or not entry["why"].strip():
+            raise ConfigError(f"{where}: `why` must state the reason these SN cells use moving averages")
+        if set(entry["match"]) - set(axes):
+            raise ConfigError(f"{where} names unknown axes {sorted(set(entry['match']) - set(axes))}")
+        if not any(_matches(c.labels, entry["match"]) for c in cells):
+            raise ConfigError(f"{where} matches no cell")
 
     table = dict(data.get("table") or {})
     bad = set(table) - _TABLE_KEYS
@@ -258,7 +289,8 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
 
     return Experiment(path=path, name=str(data.get("experiment") or path.stem), title=str(data.get("title") or ""),
                       base=base, scale=scale, scales=scales, cells=cells, common=dict(data.get("overrides") or {}),
-                      table=table, paper=paper, raw=raw, axes=axes, scale_is_default=scale_is_default)
+                      table=table, paper=paper, raw=raw, axes=axes, scale_is_default=scale_is_default,
+                      moving_average_inference=moving_average)
 
 
 def scale_gpu_hours(spec: Any) -> float | None:

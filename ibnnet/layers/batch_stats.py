@@ -78,9 +78,17 @@ def estimate_batch_average_stats(
             raise ValueError("estimate_batch_average_stats got no batches")
         for m in sn_layers:
             acc = m.stats_accumulator
+            if acc.count == 0:   # not on the inference path (a segmentation network's auxiliary head)
+                m.running_mean.copy_(saved[m][0])
+                m.running_var.copy_(saved[m][1])
+                continue
             mean = acc.mean_sum / acc.count
             m.running_mean.copy_(mean)
             m.running_var.copy_(acc.ex2_sum / acc.count - mean.square())
+        for m in bn_layers:
+            if m.num_batches_tracked is not None and int(m.num_batches_tracked) == 0:   # as above: not run
+                m.running_mean.copy_(saved[m][0])
+                m.running_var.copy_(saved[m][1])
         ok = True
     finally:
         if not ok:

@@ -15,6 +15,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from ..config.validate import best_metric
 from ..data.transforms.pipeline import normalize_batch
 from ..errors import UserError
 from ..layers import estimate_batch_average_stats
@@ -191,10 +192,11 @@ def evaluate_both_inference_modes(trainer: pl.Trainer, task, datamodule) -> dict
 
 
 def primary_metric(cfg) -> tuple[str, str] | None:
+    """The logged metric best.ckpt follows: trainer.best_metric of the first evaluation set."""
     if not cfg.data.val:
         return None
-    first = cfg.data.val[0].name
-    return (f"val/{first}/top1_err", "min") if cfg.task == "classification" else (f"val/{first}/miou", "max")
+    metric, mode = best_metric(cfg)
+    return f"val/{cfg.data.val[0].name}/{metric}", mode
 
 
 def build_callbacks(cfg, folder: RunFolder) -> list[Callback]:

@@ -4,10 +4,12 @@ Final and best. ``last_val`` holds the latest evaluation at the configured proto
 reports as ``metrics``, the final numbers). Every validation during training also updates the best record
 (:meth:`TaskBase.best_summary`, ``metrics.json``'s ``best``). The official IBN-Net ImageNet script
 (XingangPan/IBN-Net ``imagenet.py``) validates every epoch and copies the checkpoint to ``model_best.pth.tar``
-whenever ``is_best = test_acc > best_acc`` (in the released version ``test_acc`` is, through its tuple
-unpacking, the top-5 accuracy; we monitor top-1, the paper's first number). So ``best`` holds the whole
-evaluation of the epoch where the first evaluation set's headline metric was best (top-1 error for
-classification, mIoU for segmentation), plus the best of every metric of every set with its epoch. Epochs
+whenever ``is_best = test_acc > best_acc``, where ``test_loss, test_acc1, test_acc = test(...)`` and
+``test`` returns ``(losses.avg, top1.avg, top5.avg)``: the top-5 accuracy. The IBN tables therefore set
+``trainer.best_metric: top5_err``; the official SN code (``train_imagenet.py``: ``is_best = prec1 >
+best_prec1``) and the default choose by top-1 error (classification), mIoU (segmentation). So ``best``
+holds the whole evaluation of the epoch where the first evaluation set's ``trainer.best_metric`` was best
+(the first such epoch on ties, as ``>``), plus the best of every metric of every set with its epoch. Epochs
 are 0-based indices of finished training epochs. The record is saved in checkpoints, so resumed runs keep it.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from ..config.validate import best_metric
 from ..data.transforms.pipeline import normalize_batch, prepare_batch
 from .optim import build_optimizer, linear_scaled_lr, param_groups
 
@@ -116,7 +119,7 @@ class TaskBase(pl.LightningModule):
             return
         b = self.best_state
         first = next(iter(results))
-        metric, mode = ("top1_err", "min") if "top1_err" in results[first] else ("miou", "max")
+        metric, mode = best_metric(self.cfg)
         value = results[first].get(metric)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             return
