@@ -14,7 +14,9 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     parser = argparse.ArgumentParser(prog="ibnnet", description="IBN-Net and Switchable Normalization, reproducible.")
+    parser.add_argument("--version", action="version", version=f"ibnnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train and evaluate one configuration",
@@ -81,8 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="project folder (created if missing)")
     p.add_argument("--force", action="store_true", help="overwrite files that are already there")
 
-    p = sub.add_parser("run", help="execute one prepared run folder (used by the launchers)")
-    p.add_argument("run_dir")
+    p = sub.add_parser("run", help="execute one prepared run folder (used by the launchers)",
+                       description="Train and evaluate the run a launcher prepared: claims the folder, resumes from "
+                                   "its newest checkpoint, writes metrics.json. `sweep` runs this for each cell.")
+    p.add_argument("run_dir", help="a run folder written by `ibnnet sweep` (runs/<experiment>/<cell>-<hash>/, "
+                                   "holding config.yaml)")
 
     p = sub.add_parser("weights", help="official pretrained weights: list, download, verify")
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .progress import add_progress_option
     add_progress_option(w)
     w = wsub.add_parser("verify", help="check a weight file: hash, readability, which models it fits")
-    w.add_argument("path")
+    w.add_argument("path", help="a weight file (.pth/.pth.tar/.safetensors or a Lightning .ckpt)")
 
     from .commands.analyze import add_analyze_commands
     from .commands.data import add_data_commands
@@ -154,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + overrides
     _console_logging()
     try:
-        if argv is None and args.command in ("run", "train"):
+        # evaluate and predict too: a deterministic run's checkpoint then scores exactly what the run reported
+        if argv is None and args.command in ("run", "train", "evaluate", "predict"):
             _restart_with_portable_cpu_kernels(args)
         return _dispatch(args)
     except UserError as e:
@@ -180,7 +186,7 @@ RESTARTED_ENV = "IBNNET_PORTABLE_RESTART"
 
 def _restart_with_portable_cpu_kernels(args) -> None:
     """A deterministic run started without its pinned CPU instruction set (``ibnnet train`` or ``ibnnet run`` by
-    hand, or by a launcher other than ours) restarts this process with it: each library reads its variable once,
+    hand, or by a launcher other than ours), or an evaluation of one, restarts this process with it: each library reads its variable once,
     before torch's first kernel, which has not run yet here but may have been dispatched by the time the run
     would set it (ibnnet/runs/env.py). Only for a real command line (``main()`` with no ``argv``)."""
     import os

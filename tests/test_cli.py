@@ -229,8 +229,8 @@ def test_an_expensive_sweep_asks_at_a_terminal(tmp_path, monkeypatch, launches):
     path = experiment(tmp_path, SCALES)
     code, out, err = run_cli("sweep", path, "--scale", "paper", "--no-table", stdin="n\n", tty=True,
                              monkeypatch=monkeypatch)
-    assert code == 1 and "start ~900 GPU-hours of training? [y/N]" in out and launches == []
-    assert err.strip() == "ibnnet: not started"
+    assert code == 2 and "start ~900 GPU-hours of training? [y/N]" in out and launches == []   # as a refusal
+    assert err.strip() == "ibnnet: error: not started: declined at the prompt (~900 GPU-hours)"
     code, out, err = run_cli("sweep", path, "--scale", "paper", "--no-table", stdin="y\n", tty=True,
                              monkeypatch=monkeypatch)
     assert code == 0 and len(launches) == 3
@@ -464,3 +464,31 @@ def test_a_rerun_says_it_skipped_failed_cells_and_exits_non_zero(tmp_path):
     assert code == 1, out + err
     assert "1 cells, 0 to run, 1 failed before" in out
     assert "1 failed cell skipped: --retry-failed reruns it" in out + err
+
+
+def test_only_without_a_match_lists_the_cells(tmp_path):
+    path = experiment(tmp_path, "grid: {model.name: [resnet18_bn, resnet18_ibn_a]}\n")
+    for command in ("sweep", "sync"):
+        code, out, err = run_cli(command, path, "--only", "resnet50*", "--dry-run")
+        assert code == 2, err
+        assert err.startswith("ibnnet: error: no cell of exp matches --only 'resnet50*'"), err
+        assert "  model.name=resnet18_bn\n  model.name=resnet18_ibn_a" in err, err
+
+
+def test_version_and_every_positional_has_help(capsys):
+    from ibnnet import __version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ibnnet {__version__}"
+    from ibnnet.cli import build_parser
+
+    def parsers(p, path=("ibnnet",)):
+        yield path, p
+        for action in p._actions:
+            if isinstance(action, __import__("argparse")._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from parsers(child, path + (name,))
+    sub = __import__("argparse")._SubParsersAction
+    undocumented = [f"{' '.join(path)} {a.dest}" for path, p in parsers(build_parser()) for a in p._actions
+                    if not a.option_strings and a.help is None and not isinstance(a, sub)]
+    assert not undocumented, undocumented

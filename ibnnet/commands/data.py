@@ -17,8 +17,9 @@ def add_data_commands(sub) -> None:
                         description="Counts per split, missing labels, image/label size mismatches, label values "
                                     "outside the known ids; exits 1 if there are problems.")
     c.add_argument("name", choices=("imagenet", "cityscapes", "gta5", "bdd100k", "mapillary", "synthia", "imagenet_c",
-                                    "imagenet_r", "imagenet_sketch"))
-    c.add_argument("root")
+                                    "imagenet_r", "imagenet_sketch"),
+                   help="which dataset's layout to check the folder against")
+    c.add_argument("root", help="the dataset's folder (e.g. data/imagenet; docs/datasets.md has each layout)")
     c.add_argument("--no-label-values", action="store_true", help="skip decoding labels (faster)")
     add_progress_option(c)
     st = dsub.add_parser("stylize", help="IBN Tables 1/3 'Monet' set: a class-folder image set through CycleGAN",
@@ -41,7 +42,7 @@ def add_data_commands(sub) -> None:
                                     "as JPEG; resumable (done files are skipped), parallel, with a progress bar. "
                                     "Runs with data.shrunk_short_side=N (the reduced ImageNet scales: 160) train "
                                     "on SRC-N when it is complete. What changes in the data: data/README.md.")
-    k.add_argument("name", choices=("imagenet",))
+    k.add_argument("name", choices=("imagenet",), help="the dataset to copy (ImageNet only)")
     k.add_argument("src", help="ImageNet root (with train/ and/or val/ class folders)")
     k.add_argument("dst", nargs="?", help="destination (default: SRC-N, where the training runs look)")
     k.add_argument("--short-side", type=int, required=True, metavar="N", help="shorter side in pixels (e.g. 160)")

@@ -49,12 +49,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _no_match(exp: Experiment, pattern: str) -> int:
+    """--only matched nothing: say so, with the names it could have matched."""
+    names = "\n".join(f"  {cell.name}" for cell in exp.cells)
+    print(f"ibnnet: error: no cell of {exp.name} matches --only {pattern!r} (a glob, or a substring of a cell "
+          f"name or run id); its cells:\n{names}", file=sys.stderr)
+    return 2
+
+
 def cmd_sweep(args) -> int:
     exp = load_experiment(args.experiment, args.scale)
     triples = select(exp.folders(tuple(args.overrides)), args.only)
     if not triples:
-        print(f"ibnnet: no cells of {exp.name} match --only {args.only!r}", file=sys.stderr)
-        return 1
+        return _no_match(exp, args.only)
     launcher = args.launcher or triples[0][1].launcher.name
     if launcher == "slurm" and getattr(args, "workers", 1) != 1:
         print("ibnnet: --workers is for local sweeps; a SLURM sweep runs one array task per cell", file=sys.stderr)
@@ -160,7 +167,7 @@ def confirm_threshold(args) -> float:
 
 def _cost_gate(args, exp: Experiment, estimate: float | None) -> int | None:
     """None if the sweep may start (no estimate, under the threshold, --yes, or 'y' at the prompt when stdin
-    is a terminal); else the exit code: 2 refused without a terminal, 1 declined at the prompt."""
+    is a terminal); else the exit code 2, refused without a terminal or declined at the prompt alike."""
     threshold = confirm_threshold(args)
     if estimate is None or estimate <= threshold or getattr(args, "yes", False):
         return None
@@ -177,8 +184,8 @@ def _cost_gate(args, exp: Experiment, estimate: float | None) -> int | None:
         answer = ""
     if answer.strip().lower() in ("y", "yes"):
         return None
-    print("ibnnet: not started", file=sys.stderr)
-    return 1
+    print(f"ibnnet: error: not started: declined at the prompt (~{_hours(estimate)} GPU-hours)", file=sys.stderr)
+    return 2   # as a refusal without a terminal: nothing ran, the user said no
 
 
 def _spawn_workers(args, n: int, cfgs: list) -> int:
@@ -276,8 +283,7 @@ def cmd_sync(args) -> int:
     exp = load_experiment(args.experiment, args.scale)
     triples = select(exp.folders(tuple(args.overrides)), args.only)
     if not triples:
-        print(f"ibnnet: no cells of {exp.name} match --only {args.only!r}", file=sys.stderr)
-        return 1
+        return _no_match(exp, args.only)
     scale = f" (scale {exp.scale})" if exp.scale else ""
     print(f"[ibnnet] {exp.name}{scale}: offline wandb runs of {len(triples)} run folders")
     if not args.dry_run and any(unsynced_runs(folder) for _, _, folder in triples):

@@ -18,9 +18,12 @@ class DatasetEntry:
     augment: str                                # imagenet | center_crop | light | segmentation
     description: str
     needs_root: bool = False                    # no default folder: the spec must give `root`
-    # evaluation: () -> {metric key: train ids}, extra mIoUs over the class subsets the literature reports
-    # (SYNTHIA: miou16, miou13); a function so that importing the registry stays light
+    # a model TRAINED on this dataset: () -> {metric key: train ids}, the extra mIoUs over the classes it can
+    # learn that the literature reports on its targets (SYNTHIA: miou16, miou13); a function so that importing
+    # the registry stays light
     class_subsets: Callable[[], dict[str, tuple[int, ...]]] | None = None
+    # real images labelled in the 19 Cityscapes train ids: the targets those subsets are reported on
+    cityscapes_target: bool = False
     # spec -> the specs it stands for, each one evaluation set (ImageNet-C: one per corruption and severity)
     expand: Callable[[Any], list[Any]] | None = None
 
@@ -131,14 +134,17 @@ DATASETS: dict[str, DatasetEntry] = {
                                "ImageNet-R: renditions of 200 classes (scored on those 200 logits)"),
     "imagenet_sketch": DatasetEntry("classification", _imagenet_sketch, "imagenet-sketch", "imagenet",
                                     "ImageNet-Sketch: 50 sketches of each of the 1000 classes"),
-    "cityscapes": DatasetEntry("segmentation", _cityscapes, "cityscapes", "segmentation", "Cityscapes gtFine"),
+    "cityscapes": DatasetEntry("segmentation", _cityscapes, "cityscapes", "segmentation", "Cityscapes gtFine",
+                               cityscapes_target=True),
     "gta5": DatasetEntry("segmentation", _gta5, "gta5", "segmentation", "GTA5 (Playing for Data)"),
     "bdd100k": DatasetEntry("segmentation", _bdd100k, "bdd100k", "segmentation",
-                            "BDD100K 10k semantic segmentation (19 Cityscapes classes)"),
+                            "BDD100K 10k semantic segmentation (19 Cityscapes classes)", cityscapes_target=True),
     "mapillary": DatasetEntry("segmentation", _mapillary, "mapillary", "segmentation",
-                              "Mapillary Vistas v1.2/v2.0, mapped to the 19 Cityscapes classes"),
+                              "Mapillary Vistas v1.2/v2.0, mapped to the 19 Cityscapes classes",
+                              cityscapes_target=True),
     "synthia": DatasetEntry("segmentation", _synthia, "synthia", "segmentation",
-                            "SYNTHIA-RAND-CITYSCAPES (16 of the 19 classes)", class_subsets=_synthia_subsets),
+                            "SYNTHIA-RAND-CITYSCAPES (its models scored over 16 / 13 classes)",
+                            class_subsets=_synthia_subsets),
 }
 
 
@@ -153,10 +159,20 @@ def dataset_root(spec, data_root: str | Path) -> Path | None:
     return Path(data_root) / entry.default_root
 
 
-def class_subsets(dataset: str) -> dict[str, tuple[int, ...]]:
-    """Extra mIoU keys (metric name -> train ids) reported for an evaluation set of ``dataset``."""
-    entry = DATASETS.get(dataset)
-    return entry.class_subsets() if entry is not None and entry.class_subsets is not None else {}
+def class_subsets(train_dataset: str | None, eval_dataset: str) -> dict[str, tuple[int, ...]]:
+    """Extra mIoU keys (metric name -> train ids) for a model trained on ``train_dataset`` and evaluated on
+    ``eval_dataset``.
+
+    SYNTHIA's mIoU-16/13 are the numbers of SYNTHIA-trained models on Cityscapes val (AdaptSegNet Table 2,
+    DAFormer). They are given on BDD100K and Mapillary too: these share Cityscapes' 19 train ids, and the
+    subsets are fixed by what the source can teach (no terrain, truck, train), not by the target, so the three
+    targets' numbers stay comparable; the 19-class ``miou`` is kept beside them. An evaluation on SYNTHIA
+    itself gets none (its own classes are all a model could learn there).
+    """
+    source, target = DATASETS.get(train_dataset or ""), DATASETS.get(eval_dataset)
+    if source is None or source.class_subsets is None or target is None or not target.cityscapes_target:
+        return {}
+    return source.class_subsets()
 
 
 def build_dataset(spec, data_root: str | Path, data) -> Dataset:

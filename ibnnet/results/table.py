@@ -27,7 +27,8 @@ from .records import Record
 log = logging.getLogger("ibnnet")
 
 METRIC_LABELS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc", "top5_acc": "top-5 acc",
-                 "miou": "mIoU", "pixel_acc": "pixel acc", "mce": "mCE", "relative_mce": "relative mCE"}
+                 "miou": "mIoU", "pixel_acc": "pixel acc", "mce": "mCE", "relative_mce": "relative mCE",
+                 "miou16": "mIoU-16", "miou13": "mIoU-13"}
 
 
 def select_metrics(metrics: dict[str, Any], select: str, where: str = "") -> dict[str, Any]:

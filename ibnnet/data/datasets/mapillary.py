@@ -13,9 +13,13 @@ Class mapping: RobustNet's (Choi et al., CVPR 2021; github.com/shachoi/RobustNet
 at commit 8bcd90a, function ``gen_id_to_ignore``), the one the DG papers comparing on GTA5 -> Mapillary use;
 written out with the class names in docs/datasets.md. Every other class is ignored.
 
-Evaluation size, also RobustNet's (``datasets/__init__.py``, ``create_extra_val_loader``): the image is resized
-so that its height is 1536 (aspect kept; labels with nearest neighbour), then centre-cropped (or padded,
-image with 0, label with 255) to 1536 x 1536. ``eval_size=0`` evaluates the whole original image instead.
+Evaluation size, also RobustNet's (``datasets/__init__.py``, ``create_extra_val_loader``: ``ResizeHeight(1536)``
+and ``CenterCropPad(1536)`` of ``transforms/joint_transforms.py``): height resized to 1536 and width to
+``int(w / h * 1536)`` (truncated, not rounded), the image bicubic and the label nearest-neighbour as PIL
+resizes them, then a centred 1536 x 1536 crop. Portrait images (narrower than 1536 after the resize) differ:
+RobustNet pads the label with 0, the train id of road (its labels are mapped first), and crops off-centre; here
+both sides are padded evenly, the image with 0 and the label with 255 (ignored), see docs/datasets.md.
+``eval_size=0`` evaluates the whole original image instead.
 """
 from __future__ import annotations
 
@@ -132,19 +136,40 @@ class MapillaryVistas(PairedSegmentation):
         return robustnet_eval_geometry(image, mask, self.eval_size)
 
 
+def pil_nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of each of ``n_out`` pixels along one axis as PIL's ``Image.resize(..., Image.NEAREST)``
+    picks it: the centre of output pixel k sits at (k + 1/2) * n_in / n_out, a position PIL accumulates in
+    double precision one step at a time, then truncates. torch's ``nearest-exact`` is the same rule computed
+    in float32 directly, so where that position is a whole number it can fall on the other side (columns 16
+    and 49 of a 50 -> 55 resize); ``nearest`` (floor(k * n_in / n_out)) differs much more often."""
+    step = n_in / n_out
+    positions = np.add.accumulate(np.r_[step / 2, np.full(n_out - 1, step)])   # sequential sums, as PIL adds
+    return torch.from_numpy(np.minimum(positions.astype(np.int64), n_in - 1))
+
+
 def robustnet_eval_geometry(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[tv_tensors.Image,
                                                                                           tv_tensors.Mask]:
-    """Height resized to ``size`` (aspect kept), then a centred ``size`` x ``size`` crop, padded where smaller."""
+    """Height resized to ``size``, width to ``int(w / h * size)``, then a centred ``size`` x ``size`` crop,
+    padded where narrower (image 0, label 255).
+
+    The image (uint8) goes through torchvision's uint8 antialiased bicubic, which follows PIL's ``BICUBIC``
+    (a = -0.5, two separable passes rounded to uint8) to within 2 grey levels; the label is indexed with PIL's
+    own nearest-neighbour positions (:func:`pil_nearest_index`), so it equals PIL's resize pixel for pixel.
+    """
     h, w = image.shape[-2:]
-    new_w = max(1, round(w * size / h))
-    image = TF.resize(torch.as_tensor(image), [size, new_w], antialias=True)
-    mask = TF.resize(torch.as_tensor(mask)[None], [size, new_w], interpolation=TF.InterpolationMode.NEAREST)
+    new_w = max(1, int(w / h * size))   # RobustNet's ResizeHeight, float division first, truncated
+    image = TF.resize(torch.as_tensor(image), [size, new_w], interpolation=TF.InterpolationMode.BICUBIC,
+                      antialias=True)
+    rows, cols = pil_nearest_index(h, size), pil_nearest_index(w, new_w)
+    mask = torch.as_tensor(mask)[rows[:, None], cols[None, :]][None]
     if new_w < size:   # pad both sides, as a centred crop larger than the image would
         left = (size - new_w) // 2
         image = TF.pad(image, [left, 0, size - new_w - left, 0], fill=0)
         mask = TF.pad(mask, [left, 0, size - new_w - left, 0], fill=IGNORE_INDEX)
+    # torchvision's centre crop starts at int(round((w - size) / 2)), as RobustNet's CenterCropPad does
     image, mask = TF.center_crop(image, [size, size]), TF.center_crop(mask, [size, size])
     return tv_tensors.Image(image), tv_tensors.Mask(mask[0])
 
 
-__all__ = ["MapillaryVistas", "V12_TO_TRAIN_ID", "mapillary_lut", "robustnet_eval_geometry", "detect_layout"]
+__all__ = ["MapillaryVistas", "V12_TO_TRAIN_ID", "mapillary_lut", "robustnet_eval_geometry", "pil_nearest_index",
+           "detect_layout"]
