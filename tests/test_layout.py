@@ -37,7 +37,9 @@ def imported_packages(path: Path, root: Path = ROOT) -> set[str]:
                 targets = [node.module.split(".")]
         elif isinstance(node, ast.Import):
             targets = [a.name.split(".") for a in node.names]
-        found |= {t[1] for t in targets if len(t) > 1 and t[0] == "ibnnet"}
+        # a name the package's __init__ defines (``from . import __version__``) is not a package
+        found |= {t[1] for t in targets if len(t) > 1 and t[0] == "ibnnet"
+                  and ((root / t[1]).is_dir() or (root / f"{t[1]}.py").is_file())}
     return found
 
 
@@ -70,6 +72,8 @@ def test_the_check_sees_upward_imports(tmp_path):
     """The parser resolves relative imports, also inside functions: upward ones in tasks/ would be reported."""
     probe = tmp_path / "ibnnet" / "tasks" / "probe.py"
     probe.parent.mkdir(parents=True)
+    for package in ("runs", "commands", "launchers"):   # what the probe imports exists, as in the real tree
+        (probe.parents[1] / package).mkdir()
     probe.write_text("from ..runs.folder import RunFolder\nfrom . import base\n\ndef f():\n"
                      "    from .. import commands\n    import ibnnet.launchers.slurm\n")
     assert imported_packages(probe, tmp_path / "ibnnet") == {"runs", "tasks", "commands", "launchers"}
