@@ -64,3 +64,26 @@ def test_ddp_on_cpu_and_exact_two_process_evaluation(tmp_path):
         assert one["confmat"] == two["confmat"]
         assert sum(map(sum, one["confmat"])) == 7 * 32 * 32
         assert one["miou"] == two["miou"]
+
+
+def test_best_and_last_of_one_step_are_one_file(tmp_path):
+    """best.ckpt saved at the step last.ckpt is saved at holds the same weights: a hard link, not a second copy;
+    a later save of either name replaces that name alone."""
+    from ibnnet.runs.callbacks import AtomicCheckpointIO
+    io = AtomicCheckpointIO()
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+
+    def state(step):
+        return {"global_step": step, "state_dict": {"w": torch.full((1000,), float(step))}}
+    io.save_checkpoint(state(5), best)            # validation end of epoch 1 (a new best) ...
+    io.save_checkpoint(state(5), last)            # ... then the epoch's last.ckpt
+    assert best.stat().st_ino == last.stat().st_ino and best.stat().st_nlink == 2
+    io.save_checkpoint(state(10), last)           # epoch 2 is no better: best stays epoch 1's
+    assert best.stat().st_ino != last.stat().st_ino
+    assert torch.load(best, weights_only=True)["state_dict"]["w"][0] == 5
+    assert torch.load(last, weights_only=True)["state_dict"]["w"][0] == 10
+    io.save_checkpoint(state(15), last)           # last first, then a best of the same step
+    io.save_checkpoint(state(15), best)
+    assert best.stat().st_ino == last.stat().st_ino
+    assert torch.load(best, weights_only=True)["state_dict"]["w"][0] == 15
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt", "last.prev.ckpt"]
