@@ -310,9 +310,10 @@ def test_segmentation_validates_single_scale_during_training_and_multiscale_at_t
     calls = []
     original = SegmentationTask.predict_scores
 
-    def spy(self, x, scales=(1.0,), flip=False):
+    def spy(self, x, scales=(1.0,), flip=False, sizes=None):
+        assert sizes is None   # no set of this config gives test sizes
         calls.append((self.trainer.state.fn, self.current_epoch, tuple(scales), flip))
-        return original(self, x, scales, flip)
+        return original(self, x, scales, flip, sizes)
     monkeypatch.setattr(SegmentationTask, "predict_scores", spy)
     body = helpers.SEG.replace("num_samples: 64", "num_samples: 16").replace(
         "domain: synthetic, num_samples: 7}", "domain: synthetic, num_samples: 2, scales: [1.0, 1.5], flip: true}"

@@ -15,7 +15,7 @@ from ibnnet.runs.runner import execute, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {"ibn_table1": 3, "ibn_table2": 8, "ibn_table3": 7, "ibn_table4": 5, "ibn_table5": 6, "ibn_table6": 6,
-          "ibn_table8": 8, "sn_table2": 28, "sn_table5": 3}
+          "ibn_table8": 8, "sn_table2": 28, "sn_table5": 6}
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))

@@ -3,6 +3,7 @@
 experiments/robustness_imagenet.yaml evaluated end to end with no training."""
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,14 +12,16 @@ from fixtures_datasets import write_jpeg
 from PIL import Image
 
 from ibnnet.data.tools.check import check_dataset
-from ibnnet.data.tools.corruptions import MARKER, corrupt_imagenet
+from ibnnet.data.tools.corruptions import MARKER, corrupt_imagenet, image_seed
 from ibnnet.data.datasets.robustness import (
     ALEXNET_CLEAN_ERROR,
     ALEXNET_ERRORS,
     CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
     IMAGENET_R_WNIDS,
     imagenet1k_wnids,
     imagenet_c,
+    imagenet_c_absent,
     imagenet_c_summary,
     imagenet_r,
     imagenet_sketch,
@@ -66,6 +69,106 @@ def test_mce_and_relative_mce_follow_hendrycks_and_dietterich():
     assert "mce" not in imagenet_c_summary(partial) and "ce_fog" not in imagenet_c_summary(partial)
     assert "mce" not in imagenet_c_summary(errors, 12.0, num_classes=100)
     assert "mce" in imagenet_c_summary(errors) and "relative_mce" not in imagenet_c_summary(errors)
+
+
+def _release_layout(root, extras=True):
+    """ImageNet-C as the release unpacks: the 15 tars flat, extra.tar's folders flat too except saturate,
+    kept under its extra/ folder (both are read); one image of NOT_R per corruption and severity."""
+    for c in CORRUPTIONS + (EXTRA_CORRUPTIONS if extras else ()):
+        for s in range(1, 6):
+            folder = root / ("extra" if c == "saturate" else "") / c / str(s)
+            write_val(folder, per_class=((NOT_R, 1),), size=(32, 32), all_classes=False)
+
+
+def test_extra_corruptions_are_read_checked_and_stay_outside_the_mce(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from ibnnet.config import compose
+    from ibnnet.data.datamodule import DataModule
+    root = tmp_path / "imagenet-c"
+    _release_layout(root)
+    for c, s in (("speckle_noise", 1), ("spatter", 3), ("saturate", 5)):
+        assert [label for _, label in imagenet_c(root, c, s).samples] == [WNIDS.index(NOT_R)]
+    report = check_dataset("imagenet_c", root)
+    assert report.ok, report.render()
+    assert report.counts["extra/speckle_noise/1"] == 1 and report.counts["extra/saturate/5"] == 1
+    assert len(report.counts) == 75 + 20 and "extra/spatter/3" in report.render()
+
+    # the experiment's spec of the extras is read where any of its folders is, skipped (optional) where none is
+    spec = OmegaConf.create({"name": "imagenet_c_extra", "corruptions": list(EXTRA_CORRUPTIONS), "severities": None})
+    assert imagenet_c_absent(spec, root) is None
+    only15 = tmp_path / "data" / "imagenet-c"
+    _release_layout(only15, extras=False)
+    assert "none of its corruption folders (speckle_noise, gaussian_blur, spatter, saturate)" in \
+        imagenet_c_absent(spec, only15)
+    assert imagenet_c_absent(OmegaConf.create({"name": "c", "corruptions": None, "severities": None}), only15) is None
+    assert check_dataset("imagenet_c", only15).ok and not any("extra" in k for k in check_dataset(
+        "imagenet_c", only15).counts)
+    # the robustness config: the 15 are evaluated, the extras' spec skipped with a warning (as ImageNet-R here)
+    cfg = compose("configs/imagenet_robustness.yaml", [f"paths.data={tmp_path / 'data'}"])
+    names = DataModule(cfg).val_names
+    assert names == ["origin"] + [f"imagenet_c/{c}/{s}" for c in CORRUPTIONS for s in range(1, 6)]
+    assert "evaluation set imagenet_c_extra skipped: none of its corruption folders" in caplog.text
+    # with extra.tar unpacked beside the 15 (root, the folder above): the extras' 20 sets are read too
+    names = DataModule(compose("configs/imagenet_robustness.yaml", [f"paths.data={tmp_path}"])).val_names
+    assert names[76:] == [f"imagenet_c_extra/{c}/{s}" for c in EXTRA_CORRUPTIONS for s in range(1, 6)]
+
+    # some extras only: a partial set is a problem, with the way to complete it
+    shutil.rmtree(root / "spatter")
+    report = check_dataset("imagenet_c", root)
+    assert not report.ok and "missing: spatter/1/ (extra corruption)" in report.problems
+    assert "--extras" in " ".join(report.hints) and "extra/saturate/2" in report.counts
+
+    # mCE and relative mCE over the 15 only: the extras' errors (here far worse) change none of the benchmark's
+    # numbers; they get their plain error (no AlexNet normaliser is published for them)
+    errors = {(c, s): 20.0 + 2 * s + i for i, c in enumerate(CORRUPTIONS) for s in range(1, 6)}
+    extras = {(c, s): 90.0 - s - 3 * i for i, c in enumerate(EXTRA_CORRUPTIONS) for s in range(1, 6)}
+    out = imagenet_c_summary({**errors, **extras}, clean_error=25.0)
+    by_hand = np.mean([sum(errors[(c, s)] for s in range(1, 6)) / (5 * 100 * ALEXNET_ERRORS[c]) * 100
+                       for c in CORRUPTIONS])
+    rel_by_hand = np.mean([sum(errors[(c, s)] - 25.0 for s in range(1, 6))
+                           / (5 * 100 * (ALEXNET_ERRORS[c] - ALEXNET_CLEAN_ERROR)) * 100 for c in CORRUPTIONS])
+    assert out["mce"] == pytest.approx(by_hand) and out["relative_mce"] == pytest.approx(rel_by_hand)
+    assert out["top1_err"] == pytest.approx(np.mean(list(errors.values())))
+    assert out["err_severity_2"] == pytest.approx(np.mean([errors[(c, 2)] for c in CORRUPTIONS]))
+    without = imagenet_c_summary(errors, clean_error=25.0)
+    assert all(out[k] == pytest.approx(v) for k, v in without.items())
+    assert out["err_spatter"] == pytest.approx(90.0 - 3 - 6) and out["err_saturate"] == pytest.approx(90.0 - 3 - 9)
+    assert out["extra_err"] == pytest.approx(np.mean(list(extras.values())))
+    assert out["extra_err_severity_5"] == pytest.approx(np.mean([extras[(c, 5)] for c in EXTRA_CORRUPTIONS]))
+    assert not any(k.endswith(EXTRA_CORRUPTIONS) for k in out if k.startswith(("ce_", "rel_ce_")))
+    # a spec of the extras alone: its top1_err is their mean, and still no mCE
+    alone = imagenet_c_summary(extras, clean_error=25.0)
+    assert alone["top1_err"] == pytest.approx(alone["extra_err"]) and "mce" not in alone
+    with pytest.raises(DataError, match="the extras \\(outside the mCE\\) speckle_noise"):
+        imagenet_c(root, "speckle_nosie", 1)
+
+
+def test_data_corrupt_makes_the_extras_on_request(tmp_path):
+    from helpers import cli
+    src, dst = tmp_path / "val", tmp_path / "c"
+    write_val(src, per_class=((NOT_R, 1),), all_classes=False, size=(60, 50))
+    cli("data", "corrupt", src, dst, "--corruption", "speckle_noise", "--severity", "2", "--resize", "40",
+        "--crop", "32", "--workers", "1", "--no-progress")
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.JPEG")) == \
+        [f"speckle_noise/2/{NOT_R}/ILSVRC2012_val_00000000.JPEG"]
+    # the authors' speckle noise, severity 2: x + x * N(0, 0.2), clipped, on the resized and cropped image;
+    # the noise drawn from NumPy's global RNG seeded per image, as for the 15
+    with Image.open(src / NOT_R / "ILSVRC2012_val_00000000.JPEG") as im:
+        x = np.asarray(im.convert("RGB").resize((48, 40), Image.BILINEAR).crop((8, 4, 40, 36))) / 255.0
+    np.random.seed(image_seed(0, "speckle_noise", 2, f"{NOT_R}/ILSVRC2012_val_00000000.JPEG"))
+    expected = io.BytesIO()
+    Image.fromarray(np.uint8(np.clip(x + x * np.random.normal(size=x.shape, scale=0.2), 0, 1) * 255)).save(
+        expected, "JPEG", quality=85, optimize=True)
+    assert (dst / "speckle_noise" / "2" / NOT_R / "ILSVRC2012_val_00000000.JPEG").read_bytes() == expected.getvalue()
+    # --extras: the four, none of the 15; the set stays incomplete (the 15 are the benchmark)
+    cli("data", "corrupt", src, dst, "--extras", "--severity", "1", "--resize", "40", "--crop", "32",
+        "--workers", "1", "--no-progress")
+    assert sorted({p.relative_to(dst).parts[0] for p in dst.rglob("*.JPEG")}) == sorted(EXTRA_CORRUPTIONS)
+    marker = json.loads((dst / MARKER).read_text())
+    assert "saturate/1" in marker["done"] and not marker["complete"]
+    with pytest.raises(AssertionError, match="unknown ImageNet-C corruption"):
+        cli("data", "corrupt", src, dst, "--corruption", "splatter", "--no-progress")
 
 
 def test_imagenet_c_generation_follows_the_recipe_and_resumes(tmp_path):
@@ -150,7 +253,8 @@ def test_robustness_readers_label_in_imagenet_1k(tmp_path):
 
 def test_robustness_experiment_evaluates_official_weights_end_to_end(tmp_path):
     """experiments/robustness_imagenet.yaml, its IBN-Net50-a cell on fixtures: no training, ImageNet val,
-    all 75 ImageNet-C sets made by `ibnnet data corrupt`, ImageNet-R on its 200 logits, Sketch; the table."""
+    all 75 ImageNet-C sets made by `ibnnet data corrupt` and the 20 of its extras (`--extras`), ImageNet-R on
+    its 200 logits, Sketch; the table."""
     from helpers import cli
     from test_paper_experiments import run_cell
 
@@ -162,6 +266,8 @@ def test_robustness_experiment_evaluates_official_weights_end_to_end(tmp_path):
     write_val(root / "imagenet" / "val", per_class=((NOT_R, 1), (R_IN, 1)), size=(80, 64))
     cli("data", "corrupt", root / "imagenet" / "val", root / "imagenet-c", "--resize", "36", "--crop", "32",
         "--workers", "2", "--no-progress")
+    cli("data", "corrupt", root / "imagenet" / "val", root / "imagenet-c", "--extras", "--resize", "36", "--crop",
+        "32", "--workers", "2", "--no-progress")
     write_val(root / "imagenet-r" / "imagenet-r", per_class=((R_IN, 2), ("n01484850", 1)), all_classes=False)
     write_val(root / "imagenet-sketch" / "sketch", per_class=((NOT_R, 1),), all_classes=False)
     # "official weights": a fixed random network's, read through model.pretrained_file. Its classifier
@@ -181,11 +287,18 @@ def test_robustness_experiment_evaluates_official_weights_end_to_end(tmp_path):
     evals = metrics["metrics"]
     assert metrics["evaluation_only"] and metrics["epochs"] == 0 and metrics["global_step"] == 0
     sets = [f"imagenet_c/{c}/{s}" for c in CORRUPTIONS for s in range(1, 6)]
-    assert set(evals) == {"origin", "imagenet_c", "imagenet_r", "sketch", *sets}
+    extra_sets = [f"imagenet_c_extra/{c}/{s}" for c in EXTRA_CORRUPTIONS for s in range(1, 6)]
+    assert set(evals) == {"origin", "imagenet_c", "imagenet_c_extra", "imagenet_r", "sketch", *sets, *extra_sets}
     summary = imagenet_c_summary({(c, s): evals[f"imagenet_c/{c}/{s}"]["top1_err"]
                                   for c in CORRUPTIONS for s in range(1, 6)}, evals["origin"]["top1_err"])
     assert evals["imagenet_c"]["mce"] == pytest.approx(summary["mce"])
     assert evals["imagenet_c"]["relative_mce"] == pytest.approx(summary["relative_mce"])
+    # the extras: their own summary, plain errors, no mCE; the 15's summary holds none of them
+    extra = evals["imagenet_c_extra"]
+    assert extra["err_spatter"] == pytest.approx(np.mean([evals[f"imagenet_c_extra/spatter/{s}"]["top1_err"]
+                                                          for s in range(1, 6)]))
+    assert extra["top1_err"] == pytest.approx(np.mean([evals[n]["top1_err"] for n in extra_sets]))
+    assert "mce" not in extra and "ce_spatter" not in extra and "err_spatter" not in evals["imagenet_c"]
 
     # ImageNet-R: the prediction ranges over its 200 classes only, as its authors' eval.py scores it
     from torchvision.transforms import v2
@@ -212,8 +325,16 @@ def test_robustness_experiment_evaluates_official_weights_end_to_end(tmp_path):
     md = paths["markdown"].read_text()
     row = next(line for line in md.splitlines() if line.startswith("| IBN-Net50-a"))
     assert f"{evals['imagenet_c']['mce']:.2f}/{evals['imagenet_c']['relative_mce']:.2f}" in row
-    assert "76.70" in md and "ImageNet-C mCE / rel. mCE: mCE/relative mCE (%) of the starting weights" in md
+    assert "76.70" in md and ("ImageNet-C mCE / rel. mCE: mCE/relative mCE; ImageNet-C extras (not in mCE): top-1 "
+                              "err/speckle noise err/gaussian blur err/spatter err/saturate err (%) of the starting "
+                              "weights") in md
     assert paths["plot"].stat().st_size > 1000 and "(pending)" in md   # the two cells not run
+    # the extras' column, beside ImageNet-C's: their mean error, then each one's
+    assert "/".join(f"{extra[k]:.2f}" for k in ("top1_err", "err_speckle_noise", "err_gaussian_blur", "err_spatter",
+                                                "err_saturate")) in row
+    header = next(line for line in md.splitlines() if line.startswith("| model"))
+    assert header.index("ImageNet-C mCE / rel. mCE ours") < header.index("ImageNet-C extras (not in mCE) ours") \
+        < header.index("ImageNet-R ours")
     assert paths["corruptions"].stat().st_size > 1000   # CE per corruption, error per severity
     assert evals["imagenet_c"]["err_severity_5"] == pytest.approx(
         np.mean([evals[f"imagenet_c/{c}/5"]["top1_err"] for c in CORRUPTIONS]))

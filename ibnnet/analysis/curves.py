@@ -34,8 +34,11 @@ class RunRef:
 
 
 def short_labels(cells: Sequence[dict[str, str]], names: Sequence[str]) -> list[str]:
-    """Legend labels: the grid labels that differ between the selected cells (all of them if only one)."""
-    axes = list(cells[0]) if cells else []
+    """Legend labels: the grid labels that differ between the selected cells (all of them if only one).
+
+    Axes are those of any cell: an extra cell that has an axis the others lack (sn_table5's ADE20K cells,
+    ``dataset``) is told apart by it; a cell without a label of its own there is named in full."""
+    axes = list(dict.fromkeys(a for c in cells for a in c))
     varying = [a for a in axes if len({c.get(a) for c in cells}) > 1]
     out = []
     for labels, name in zip(cells, names):

@@ -1,11 +1,14 @@
-"""Importance weights of Switchable Normalization layers (SN paper sec. 5.1 Fig. 4, appendix C.2 Fig. 7).
+"""Importance weights of Switchable Normalization layers (SN paper sec. 5.1 Fig. 4, appendix C.2 Fig. 7, Fig. 9).
 
 Every SN layer learns two sets of control parameters, ``mean_weight`` and ``var_weight`` (λ in the
 paper); the importance weights are their softmaxes, over [IN, LN, BN] (or [IN, LN] for an SN without
 its BN branch, as in the (8, 1) setting: "SN doesn't have BN in (8, 1)").  Fig. 4 averages them over
 "all SN layers in a network", one group of bars per batch setting; Fig. 7 shows them per layer for the
 53 SN layers of ResNet-50, by residual stage, with the layers after 3x3 convs, after 1x1 convs and in
-the shortcuts told apart.
+the shortcuts told apart.  Fig. 9 draws the same per-layer weights for the SN models fine-tuned on ADE20K
+and on Cityscapes (SN Table 5): "Fig.9 in Appendix compares the importance weights of SN in ResNet50 trained
+on both ADE20K and Cityscapes" (sec. 4.3); "There are 53 SN layers" (the backbone's: a segmentation head's
+own SN layers are left out of it).
 
 Everything is read from state dicts, so a checkpoint is analysed without building its model: the
 layer after which conv an SN layer sits is found from the conv weight of the same block
@@ -18,7 +21,7 @@ import io
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -134,6 +137,13 @@ def network_average(layers: Sequence[SNLayer]) -> dict[str, tuple[float, float, 
     for stat in STATISTICS:
         rows = [getattr(layer, stat) for layer in layers]
         out[stat] = tuple(sum(r[i] for r in rows) / len(rows) for i in range(3))
+def backbone_layers(layers: Sequence[SNLayer]) -> list[SNLayer]:
+    """The SN layers of the ResNet trunk (res1 .. res5), without a segmentation head's (53 for ResNet-50),
+    named as in the classification network (a segmentation model's ``backbone.`` dropped)."""
+    return [replace(layer, name=layer.name.removeprefix("backbone.")) for layer in layers
+            if layer.stage.startswith("res")]
+
+
     return out
 
 
@@ -220,48 +230,90 @@ def _network_plot(averages: Mapping[str, Mapping[str, tuple]], title: str) -> by
         ax.legend(ncol=3, fontsize="small")
         if row == 0:
             ax.set_title(title)
+def write_dataset_figure(runs: Mapping[str, Sequence[SNLayer]], out_dir: str | os.PathLike,
+                         title: str = "SN importance weights by dataset") -> dict[str, Path]:
+    """SN Fig. 9: datasets.csv and datasets.png from one SN model per training dataset (label = the dataset):
+    the backbone's SN layers, panels μ and σ for each dataset in turn, as the paper's (a, b) ADE20K and
+    (c, d) Cityscapes."""
+    if not runs:
+        raise ValueError("no SN networks to compare")
+    trunk = {label: backbone_layers(layers) for label, layers in runs.items()}
+    empty = [label for label, layers in trunk.items() if not layers]
+    if empty:
+        raise ValueError(f"{', '.join(empty)}: no SN layers in a ResNet trunk (stem and layer1..layer4)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"datasets_csv": out / "datasets.csv", "datasets_png": out / "datasets.png"}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["dataset", "index", "layer", "stage", "kind", *(f"{s}_{b}" for s in STATISTICS for b in BRANCHES)])
+    for label, layers in trunk.items():
+        for i, layer in enumerate(layers, 1):
+            w.writerow([label, i, layer.name, layer.stage, layer.kind,
+                        *(_fmt(getattr(layer, s)[k]) for s in STATISTICS for k in range(3))])
+    atomic_write_text(paths["datasets_csv"], buf.getvalue())
+
+    n = max(len(layers) for layers in trunk.values())
+    fig = _figure(max(8.0, 0.2 * n + 3), 3.3 * 2 * len(trunk))
+    panel = 0
+    for label, layers in trunk.items():
+        for stat in STATISTICS:
+            ax = fig.add_subplot(2 * len(trunk), 1, panel + 1)
+            _draw_layers(ax, layers, stat, legend=panel == 0)
+            ax.set_title(f"({chr(ord('a') + panel)}) importance weights of {_SYMBOL[stat]}, {label} "
+                         f"({len(layers)} SN layers)", fontsize="medium")
+            panel += 1
+    fig.suptitle(title)
+    atomic_write_bytes(paths["datasets_png"], _png(fig))
+    return paths
+
+
     return _png(fig)
+    fig = _figure(max(8.0, 0.2 * len(layers) + 3), 6.5)
+    for row, stat in enumerate(STATISTICS):
+        _draw_layers(fig.add_subplot(2, 1, row + 1), layers, stat, legend=row == 0)
+    fig.suptitle(f"{title} ({len(layers)} SN layers)")
+    return _png(fig)
+
+
+def _draw_layers(ax, layers: Sequence[SNLayer], stat: str, legend: bool) -> None:
+    """One panel of Fig. 7 / Fig. 9: the IN/LN/BN importance weights of ``stat`` stacked per layer, by stage."""
 
 
 def _layer_plot(layers: Sequence[SNLayer], title: str) -> bytes:
     n = len(layers)
-    fig = _figure(max(8.0, 0.2 * n + 3), 6.5)
     xs = list(range(n))
     stages = [layer.stage for layer in layers]
-    for row, stat in enumerate(STATISTICS):
-        ax = fig.add_subplot(2, 1, row + 1)
-        bottom = [0.0] * n
-        for b, branch in enumerate(BRANCHES):
-            vals = [getattr(layer, stat)[b] for layer in layers]
-            vals = [0.0 if math.isnan(v) else v for v in vals]
-            bars = ax.bar(xs, vals, 0.85, bottom=bottom, color=_COLORS[branch], label=branch, edgecolor="white",
-                          linewidth=0.3)
-            # Paper Fig. 7: layers after 3x3 convs are shaded, shortcut layers marked; 1x1 layers are flat.
-            for bar, layer in zip(bars, layers):
-                if layer.kind == "3x3 conv":
-                    bar.set_hatch("///")
-                elif layer.kind == "shortcut":
-                    bar.set_hatch("xx")
-            bottom = [s + v for s, v in zip(bottom, vals)]
-        for x, layer in zip(xs, layers):
-            if layer.kind == "shortcut":
-                ax.text(x, 1.01, "*", ha="center", va="bottom", fontsize=9)
-        # Stage boundaries and names on the x-axis, as the paper's res1 .. res5.
-        starts = [i for i in range(n) if i == 0 or stages[i] != stages[i - 1]]
-        for s in starts[1:]:
-            ax.axvline(s - 0.5, color="black", linewidth=0.8)
-        ends = starts[1:] + [n]
-        ax.set_xticks([(s + e - 1) / 2 for s, e in zip(starts, ends)])
-        ax.set_xticklabels([stages[s] for s in starts])
-        ax.set_xlim(-0.6, n - 0.4)
-        ax.set_ylim(0, 1.08)
-        ax.set_ylabel(f"importance weight of {_SYMBOL[stat]}")
-        if row == 0:
-            from matplotlib.patches import Patch
-            handles = [Patch(color=_COLORS[b], label=b) for b in BRANCHES]
-            handles += [Patch(facecolor="white", edgecolor="gray", hatch="///", label="after 3x3 conv"),
-                        Patch(facecolor="white", edgecolor="gray", hatch="xx", label="shortcut (*)"),
-                        Patch(facecolor="white", edgecolor="gray", label="after 1x1 / 7x7 conv")]
-            ax.legend(handles=handles, ncol=6, fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1.06))
-    fig.suptitle(f"{title} ({n} SN layers)")
-    return _png(fig)
+    bottom = [0.0] * n
+    for branch_index, branch in enumerate(BRANCHES):
+        vals = [getattr(layer, stat)[branch_index] for layer in layers]
+        vals = [0.0 if math.isnan(v) else v for v in vals]
+        bars = ax.bar(xs, vals, 0.85, bottom=bottom, color=_COLORS[branch], label=branch, edgecolor="white",
+                      linewidth=0.3)
+        # Paper Fig. 7: layers after 3x3 convs are shaded, shortcut layers marked; 1x1 layers are flat.
+        for bar, layer in zip(bars, layers):
+            if layer.kind == "3x3 conv":
+                bar.set_hatch("///")
+            elif layer.kind == "shortcut":
+                bar.set_hatch("xx")
+        bottom = [s + v for s, v in zip(bottom, vals)]
+    for x, layer in zip(xs, layers):
+        if layer.kind == "shortcut":
+            ax.text(x, 1.01, "*", ha="center", va="bottom", fontsize=9)
+    # Stage boundaries and names on the x-axis, as the paper's res1 .. res5.
+    starts = [i for i in range(n) if i == 0 or stages[i] != stages[i - 1]]
+    for s in starts[1:]:
+        ax.axvline(s - 0.5, color="black", linewidth=0.8)
+    ends = starts[1:] + [n]
+    ax.set_xticks([(s + e - 1) / 2 for s, e in zip(starts, ends)])
+    ax.set_xticklabels([stages[s] for s in starts])
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel(f"importance weight of {_SYMBOL[stat]}")
+    if legend:
+        from matplotlib.patches import Patch
+        handles = [Patch(color=_COLORS[b], label=b) for b in BRANCHES]
+        handles += [Patch(facecolor="white", edgecolor="gray", hatch="///", label="after 3x3 conv"),
+                    Patch(facecolor="white", edgecolor="gray", hatch="xx", label="shortcut (*)"),
+                    Patch(facecolor="white", edgecolor="gray", label="after 1x1 / 7x7 conv")]
+        ax.legend(handles=handles, ncol=6, fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1.06))

@@ -45,18 +45,23 @@ def add_analyze_commands(sub) -> None:
 
 def add_sn_weights_parser(asub) -> None:
     p = asub.add_parser(
-        "sn-weights", help="SN Fig. 4 / Fig. 7: importance weights of IN/LN/BN in every SN layer",
+        "sn-weights", help="SN Fig. 4 / Fig. 7 / Fig. 9: importance weights of IN/LN/BN in every SN layer",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Softmax of each SN layer's mean_weight / var_weight. Fig. 4: averaged over the network, "
                     "one group per run (batch setting); Fig. 7: per layer, by residual stage, 3x3-conv, 1x1-conv "
-                    "and shortcut layers told apart. Writes network.csv/png, layers.csv, layers_<run>.png.\n\n"
+                    "and shortcut layers told apart. Writes network.csv/png, layers.csv, layers_<run>.png. "
+                    "Fig. 9 (--by-dataset): the SN models of SN Table 5 by training dataset, datasets.csv/png.\n\n"
                     "  ibnnet analyze sn-weights sn_table2 --cells norm=SN\n"
+                    "  ibnnet analyze sn-weights sn_table5 --cells norm=SN --by-dataset --scale full\n"
                     "  ibnnet analyze sn-weights --checkpoint 8x32=a.ckpt --checkpoint 8x2=b.pth\n"
                     "  ibnnet analyze sn-weights sn_vs_ibn_dg --cells model=SN --ibn-placement")
     experiment_args(p, positional_optional=True)
     p.add_argument("--checkpoint", action="append", metavar="[LABEL=]FILE",
                    help="a weight file or Lightning checkpoint instead of (or besides) an experiment's runs")
     p.add_argument("--which", choices=("last", "best"), default="last", help="run checkpoint to read")
+    p.add_argument("--by-dataset", action="store_true",
+                   help="SN Fig. 9: label each run by the dataset it was trained on (an experiment's runs; a "
+                        "--checkpoint by its LABEL) and write datasets.csv/png, the backbone's SN layers per dataset")
     p.add_argument("--ibn-placement", action="store_true",
                    help="also write placement_<run>.csv/png: each SN layer's IN importance beside the IN that "
                         "IBN-a and IBN-b place there (ResNet-50)")
@@ -165,17 +170,34 @@ def cmd_sn_weights(args) -> int:
         raise ConfigError("give an experiment (e.g. sn_table2) or at least one --checkpoint [LABEL=]FILE")
     sources: list[tuple[str, Path, bool]] = []  # (label, file, from an experiment: skip non-SN runs)
     out = Path(args.out) if args.out else Path("results") / "sn_weights"
+# How Fig. 9 names the datasets a run was trained on (data.train.dataset in its config.yaml).
+_DATASET_NAMES = {"ade20k": "ADE20K", "cityscapes": "Cityscapes", "gta5": "GTA5", "synthia": "SYNTHIA",
+                  "bdd100k": "BDD100K", "mapillary": "Mapillary", "imagenet": "ImageNet"}
+
+
+def _training_dataset(folder: Path) -> str:
+    """The display name of the dataset the run in ``folder`` was trained on."""
+    from omegaconf import OmegaConf
+    path = folder / "config.yaml"
+    try:
+        dataset = str(OmegaConf.select(OmegaConf.load(path), "data.train.dataset"))
+    except (OSError, ValueError) as e:
+        raise MissingPathError(f"{path}: cannot read the run's training dataset ({e})") from None
+    return _DATASET_NAMES.get(dataset, dataset)
+
+
     title = args.title or "SN importance weights"
     if args.experiment:
         exp, runs = experiment_runs(args.experiment, args.scale, args.cells, args.overrides, finished=True,
                                     runs_root=args.runs)
-        sources += [(r.label, r.folder / "checkpoints" / f"{args.which}.ckpt", True) for r in runs]
+        sources += [(_training_dataset(r.folder) if args.by_dataset else r.label,
+                     r.folder / "checkpoints" / f"{args.which}.ckpt", True) for r in runs]
         out = Path(args.out) if args.out else results_dir(exp, args.overrides, "sn_weights")
         title = args.title or f"{exp.title.split(':')[0]}: SN importance weights"
     sources += [(*_split_label(spec), False) for spec in args.checkpoint or []]
     labels = [s[0] for s in sources]
     dupes = sorted({lb for lb in labels if labels.count(lb) > 1})
-    if dupes:
+    if dupes and not args.by_dataset:   # by dataset: only the SN runs must differ (checked as they are read)
         raise ConfigError(f"several inputs are labelled {dupes}; name them with --checkpoint LABEL=FILE")
     results, skipped = {}, []
     for label, path, optional in progress_bar(sources, enabled=progress_enabled(args.progress) and len(sources) > 1,
@@ -196,6 +218,9 @@ def cmd_sn_weights(args) -> int:
     paths = write_sn_weights(results, out, title)
     if args.ibn_placement:
         from ..analysis.sn_placement import write_placement
+        if label in results:
+            raise ConfigError(f"two SN models were trained on {label}; Fig. 9 compares one per dataset: choose "
+                              "them with --cells (e.g. --cells norm=SN)")
         for label, layers in results.items():
             paths.update({f"placement_{k}:{label}": v for k, v in write_placement(label, layers, out).items()})
     for label, layers in results.items():
@@ -203,3 +228,7 @@ def cmd_sn_weights(args) -> int:
     print((out / "network.csv").read_text())
     print(f"[ibnnet] written: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
+    if args.by_dataset:
+        from ..analysis.sn_weights import write_dataset_figure
+        paths.update(write_dataset_figure(results, out, args.title or (
+            f"{title.split(':')[0]}: SN importance weights by training dataset (SN Fig. 9)")))

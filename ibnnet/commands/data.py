@@ -16,8 +16,8 @@ def add_data_commands(sub) -> None:
     c = dsub.add_parser("check", help="validate a dataset folder and say what to fix",
                         description="Counts per split, missing labels, image/label size mismatches, label values "
                                     "outside the known ids; exits 1 if there are problems.")
-    c.add_argument("name", choices=("imagenet", "cityscapes", "gta5", "bdd100k", "mapillary", "synthia", "imagenet_c",
-                                    "imagenet_r", "imagenet_sketch"),
+    c.add_argument("name", choices=("imagenet", "cityscapes", "gta5", "bdd100k", "mapillary", "synthia", "ade20k",
+                                    "imagenet_c", "imagenet_r", "imagenet_sketch"),
                    help="which dataset's layout to check the folder against")
     c.add_argument("root", help="the dataset's folder (e.g. data/imagenet; docs/datasets.md has each layout)")
     c.add_argument("--no-label-values", action="store_true", help="skip decoding labels (faster)")
@@ -59,11 +59,17 @@ def add_data_commands(sub) -> None:
                                      "released ImageNet-C (Hendrycks & Dietterich 2019). Resumable (done files are "
                                      "skipped), parallel, reproducible (per-image seeds), with a progress bar. "
                                      "Close to, not byte-identical with, the released set: docs/datasets.md.\n\n"
-                                     "  ibnnet data corrupt $IBNNET_DATA/imagenet/val $IBNNET_DATA/imagenet-c")
+                                     "  ibnnet data corrupt $IBNNET_DATA/imagenet/val $IBNNET_DATA/imagenet-c\n"
+                                     "  ibnnet data corrupt $IBNNET_DATA/imagenet/val $IBNNET_DATA/imagenet-c --extras"
+                                     "   # the 4 extras, outside the mCE")
     cr.add_argument("src", help="ImageNet val sorted into <wnid>/ class folders")
     cr.add_argument("dst", help="output folder (created), read by dataset imagenet_c")
     cr.add_argument("--corruption", action="append", dest="corruptions", metavar="NAME",
-                    help="only this corruption (repeatable; default: the 15 of the mCE)")
+                    help="only this corruption (repeatable; default: the 15 of the mCE); also one of the 4 "
+                         "extras: speckle_noise, gaussian_blur, spatter, saturate")
+    cr.add_argument("--extras", action="store_true",
+                    help="also the 4 extra corruptions of the release's extra.tar (alone: only those four); "
+                         "reported apart, outside the mCE")
     cr.add_argument("--severity", action="append", type=int, dest="severities", metavar="S",
                     help="only this severity 1..5 (repeatable; default: all five)")
     cr.add_argument("--fraction", type=float, default=1.0,
@@ -145,7 +151,11 @@ def cmd_data_corrupt(args) -> int:
         except ValueError:
             raise ConfigError(f"--shard must be K/N (e.g. 3/32), got {args.shard!r}") from None
         shard = (k, n)
-    summary = corrupt_imagenet(args.src, args.dst, corruptions=args.corruptions, severities=args.severities,
+    corruptions = args.corruptions
+    if args.extras:   # added to --corruption; alone, the four only (the 15 are the default without it)
+        from ..data.datasets.robustness import EXTRA_CORRUPTIONS
+        corruptions = list(dict.fromkeys([*(corruptions or []), *EXTRA_CORRUPTIONS]))
+    summary = corrupt_imagenet(args.src, args.dst, corruptions=corruptions, severities=args.severities,
                                fraction=args.fraction, seed=args.seed, resize=args.resize, crop=args.crop,
                                quality=args.quality, workers=args.workers, shard=shard,
                                progress=progress_enabled(args.progress))

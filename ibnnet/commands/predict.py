@@ -195,7 +195,7 @@ def _predictor(task, jobs: list[_Job], batch_size: int, num_workers: int, writer
             x, indices, hs, ws = batch
             x = normalize_batch(x)   # workers hand over uint8 (multi-scale resizing needs the float image)
             job = jobs[dataloader_idx]
-            scores = self.task.predict_scores(x, job.spec.scales, job.spec.flip)
+            scores = self.task.predict_scores(x, job.spec.scales, job.spec.flip, getattr(job.spec, "sizes", None))
             for k in range(x.shape[0]):
                 s = scores[k:k + 1]
                 size = (int(hs[k]), int(ws[k]))

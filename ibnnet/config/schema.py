@@ -64,6 +64,10 @@ class DatasetSpec:
     severities: Optional[List[int]] = None
     scales: List[float] = field(default_factory=lambda: [1.0])  # segmentation eval: multi-scale testing
     flip: bool = False                 # segmentation eval: also average the mirrored prediction
+    # segmentation eval, instead of `scales`: the image resized to s x s for each s, the class probabilities
+    # upsampled (bilinear) to the label's size and averaged; the label is never resized (SN appendix E, ADE20K:
+    # training images resized to 450 x 450, "multi-scale testing with input_size = {300, 400, 500, 600}")
+    sizes: Optional[List[int]] = None
 
 
 @dataclass

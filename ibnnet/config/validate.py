@@ -133,11 +133,19 @@ def validate(cfg: DictConfig) -> list[Problem]:
         if cfg.task == "classification":
             check(list(spec.scales) == [1.0] and not spec.flip, f"{key}.scales", list(spec.scales),
                   "multi-scale/flip testing is for segmentation")
+            check(spec.sizes is None, f"{key}.sizes", spec.sizes, "test input sizes are for segmentation")
+        if spec.sizes is not None:
+            check(len(spec.sizes) >= 1 and all(s >= 8 for s in spec.sizes), f"{key}.sizes", list(spec.sizes),
+                  "must be a non-empty list of input sizes >= 8 (the image is resized to s x s)")
+            check(list(spec.scales) == [1.0], f"{key}.sizes", list(spec.sizes),
+                  f"replaces `scales` (given: {list(spec.scales)}); give one of the two")
         if spec.corruptions is not None or spec.severities is not None:
-            from ..data.datasets.robustness import CORRUPTIONS, SEVERITIES
+            from ..data.datasets.robustness import ALL_CORRUPTIONS, SEVERITIES
             check(spec.dataset == "imagenet_c", f"{key}.corruptions", spec.dataset, "are for dataset imagenet_c")
-            for c in spec.corruptions or []:
-                choice(f"{key}.corruptions", c, CORRUPTIONS)
+            for c in spec.corruptions or []:   # the 15 of the mCE and the 4 extras (reported apart)
+                choice(f"{key}.corruptions", c, ALL_CORRUPTIONS)
+            cs = list(spec.corruptions or [])
+            check(len(set(cs)) == len(cs), f"{key}.corruptions", cs, "lists a corruption twice")
             for s in spec.severities or []:
                 choice(f"{key}.severities", s, SEVERITIES)
         if spec.resize is not None:

@@ -20,7 +20,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, SequentialSampler
 
 from ..errors import ConfigError
-from .registry import DATASETS, build_dataset, dataset_root
+from .registry import DATASETS, absent_reason, build_dataset
 from .sampling import EpochBatchSampler
 from .transforms.pipeline import TransformedDataset, build_transform
 
@@ -44,9 +44,9 @@ class DataModule(pl.LightningDataModule):
         spec standing for several sets (ImageNet-C: one per corruption and severity) is expanded."""
         specs = []
         for spec in self.cfg.data.val:
-            root = dataset_root(spec, self.cfg.paths.data) if spec.optional else None
-            if root is not None and not root.exists():
-                log.warning("evaluation set %s skipped: %s does not exist (optional)", spec.name, root)
+            absent = absent_reason(spec, self.cfg.paths.data) if spec.optional else None
+            if absent is not None:
+                log.warning("evaluation set %s skipped: %s (optional)", spec.name, absent)
                 continue
             expand = DATASETS[spec.dataset].expand
             specs += expand(spec) if expand is not None else [spec]

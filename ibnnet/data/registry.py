@@ -26,6 +26,8 @@ class DatasetEntry:
     cityscapes_target: bool = False
     # spec -> the specs it stands for, each one evaluation set (ImageNet-C: one per corruption and severity)
     expand: Callable[[Any], list[Any]] | None = None
+    # optional evaluation sets: (spec, root) -> why the set is absent, or None; default: the root is missing
+    absent: Callable[[Any, Path], str | None] | None = None
 
 
 def _builtin_cls(spec, root, data):
@@ -76,6 +78,11 @@ def _mapillary(spec, root, data):
     return MapillaryVistas(root, split=spec.split, fraction=spec.fraction, seed=spec.seed, eval_size=spec.eval_size)
 
 
+def _ade20k(spec, root, data):
+    from .datasets.ade20k import ADE20K
+    return ADE20K(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
+
+
 def _synthia(spec, root, data):
     from .datasets.synthia import SynthiaRandCityscapes
     return SynthiaRandCityscapes(root, split=spec.split, fraction=spec.fraction, seed=spec.seed)
@@ -100,6 +107,12 @@ def _expand_imagenet_c(spec) -> list:
         OmegaConf.set_readonly(one, True)
         out.append(one)
     return out
+
+
+def _imagenet_c_absent(spec, root) -> str | None:
+    # the root can hold the 15 without the extras (a separate tar): a spec is absent when none of its folders is
+    from .datasets.robustness import imagenet_c_absent
+    return imagenet_c_absent(spec, root)
 
 
 def _imagenet_r(spec, root, data):
@@ -128,8 +141,8 @@ DATASETS: dict[str, DatasetEntry] = {
                                  needs_root=True),
     # Robustness sets, labelled in ImageNet-1k's 1000 classes (ibnnet/data/datasets/robustness.py)
     "imagenet_c": DatasetEntry("classification", _imagenet_c, "imagenet-c", "center_crop",
-                               "ImageNet-C: 15 corruptions x 5 severities of val (224 px; mCE)",
-                               expand=_expand_imagenet_c),
+                               "ImageNet-C: 15 corruptions x 5 severities of val (224 px; mCE), and the 4 extras",
+                               expand=_expand_imagenet_c, absent=_imagenet_c_absent),
     "imagenet_r": DatasetEntry("classification", _imagenet_r, "imagenet-r", "imagenet",
                                "ImageNet-R: renditions of 200 classes (scored on those 200 logits)"),
     "imagenet_sketch": DatasetEntry("classification", _imagenet_sketch, "imagenet-sketch", "imagenet",
@@ -142,6 +155,8 @@ DATASETS: dict[str, DatasetEntry] = {
     "mapillary": DatasetEntry("segmentation", _mapillary, "mapillary", "segmentation",
                               "Mapillary Vistas v1.2/v2.0, mapped to the 19 Cityscapes classes",
                               cityscapes_target=True),
+    "ade20k": DatasetEntry("segmentation", _ade20k, "ade20k", "segmentation",
+                           "ADE20K SceneParsing (ADEChallengeData2016), 150 classes, label 0 ignored"),
     "synthia": DatasetEntry("segmentation", _synthia, "synthia", "segmentation",
                             "SYNTHIA-RAND-CITYSCAPES (its models scored over 16 / 13 classes)",
                             class_subsets=_synthia_subsets),
@@ -157,6 +172,17 @@ def dataset_root(spec, data_root: str | Path) -> Path | None:
     if entry.default_root is None:
         return None
     return Path(data_root) / entry.default_root
+
+
+def absent_reason(spec, data_root: str | Path) -> str | None:
+    """Why an optional evaluation set is skipped (its files are missing), or None when it is read."""
+    root = dataset_root(spec, data_root)
+    if root is None:
+        return None
+    entry = DATASETS[spec.dataset]
+    if entry.absent is not None:
+        return entry.absent(spec, root)
+    return None if root.exists() else f"{root} does not exist"
 
 
 def class_subsets(train_dataset: str | None, eval_dataset: str) -> dict[str, tuple[int, ...]]:

@@ -8,6 +8,9 @@ overrides: {model.name: resnet50_ibn_a}        # for every cell
 scales:                              # --scale NAME; without it, the cheapest (fewest gpu_hours)
   reduced: {gpu_hours: 60, overrides: {data.class_subset: 100}}
   full: {gpu_hours: 1900}            # V100-class GPU-hours of the whole grid (sweep prints the estimate)
+  # a scale's `patches` apply to matching cells after their own overrides (cells whose protocol differs
+  # from the file's, e.g. another dataset, shortened their own way)
+  tiny: {gpu_hours: 5, patches: [{match: {model: BN}, set: {trainer.max_epochs: 2}}]}
 default_scale: reduced               # optional: only to pick among equally cheap scales (else an error)
 grid:                                # cartesian product of the axes
   ratio:                             # axis name: a label -> value (axis is then the config key below) ...
@@ -208,7 +211,7 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
     if scales and not isinstance(scales, dict):
         raise ConfigError(f"{path}: scales must be a mapping name -> {{gpu_hours, overrides}}")
     for sname, sval in scales.items():
-        bad = set(sval or {}) - {"gpu_hours", "overrides", "description"}
+        bad = set(sval or {}) - {"gpu_hours", "overrides", "description", "patches"}
         if bad:
             raise ConfigError(f"{path}: scales.{sname}: unknown keys {sorted(bad)}")
     cheapest = default_scale(path, scales, data.get("default_scale"))
@@ -244,9 +247,14 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
         if unknown_axes:
             raise ConfigError(f"{path}: exclude[{i}] names unknown axes {sorted(unknown_axes)}")
         cells = [c for c in cells if not _matches(c.labels, ex)]
-    for i, patch in enumerate(data.get("patches") or []):
+    # the file's patches, then the chosen scale's (which may shorten cells the scale's overrides do not fit)
+    scale_patches = [(f"scales.{scale}.patches", p) for p in ((scales[scale] or {}).get("patches") or [])
+                     ] if scale else []
+    for where, patch in [("patches", p) for p in data.get("patches") or []] + scale_patches:
         if not isinstance(patch, dict) or set(patch) != {"match", "set"}:
-            raise ConfigError(f"{path}: patches[{i}] must be {{match: {{axis: label}}, set: {{key: value}}}}")
+            raise ConfigError(f"{path}: {where}: {patch!r} must be {{match: {{axis: label}}, set: {{key: value}}}}")
+        if where != "patches" and set(patch["match"]) - set(axes):
+            raise ConfigError(f"{path}: {where} names unknown axes {sorted(set(patch['match']) - set(axes))}")
         for c in cells:
             if _matches(c.labels, patch["match"]):
                 c.overrides.update(patch["set"])

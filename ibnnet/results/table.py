@@ -29,6 +29,11 @@ log = logging.getLogger("ibnnet")
 METRIC_LABELS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc", "top5_acc": "top-5 acc",
                  "miou": "mIoU", "pixel_acc": "pixel acc", "mce": "mCE", "relative_mce": "relative mCE",
                  "miou16": "mIoU-16", "miou13": "mIoU-13"}
+# ImageNet-C's extras (reported apart from the mCE, as plain errors: no published AlexNet normaliser)
+METRIC_LABELS.update({"extra_err": "extras' mean err", "err_speckle_noise": "speckle noise err",
+                      "err_gaussian_blur": "gaussian blur err", "err_spatter": "spatter err",
+                      "err_saturate": "saturate err"})
+
 
 
 def select_metrics(metrics: dict[str, Any], select: str, where: str = "") -> dict[str, Any]:

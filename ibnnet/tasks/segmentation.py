@@ -201,15 +201,29 @@ class SegmentationTask(TaskBase):
             return slide_inference(self, x, self.num_classes, tuple(s.slide_crop), tuple(s.slide_stride))
         return self(x)
 
-    def predict_scores(self, x: torch.Tensor, scales=(1.0,), flip: bool = False) -> torch.Tensor:
-        """Class probabilities at the input size, averaged over test scales (and mirrored copies)."""
+    def predict_scores(self, x: torch.Tensor, scales=(1.0,), flip: bool = False, sizes=None) -> torch.Tensor:
+        """Class probabilities at the input size, averaged over test scales (and mirrored copies).
+
+        ``sizes`` (instead of ``scales``): the image is resized to s x s for each s (ADE20K in SN appendix E,
+        whose training images are resized to 450 x 450); the scores come back at the input's size."""
         x = normalize_batch(x)   # uint8 from a loader: resizing for the scales needs the float image
-        if list(scales) == [1.0] and not flip:
+        if not sizes and list(scales) == [1.0] and not flip:
             return self._infer(x)
         h, w = x.shape[-2:]
+
+        def inputs():
+            if sizes:
+                # antialiased like the training images' resize (torchvision's Resize, antialias=True)
+                for s in sizes:
+                    yield x if (h, w) == (s, s) else F.interpolate(x, size=(s, s), mode="bilinear",
+                                                                   align_corners=False, antialias=True)
+                return
+            for scale in scales:
+                yield x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear",
+                                                           align_corners=False)
+
         total = None
-        for scale in scales:
-            xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        for xs in inputs():
             for mirrored in ((False, True) if flip else (False,)):
                 logits = self._infer(xs.flip(-1) if mirrored else xs)
                 if mirrored:
@@ -225,16 +239,19 @@ class SegmentationTask(TaskBase):
         # (every trainer.check_val_every_n_epoch epochs) are single-scale; the final evaluation after
         # training uses the eval sets' scales and flip (segmentation.multiscale_during_training to change).
         return not self.cfg.segmentation.multiscale_during_training and any(
-            list(spec.scales) != [1.0] or spec.flip for spec in self.eval_specs.values())
+            list(spec.scales) != [1.0] or spec.flip or len(getattr(spec, "sizes", None) or ()) > 1
+            for spec in self.eval_specs.values())
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch[0], batch[1]
         name = self.val_names[dataloader_idx]
         spec = self.eval_specs.get(name)
+        sizes = getattr(spec, "sizes", None) if spec is not None else None
         if spec is None or (self.fitting() and self.training_time_reduced()):
-            scores = self._infer(x)
+            # one forward pass: a set with test sizes is seen at its first size (there is no "original" input)
+            scores = self.predict_scores(x, sizes=sizes[:1]) if sizes else self._infer(x)
         else:
-            scores = self.predict_scores(x, spec.scales, spec.flip)
+            scores = self.predict_scores(x, spec.scales, spec.flip, sizes)
         self.val_metrics[dataloader_idx].update(scores.argmax(1), y)
 
     def on_validation_epoch_end(self) -> None:

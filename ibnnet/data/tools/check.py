@@ -38,6 +38,7 @@ EXPECTED = {
     "bdd100k": {"train": 7000, "val": 1000},
     "mapillary": {"train": 18000, "val": 2000},
     "synthia": {"all": 9400},
+    "ade20k": {"train": 20210, "val": 2000},
     # per corruption and severity; the 200 classes of ImageNet-R; 1000 classes x ~50 sketches
     "imagenet_c": {"per_set": 50000},
     "imagenet_r": {"images": 30000, "classes": 200},
@@ -426,9 +427,87 @@ def _check_dg_target(report: CheckReport, root: Path, limit: int, check_values: 
             report.hint("image/label size mismatches: re-extract those files, or delete the pairs")
 
 
+def _check_ade20k(report: CheckReport, root: Path, limit: int, check_values: bool, progress: bool) -> None:
+    """ADEChallengeData2016: images/ and annotations/ per split, one label per image (and no label without one),
+    8-bit labels of the same size holding 0..150 only."""
+    from ..datasets.ade20k import (
+        ADE20K_URL,
+        NUM_ADE20K_CLASSES,
+        ade20k_dirs,
+        list_ade20k_images,
+    )
+    missing, orphans = _Capped("images without labels", limit), _Capped("labels without images", limit)
+    unreadable, bad_mode = _Capped("unreadable files", limit), _Capped("labels that are not 8-bit", limit)
+    bad_values, mismatch = _Capped("labels with values above 150", limit), _Capped("size mismatches", limit)
+    for split in ("train", "val"):
+        images_dir, labels_dir = ade20k_dirs(root, split)
+        absent = [d for d in (images_dir, labels_dir) if not d.is_dir()]
+        for d in absent:
+            report.problems.append(f"{_rel(d, root)} missing: {d}")
+        if absent:
+            report.counts[split] = 0
+            report.hint(f"download {ADE20K_URL}, unzip it and give its ADEChallengeData2016 folder as the root "
+                        "(it holds images/ and annotations/)")
+            continue
+        images = list_ade20k_images(images_dir)
+        report.counts[split] = len(images)
+        if not images:
+            report.problems.append(f"{_rel(images_dir, root)} has no *.jpg files")
+            continue
+        _compare(report, split, len(images), f"{split} images")
+        stems = {p.stem for p in images}
+        labels = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() == ".png"}
+        report.counts[f"{split}_labels"] = len(labels)
+        for stem in sorted(labels.keys() - stems):
+            orphans.add(f"label without image: {labels[stem]}")
+        for img in progress_bar(images, enabled=progress, desc=f"ade20k {split}", unit="img"):
+            label = labels.get(img.stem)
+            if label is None:
+                missing.add(f"missing label {labels_dir / (img.stem + '.png')}")
+                continue
+            try:
+                with Image.open(img) as im:
+                    image_size = im.size
+                with Image.open(label) as lab:
+                    if lab.size != image_size:
+                        mismatch.add(f"size mismatch: {label} is {lab.size[0]}x{lab.size[1]}, image {img.name} "
+                                     f"is {image_size[0]}x{image_size[1]}")
+                    if lab.mode not in ("L", "P"):
+                        bad_mode.add(f"{label}: mode {lab.mode!r}, expected an 8-bit grayscale label PNG ('L')")
+                        continue
+                    if check_values:
+                        top = int(np.asarray(lab).max(initial=0))
+                        if top > NUM_ADE20K_CLASSES:
+                            values = [int(v) for v in np.unique(np.asarray(lab)) if v > NUM_ADE20K_CLASSES]
+                            bad_values.add(f"{label}: values {', '.join(map(str, values[:8]))} above "
+                                           f"{NUM_ADE20K_CLASSES} (ADE20K labels are 0 = other, 1..150 = classes)")
+            except Exception as exc:  # noqa: BLE001  (any decoder error means the file is unusable)
+                unreadable.add(f"cannot read {img} / {label}: {exc}")
+    for bucket in (missing, unreadable, bad_mode, bad_values, mismatch):
+        bucket.flush(report.problems)
+    orphans.flush(report.problems)
+    if missing.total or orphans.total:
+        report.hint("images and annotations/ labels must pair up by name (ADE_train_00000001.jpg <-> "
+                    f"ADE_train_00000001.png): re-extract {ADE20K_URL.rsplit('/', 1)[1]}")
+    if bad_mode.total or bad_values.total or unreadable.total:
+        report.hint("labels must be the release's 8-bit grayscale PNGs (values 0..150), not colour renderings or "
+                    "files re-saved with interpolation: re-extract them from the zip")
+    if mismatch.total:
+        report.hint("image/label size mismatches: re-extract those files, or delete the pairs")
+
+
 def _check_robustness(report: CheckReport, root: Path, limit: int, progress: bool) -> None:
-    """ImageNet-C (every corruption x severity folder), ImageNet-R, ImageNet-Sketch: each read by its reader."""
-    from ..datasets.robustness import CORRUPTIONS, SEVERITIES, corruption_folder, imagenet_c, imagenet_r, imagenet_sketch
+    """ImageNet-C (every corruption x severity folder; the 4 extras when present), ImageNet-R, ImageNet-Sketch:
+    each read by its reader."""
+    from ..datasets.robustness import (
+        CORRUPTIONS,
+        EXTRA_CORRUPTIONS,
+        SEVERITIES,
+        corruption_folder,
+        imagenet_c,
+        imagenet_r,
+        imagenet_sketch,
+    )
     name = report.name
     if name == "imagenet_c":
         missing = _Capped("missing ImageNet-C folders", limit)
@@ -451,6 +530,28 @@ def _check_robustness(report: CheckReport, root: Path, limit: int, progress: boo
             report.hint("unpack the four released tars (noise, blur, weather, digital) into this folder, or make the "
                         "set with `ibnnet data corrupt <imagenet>/val " + str(root) + "`; or list the corruptions "
                         "you have in the spec's `corruptions:` (then there is no mCE)")
+        # The extras (extra.tar) are optional: counted as extra/<corruption>/<severity> when any is there, and
+        # then all 20 folders are needed, as the spec that reads them (imagenet_c_extra) lists all four.
+        present = [c for c in EXTRA_CORRUPTIONS if any(corruption_folder(root, c, s).is_dir() for s in SEVERITIES)]
+        extra_missing = _Capped("missing extra corruption folders", limit)
+        for c in EXTRA_CORRUPTIONS if present else ():
+            for s in SEVERITIES:
+                folder = corruption_folder(root, c, s)
+                if not folder.is_dir():
+                    extra_missing.add(f"missing: {_rel(folder, root)}/ (extra corruption)")
+                    continue
+                try:
+                    n = len(imagenet_c(root, c, s))
+                except (DataNotFoundError, DataError) as e:
+                    report.problems.append(str(e))
+                    continue
+                report.counts[f"extra/{c}/{s}"] = n
+                if n != EXPECTED[name]["per_set"]:
+                    small.append(f"{c}/{s}: {n}")
+        extra_missing.flush(report.problems)
+        if extra_missing.total:
+            report.hint("the extras are partly there: unpack the whole extra.tar into this folder, or make them with "
+                        "`ibnnet data corrupt <imagenet>/val " + str(root) + " --extras` (they stay outside the mCE)")
         if small:
             report.warnings.append(f"{len(small)} sets do not have the 50000 images of the full benchmark, e.g. "
                                    + ", ".join(small[:3]) + " (a reduced set made with --fraction is fine)")
@@ -473,7 +574,7 @@ def check_dataset(
     progress: bool = False,
 ) -> CheckReport:
     """Check a dataset folder; ``name`` is one of :data:`DATASETS` (imagenet, cityscapes, gta5, bdd100k,
-    mapillary, synthia, imagenet_c, imagenet_r, imagenet_sketch).
+    mapillary, synthia, ade20k, imagenet_c, imagenet_r, imagenet_sketch).
 
     ``progress``: a progress bar (stderr) over the images or class folders read."""
     key = name.lower()
@@ -491,6 +592,8 @@ def check_dataset(
         _check_gta5(report, root, max_listed, check_label_values, progress)
     elif key in _DG_SPLITS:
         _check_dg_target(report, root, max_listed, check_label_values, progress)
+    elif key == "ade20k":
+        _check_ade20k(report, root, max_listed, check_label_values, progress)
     elif key.startswith("imagenet_"):
         _check_robustness(report, root, max_listed, progress)
     else:
