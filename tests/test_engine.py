@@ -263,3 +263,46 @@ def test_a_whole_part_can_be_chosen_on_the_command_line():
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_epochs == 3
     with pytest.raises(ConfigError, match=r"no config part launcher/slurmm\.yaml; did you mean slurm"):
         compose(DEMO, ["launcher=slurmm"])
+
+
+def test_tables_under_other_settings_go_beside_the_plain_one(tmp_path):
+    """A table made under result-changing overrides (or --where) says so and leaves the plain table alone; a
+    scale whose protocol is not the paper's shows the paper's numbers without a Δ; --where keys are checked."""
+    path = experiment(tmp_path, """
+        experiment: vartest
+        title: Variants
+        scales:
+          full: {gpu_hours: 10}
+          reduced: {gpu_hours: 1, overrides: {data.augment.image_size: 24}}
+        grid: {model: {key: model.name, values: {BN: resnet18_bn}}}
+        table: {rows: model, columns: eval, metrics: [top1_err, top5_err]}
+        paper:
+          - {model: BN, eval: synthetic, top1_err: 24.27, top5_err: 7.08}
+    """)
+    where_runs = (f"paths.runs={tmp_path / 'runs'}",)
+    for scale in ("full", "reduced"):
+        exp = load_experiment(path, scale)
+        for extra in ((), ("trainer.max_epochs=1",)):
+            (_, cfg, folder), = exp.folders(where_runs + extra)
+            folder.write_config(cfg)
+            folder.metrics_path.write_text(json.dumps({"metrics": {"synthetic": {"top1_err": 25.0, "top5_err": 7.0},
+                                                                   "real": {"top1_err": 50.0, "top5_err": 20.0}}}))
+    full = write_table(load_experiment(path, "full"), tmp_path / "results", where_runs)
+    assert full["markdown"] == tmp_path / "results" / "vartest" / "full" / "table.md"
+    assert "| BN | 25.00/7.00 | 24.27/7.08 | +0.73/-0.08 |" in full["markdown"].read_text()
+    plain = full["markdown"].read_text()
+    tried = write_table(load_experiment(path, "full"), tmp_path / "results", where_runs + ("trainer.max_epochs=1",))
+    assert tried["markdown"].parent.parent == full["markdown"].parent / "variants"
+    assert full["markdown"].read_text() == plain                         # the plain table is untouched
+    text = tried["markdown"].read_text()
+    assert "Made under `trainer.max_epochs=1`" in text and "Δ" not in text.split("\n\n", 2)[2]
+    assert "| BN | 25.00/7.00 | 24.27/7.08 |" in text and "+0.73" not in text
+    reduced = write_table(load_experiment(path, "reduced"), tmp_path / "results", where_runs)
+    text = reduced["markdown"].read_text()
+    assert reduced["markdown"] == tmp_path / "results" / "vartest" / "reduced" / "table.md"
+    assert "for reference only" in text and "+0.73" not in text and "| BN | 25.00/7.00 | 24.27/7.08 |" in text
+    assert ",0.7300," not in reduced["csv"].read_text()
+    from ibnnet.config import ConfigError
+    with pytest.raises(ConfigError, match=r"--where trainer.max_epoch=5: no config key 'trainer.max_epoch'; "
+                                          r"did you mean trainer.max_epochs\?"):
+        write_table(load_experiment(path, "full"), tmp_path / "results", where_runs, ["trainer.max_epoch=5"])

@@ -8,6 +8,8 @@ in which they differ, and ``--where key=value`` selects among them.
 """
 from __future__ import annotations
 
+import difflib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,25 @@ def parse_where(where: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, v in node.items() for k in [f"{prefix}{key}", *_dotted_keys(v, f"{prefix}{key}.")]]
+    return []
+
+
+def check_where_keys(where: dict[str, Any], cfg: DictConfig) -> None:
+    """Every --where key is a key of the run config: a typo would otherwise select nothing and print a table of
+    "(pending)" as if the runs had never been made."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    keys = _dotted_keys(plain)
+    marker = object()
+    for key, value in where.items():
+        if OmegaConf.select(cfg, key, default=marker, throw_on_missing=False) is marker:
+            close = difflib.get_close_matches(key, keys, n=1)
+            raise ConfigError(f"--where {key}={value}: no config key {key!r}"
+                              + (f"; did you mean {close[0]}?" if close else " (keys are those of a run's config.yaml)"))
+
+
 def _matches(config: dict[str, Any], where: dict[str, Any]) -> bool:
     cfg = OmegaConf.create(config)
     marker = object()
@@ -97,6 +118,8 @@ def experiment_runs(exp: Experiment, overrides: tuple[str, ...] = (), where: lis
     """
     conditions = parse_where(where)
     triples = exp.folders(overrides)
+    if conditions and triples:
+        check_where_keys(conditions, triples[0][1])
     found: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     if discover and not overrides:
         roots = {Path(cfg.paths.runs) / sanitize(exp.name) for _, cfg, _ in triples}

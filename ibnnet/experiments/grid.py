@@ -82,6 +82,14 @@ class Experiment:
         """The file's estimate for the whole grid at this scale (None if it gives none)."""
         return scale_gpu_hours(self.scales.get(self.scale)) if self.scale else None
 
+    @property
+    def follows_paper_protocol(self) -> bool:
+        """Whether this scale's numbers can be set against the paper's (a Δ column): a scale that changes the
+        protocol (fewer classes, smaller images, fewer epochs) cannot. Default: a scale without overrides; a
+        scale says ``paper_protocol: true`` when its overrides keep the protocol (ghost-batch emulation)."""
+        spec = self.scales.get(self.scale) or {} if self.scale else {}
+        return bool(spec.get("paper_protocol", not (spec.get("overrides") or spec.get("patches"))))
+
     def configs(self, overrides: tuple[str, ...] = ()) -> list[tuple[Cell, DictConfig]]:
         """Compose and validate every cell's run config (all errors surface before anything runs)."""
         out = []
@@ -211,7 +219,7 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
     if scales and not isinstance(scales, dict):
         raise ConfigError(f"{path}: scales must be a mapping name -> {{gpu_hours, overrides}}")
     for sname, sval in scales.items():
-        bad = set(sval or {}) - {"gpu_hours", "overrides", "description", "patches"}
+        bad = set(sval or {}) - {"gpu_hours", "overrides", "description", "patches", "paper_protocol"}
         if bad:
             raise ConfigError(f"{path}: scales.{sname}: unknown keys {sorted(bad)}")
     cheapest = default_scale(path, scales, data.get("default_scale"))

@@ -29,11 +29,11 @@ log = logging.getLogger("ibnnet")
 METRIC_LABELS = {"top1_err": "top-1 err", "top5_err": "top-5 err", "top1_acc": "top-1 acc", "top5_acc": "top-5 acc",
                  "miou": "mIoU", "pixel_acc": "pixel acc", "mce": "mCE", "relative_mce": "relative mCE",
                  "miou16": "mIoU-16", "miou13": "mIoU-13"}
+
 # ImageNet-C's extras (reported apart from the mCE, as plain errors: no published AlexNet normaliser)
 METRIC_LABELS.update({"extra_err": "extras' mean err", "err_speckle_noise": "speckle noise err",
                       "err_gaussian_blur": "gaussian blur err", "err_spatter": "spatter err",
                       "err_saturate": "saturate err"})
-
 
 
 def select_metrics(metrics: dict[str, Any], select: str, where: str = "") -> dict[str, Any]:
@@ -154,25 +154,54 @@ def _is_cls(records: list[Record]) -> bool:
     return any("top1_err" in r.metrics for r in records) or not any("miou" in r.metrics for r in records)
 
 
-def render_markdown(exp: Experiment, tab: dict[str, Any]) -> str:
+def changed_settings(exp: Experiment, overrides: tuple[str, ...]) -> list[str]:
+    """The command-line overrides that change what the runs are (their config hash), e.g. trainer.max_epochs=2;
+    not where they are kept (paths.*) or how they are launched and logged."""
+    from ..runs.folder import config_hash
+    if not overrides:
+        return []
+    plain = [config_hash(cfg) for _, cfg in exp.configs()]
+    changed = [o for o in overrides if [config_hash(cfg) for _, cfg in exp.configs((o,))] != plain]
+    return changed
+
+
+def variant_folder(settings: list[str], where: list[str] | None) -> str:
+    """A folder name for a table made under other settings (beside, never over, the experiment's own table)."""
+    import hashlib
+
+    from ..runs.folder import sanitize
+    text = ",".join([*settings, *(f"where:{w}" for w in where or [])])
+    return f"{sanitize(text, 60)}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
+
+
+def render_markdown(exp: Experiment, tab: dict[str, Any], comparable: bool = True, variant: str = "") -> str:
+    """``comparable``: the runs follow the paper's protocol, so a Δ column means something; otherwise the
+    paper's numbers are shown for reference only. ``variant``: the settings the table was made under."""
     metric_names = "/".join(METRIC_LABELS.get(m, m) for m in tab["metrics"])
     show = tab["show"]
     with_paper = bool(exp.paper)  # an experiment of our own (the demo) has no paper columns
+    with_delta = with_paper and comparable
     rows_key = tab["rows_key"]
     header = [exp.table.get("row_title") or (" / ".join(rows_key) if isinstance(rows_key, list) else rows_key)]
     for cv in tab["cols"]:
         prefix = f"{show(cv, tab['cols_key'])} " if cv else ""
-        header += [f"{prefix}ours", f"{prefix}paper", f"{prefix}Δ"] if with_paper else [prefix.strip() or "ours"]
+        header += ([f"{prefix}ours", f"{prefix}paper"] + ([f"{prefix}Δ"] if with_delta else [])
+                   if with_paper else [prefix.strip() or "ours"])
     lines = []
     title = exp.title or exp.name
     lines.append(f"# {title}\n")
     scale = f", scale `{exp.scale}`" if exp.scale else ""
-    legend = " Δ = ours − paper. – = not run / not finished / not in the paper." if with_paper else ""
+    legend = (" Δ = ours − paper. – = not run / not finished / not in the paper." if with_delta else
+              " The paper's numbers are for reference only: this scale's protocol is not the paper's (no Δ). "
+              "– = not run / not finished / not in the paper." if with_paper else "")
     when = (" at each run's best validation epoch (table.select: best)" if exp.table.get("select") == "best"
             else " of the starting weights, nothing trained" if tab.get("evaluation_only") else " after the last epoch")
     others = "".join(f"; {tab['show'](name, 'eval')}: " + "/".join(METRIC_LABELS.get(m, m) for m in ms)
                      for name, ms in tab.get("eval_metrics", {}).items())
     lines.append(f"Values: {metric_names}{others} (%){when}{scale}.{legend}\n")
+    if variant:
+        lines.append(f"Made under {variant}: not the experiment's own settings, whose table is "
+                     f"[../../table.md](../../table.md).\n")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     fmt = tab["fmt"]
@@ -183,12 +212,13 @@ def render_markdown(exp: Experiment, tab: dict[str, Any]) -> str:
             ours = _fmt(c["ours"], fmt)
             if c["status"] and c["status"] != DONE:
                 ours = f"({c['status']})"
-            row += [ours, _fmt(c["paper"], fmt), _delta(c["ours"], c["paper"], fmt)] if with_paper else [ours]
+            row += ([ours, _fmt(c["paper"], fmt)] + ([_delta(c["ours"], c["paper"], fmt)] if with_delta else [])
+                    if with_paper else [ours])
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def render_csv(exp: Experiment, tab: dict[str, Any]) -> str:
+def render_csv(exp: Experiment, tab: dict[str, Any], comparable: bool = True) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     def name(key) -> str:
@@ -198,7 +228,7 @@ def render_csv(exp: Experiment, tab: dict[str, Any]) -> str:
         for cv in tab["cols"]:
             c = tab["cells"][(rv, cv)]
             for m, ours, paper in zip(c["metrics"], c["ours"], c["paper"]):
-                delta = ours - paper if ours is not None and paper is not None else None
+                delta = ours - paper if ours is not None and paper is not None and comparable else None
                 w.writerow([rv, cv, m, _num(ours), _num(paper), _num(delta), c["status"], c["run_id"]])
     return buf.getvalue()
 
@@ -250,10 +280,17 @@ def write_table(exp: Experiment, results_root: str | Path, overrides: tuple[str,
     records = collect(exp, overrides, where, discover)
     tab = build_table(exp, records)
     out = exp.results_dir(results_root)
+    settings = changed_settings(exp, overrides)
+    variant = ""
+    if settings or where:   # beside the experiment's own table, never over it
+        out = out / "variants" / variant_folder(settings, where)
+        variant = " and ".join([*(["`" + " ".join(settings) + "`"] if settings else []),
+                                *(["--where `" + " ".join(where) + "`"] if where else [])])
+    comparable = exp.follows_paper_protocol and not settings
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "table.md", "csv": out / "table.csv", "plot": out / "plot.png"}
-    atomic_write_text(paths["markdown"], render_markdown(exp, tab))
-    atomic_write_text(paths["csv"], render_csv(exp, tab))
+    atomic_write_text(paths["markdown"], render_markdown(exp, tab, comparable, variant))
+    atomic_write_text(paths["csv"], render_csv(exp, tab, comparable))
     render_plot(exp, tab, paths["plot"])
     from .corruptions import render_corruption_figure
     if render_corruption_figure(exp, records, out / "corruptions.png"):
