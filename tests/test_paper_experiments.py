@@ -124,6 +124,8 @@ def test_sn_tables_chain_from_imagenet_to_cityscapes(tmp_path, data_root):
         "data.val=[{name: single, dataset: cityscapes, split: val}, "
         "{name: multi, dataset: cityscapes, split: val, scales: [0.75, 1.0, 1.25], flip: true}]",), "reduced")
     assert set(m5["metrics"]) == {"single", "multi"}
+    # SN sec. 3: scored with batch-average statistics, like every SN cell (no setting in the file)
+    assert m5["inference"] == "batch_average" and set(m5["metrics_moving_average"]) == {"single", "multi"}
 
 
 def test_fig5_divergence_file_runs_on_fixtures(tmp_path, data_root, monkeypatch):
