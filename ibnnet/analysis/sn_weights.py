@@ -137,14 +137,14 @@ def network_average(layers: Sequence[SNLayer]) -> dict[str, tuple[float, float, 
     for stat in STATISTICS:
         rows = [getattr(layer, stat) for layer in layers]
         out[stat] = tuple(sum(r[i] for r in rows) / len(rows) for i in range(3))
+    return out
+
+
 def backbone_layers(layers: Sequence[SNLayer]) -> list[SNLayer]:
     """The SN layers of the ResNet trunk (res1 .. res5), without a segmentation head's (53 for ResNet-50),
     named as in the classification network (a segmentation model's ``backbone.`` dropped)."""
     return [replace(layer, name=layer.name.removeprefix("backbone.")) for layer in layers
             if layer.stage.startswith("res")]
-
-
-    return out
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -230,6 +230,9 @@ def _network_plot(averages: Mapping[str, Mapping[str, tuple]], title: str) -> by
         ax.legend(ncol=3, fontsize="small")
         if row == 0:
             ax.set_title(title)
+    return _png(fig)
+
+
 def write_dataset_figure(runs: Mapping[str, Sequence[SNLayer]], out_dir: str | os.PathLike,
                          title: str = "SN importance weights by dataset") -> dict[str, Path]:
     """SN Fig. 9: datasets.csv and datasets.png from one SN model per training dataset (label = the dataset):
@@ -268,7 +271,7 @@ def write_dataset_figure(runs: Mapping[str, Sequence[SNLayer]], out_dir: str | o
     return paths
 
 
-    return _png(fig)
+def _layer_plot(layers: Sequence[SNLayer], title: str) -> bytes:
     fig = _figure(max(8.0, 0.2 * len(layers) + 3), 6.5)
     for row, stat in enumerate(STATISTICS):
         _draw_layers(fig.add_subplot(2, 1, row + 1), layers, stat, legend=row == 0)
@@ -278,9 +281,6 @@ def write_dataset_figure(runs: Mapping[str, Sequence[SNLayer]], out_dir: str | o
 
 def _draw_layers(ax, layers: Sequence[SNLayer], stat: str, legend: bool) -> None:
     """One panel of Fig. 7 / Fig. 9: the IN/LN/BN importance weights of ``stat`` stacked per layer, by stage."""
-
-
-def _layer_plot(layers: Sequence[SNLayer], title: str) -> bytes:
     n = len(layers)
     xs = list(range(n))
     stages = [layer.stage for layer in layers]

@@ -161,15 +161,6 @@ def _split_label(spec: str) -> tuple[str, str]:
     return label, path
 
 
-def cmd_sn_weights(args) -> int:
-    from ..analysis.curves import experiment_runs
-    from ..analysis.sn_weights import load_state_dict, sn_layers, write_sn_weights
-    from ..models.weights import WeightsError
-
-    if not args.experiment and not args.checkpoint:
-        raise ConfigError("give an experiment (e.g. sn_table2) or at least one --checkpoint [LABEL=]FILE")
-    sources: list[tuple[str, Path, bool]] = []  # (label, file, from an experiment: skip non-SN runs)
-    out = Path(args.out) if args.out else Path("results") / "sn_weights"
 # How Fig. 9 names the datasets a run was trained on (data.train.dataset in its config.yaml).
 _DATASET_NAMES = {"ade20k": "ADE20K", "cityscapes": "Cityscapes", "gta5": "GTA5", "synthia": "SYNTHIA",
                   "bdd100k": "BDD100K", "mapillary": "Mapillary", "imagenet": "ImageNet"}
@@ -186,6 +177,15 @@ def _training_dataset(folder: Path) -> str:
     return _DATASET_NAMES.get(dataset, dataset)
 
 
+def cmd_sn_weights(args) -> int:
+    from ..analysis.curves import experiment_runs
+    from ..analysis.sn_weights import load_state_dict, sn_layers, write_sn_weights
+    from ..models.weights import WeightsError
+
+    if not args.experiment and not args.checkpoint:
+        raise ConfigError("give an experiment (e.g. sn_table2) or at least one --checkpoint [LABEL=]FILE")
+    sources: list[tuple[str, Path, bool]] = []  # (label, file, from an experiment: skip non-SN runs)
+    out = Path(args.out) if args.out else Path("results") / "sn_weights"
     title = args.title or "SN importance weights"
     if args.experiment:
         exp, runs = experiment_runs(args.experiment, args.scale, args.cells, args.overrides, finished=True,
@@ -209,6 +209,9 @@ def _training_dataset(folder: Path) -> str:
                 skipped.append(label)  # a BN/GN cell of the same experiment
                 continue
             raise
+        if label in results:
+            raise ConfigError(f"two SN models were trained on {label}; Fig. 9 compares one per dataset: choose "
+                              "them with --cells (e.g. --cells norm=SN)")
         results[label] = sn_layers(sd)
     if skipped:
         print(f"[ibnnet] skipped (no SN layers): {', '.join(skipped)}", file=sys.stderr)
@@ -216,11 +219,12 @@ def _training_dataset(folder: Path) -> str:
         raise MissingPathError(f"{args.experiment}: none of the {len(sources)} runs found has SN layers "
                                 "(choose SN cells with --cells)")
     paths = write_sn_weights(results, out, title)
+    if args.by_dataset:
+        from ..analysis.sn_weights import write_dataset_figure
+        paths.update(write_dataset_figure(results, out, args.title or (
+            f"{title.split(':')[0]}: SN importance weights by training dataset (SN Fig. 9)")))
     if args.ibn_placement:
         from ..analysis.sn_placement import write_placement
-        if label in results:
-            raise ConfigError(f"two SN models were trained on {label}; Fig. 9 compares one per dataset: choose "
-                              "them with --cells (e.g. --cells norm=SN)")
         for label, layers in results.items():
             paths.update({f"placement_{k}:{label}": v for k, v in write_placement(label, layers, out).items()})
     for label, layers in results.items():
@@ -228,7 +232,3 @@ def _training_dataset(folder: Path) -> str:
     print((out / "network.csv").read_text())
     print(f"[ibnnet] written: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
-    if args.by_dataset:
-        from ..analysis.sn_weights import write_dataset_figure
-        paths.update(write_dataset_figure(results, out, args.title or (
-            f"{title.split(':')[0]}: SN importance weights by training dataset (SN Fig. 9)")))
