@@ -7,7 +7,7 @@ name, the run's status and its metrics.  A table pivots them into the paper's la
 
 ``table.select`` picks which numbers of each run: ``final`` (default; ``metrics.json``'s ``metrics``, after
 the last epoch) or ``best`` (its ``best.metrics``: the whole evaluation of the validation epoch with the best
-headline metric, as the official IBN-Net ImageNet script's ``model_best.pth.tar``; see ibnnet/tasks/base.py).
+``trainer.best_metric``, as the official IBN-Net ``imagenet.py``'s ``model_best.pth``; see ibnnet/tasks/base.py).
 A run without a best record (finished before it existed) falls back to its final numbers, with a warning.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Final and best. ``last_val`` holds the latest evaluation at the configured protocol (what ``metrics.json``
 reports as ``metrics``, the final numbers). Every validation during training also updates the best record
 (:meth:`TaskBase.best_summary`, ``metrics.json``'s ``best``). The official IBN-Net ImageNet script
-(XingangPan/IBN-Net ``imagenet.py``) validates every epoch and copies the checkpoint to ``model_best.pth.tar``
+(XingangPan/IBN-Net ``imagenet.py``) validates every epoch and copies the checkpoint to ``model_best.pth``
 whenever ``is_best = test_acc > best_acc``, where ``test_loss, test_acc1, test_acc = test(...)`` and
 ``test`` returns ``(losses.avg, top1.avg, top5.avg)``: the top-5 accuracy. The IBN tables therefore set
 ``trainer.best_metric: top5_err``; the official SN code (``train_imagenet.py``: ``is_best = prec1 >
