@@ -31,7 +31,7 @@ _NOT_HASHED = ("paths", "logger", "launcher", "experiment", "scale", "run_name",
                "trainer.log_every_n_steps", "data.num_workers", "trainer.num_threads", "trainer.log_sample_indices")
 _NOT_HASHED_DATASET_KEYS = ("root",)   # moving a dataset does not change results
 # Dataset keys added after runs existed: at their default they stay out of the hash, so those runs keep their ids.
-_HASHED_WHEN_SET_DATASET_KEYS = {"eval_size": None, "corruptions": None, "severities": None}
+_HASHED_WHEN_SET_DATASET_KEYS = {"eval_size": None, "corruptions": None, "severities": None, "sizes": None}
 # Other keys added after runs existed, hashed only away from their default (which keeps the old behaviour).
 _HASHED_WHEN_SET = {"trainer.best_metric": None}
 
