@@ -363,6 +363,12 @@ def test_sync_uploads_each_offline_run_once(tmp_path, monkeypatch):
     code, out, _ = run_cli("sync", path)
     assert code == 0 and calls[-1] == [second.name]
     assert set(json.loads((a.path / "wandb" / "synced.json").read_text())["runs"]) == {first.name, second.name}
+    # the experiment's results run (its tables and figures, ibnnet table) is uploaded with the runs
+    from ibnnet.runs.folder import RunFolder
+    results = RunFolder(tmp_path / "results" / "exp")
+    table_run = fake_offline_run(results, "20260103_000000")
+    code, out, _ = run_cli("sync", path)
+    assert code == 0 and calls[-1] == [table_run.name] and f"synced          exp  1 offline run(s)" in out, out
 
 
 def closed_port() -> int:
@@ -445,7 +451,7 @@ def test_a_failed_upload_is_reported_and_nothing_recorded(tmp_path, monkeypatch,
         monkeypatch.setenv("WANDB_BASE_URL", url)
         code, out, _ = run_cli("sync", path, "--timeout", "3")
     assert code == 1 and "wandb sync timed out after 3 s" in out, out
-    assert "1 more run folder(s) with offline runs not tried" in out and "1 failed, 1 not tried" in out, out
+    assert "1 more folder(s) with offline runs not tried" in out and "1 failed, 1 not tried" in out, out
     assert not (a.path / "wandb" / "synced.json").exists() and not (b.path / "wandb" / "synced.json").exists()
 
 

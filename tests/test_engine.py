@@ -291,6 +291,17 @@ def test_tables_under_other_settings_go_beside_the_plain_one(tmp_path):
     assert full["markdown"] == tmp_path / "results" / "vartest" / "full" / "table.md"
     assert "| BN | 25.00/7.00 | 24.27/7.08 | +0.73/-0.08 |" in full["markdown"].read_text()
     plain = full["markdown"].read_text()
+    # the table and its plot are in the experiment's wandb results run, in the sweep's group, offline
+    from wandb_files import read_run
+    logged = read_run(full["wandb"])
+    assert logged["run"].run_group == "vartest" and logged["run"].job_type == "results"
+    assert full["wandb"].parent == full["markdown"].parent / "wandb"
+    (step,) = logged["history"]
+    table = json.loads((full["wandb"] / "files" / step["table/path"]).read_text())
+    csv_rows = [r.split(",") for r in full["csv"].read_text().splitlines()]
+    assert table["columns"] == csv_rows[0] and len(table["data"]) == len(csv_rows) - 1
+    assert ["BN", "synthetic", "top1_err", 25.0, 24.27, 0.73, "done"] == table["data"][0][:7]
+    assert (full["wandb"] / "files" / step["plot/path"]).stat().st_size > 1000
     tried = write_table(load_experiment(path, "full"), tmp_path / "results", where_runs + ("trainer.max_epochs=1",))
     assert tried["markdown"].parent.parent == full["markdown"].parent / "variants"
     assert full["markdown"].read_text() == plain                         # the plain table is untouched

@@ -38,6 +38,14 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path, body):
     # wandb ran offline into the run folder, under the run's id
     offline = list((folder.path / "wandb").glob("offline-run-*"))
     assert offline and folder.path.name.replace("=", "-").replace(".", "_") in offline[0].name
+    # its summary holds metrics.json, under the same names (read back from the offline file wandb would upload)
+    from wandb_files import read_run
+
+    from ibnnet.runs.wandb_results import flatten_metrics
+    summary, flat = read_run(offline[-1])["summary"], flatten_metrics(metrics)
+    for name in ("metrics/synthetic/" + key, "metrics/real/" + key, "best/epoch", "epochs", "wall_time_s",
+                 "config_hash", "reproducibility/cpu_kernels/aten_dispatch"):
+        assert summary[name] == flat[name], name
     # a finished run is skipped, not trained again
     again = cli("train", path)
     assert "already done, skipping" in again

@@ -15,7 +15,7 @@ from ..experiments.grid import (
     scale_gpu_hours,
     select,
 )
-from ..runs.folder import DONE, FAILED, RUNNING
+from ..runs.folder import DONE, FAILED, RUNNING, RunFolder
 from ..runs.status import live_status, skipped_failed_note
 
 
@@ -285,29 +285,34 @@ def cmd_sync(args) -> int:
     if not triples:
         return _no_match(exp, args.only)
     scale = f" (scale {exp.scale})" if exp.scale else ""
-    print(f"[ibnnet] {exp.name}{scale}: offline wandb runs of {len(triples)} run folders")
-    if not args.dry_run and any(unsynced_runs(folder) for _, _, folder in triples):
+    # the run folders, then the experiment's results runs (tables and figures: ibnnet/runs/wandb_results.py)
+    items = [(folder, folder.path.name, cfg) for _, cfg, folder in triples]
+    results = exp.results_dir(triples[0][1].paths.results)
+    items += [(RunFolder(d.parent), str(d.parent.relative_to(results.parent)), None)
+              for d in sorted(results.glob("**/wandb")) if d.is_dir()]
+    print(f"[ibnnet] {exp.name}{scale}: offline wandb runs of {len(triples)} run folders and its results")
+    if not args.dry_run and any(unsynced_runs(folder) for folder, _, _ in items):
         check_network()
     counts: dict[str, int] = {}
-    for i, (cell, cfg, folder) in enumerate(triples):
-        status, _ = live_status(folder, None, cfg.launcher.claim_timeout_s)
+    for i, (folder, label, cfg) in enumerate(items):
+        status = live_status(folder, None, cfg.launcher.claim_timeout_s)[0] if cfg is not None else DONE
         if args.dry_run:
             todo = unsynced_runs(folder)
             if todo:
-                print(f"  {'to sync':15s} {folder.path.name}  {', '.join(d.name for d in todo)}"
+                print(f"  {'to sync':15s} {label}  {', '.join(d.name for d in todo)}"
                       + ("  (still training)" if status == RUNNING else ""))
             counts["to sync" if todo else "nothing to do"] = counts.get("to sync" if todo else "nothing to do", 0) + 1
             continue
         outcome = sync_folder(folder, status, args.timeout)
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
         if outcome.status != NOTHING:
-            print(f"  {outcome.status:15s} {folder.path.name}  {outcome.detail}", flush=True)
+            print(f"  {outcome.status:15s} {label}  {outcome.detail}", flush=True)
         if outcome.status == FAILED and "timed out" in outcome.detail:
             # The server took the connection but did not answer: the next folders would each wait as long.
-            left = sum(bool(unsynced_runs(f)) for _, _, f in triples[i + 1:])
+            left = sum(bool(unsynced_runs(f)) for f, _, _ in items[i + 1:])
             if left:
                 print(f"[ibnnet] stopping: the wandb server did not answer within --timeout {args.timeout:g} s; "
-                      f"{left} more run folder(s) with offline runs not tried", flush=True)
+                      f"{left} more folder(s) with offline runs not tried", flush=True)
                 counts["not tried"] = left
                 break
     order = [SYNCED, ALREADY, LIVE, FAILED, "not tried", NOTHING, "to sync", "nothing to do"]

@@ -295,4 +295,23 @@ def write_table(exp: Experiment, results_root: str | Path, overrides: tuple[str,
     from .corruptions import render_corruption_figure
     if render_corruption_figure(exp, records, out / "corruptions.png"):
         paths["corruptions"] = out / "corruptions.png"
+    # ... and into wandb: the experiment's results run, in the sweep's group (offline; `ibnnet sync` uploads it)
+    from ..runs.wandb_results import publish_results
+    rows = list(csv.reader(io.StringIO(paths["csv"].read_text())))
+    logged = publish_results(exp.compose_cell(exp.cells[0], overrides), exp.name,
+                             exp.scale if not variant else f"{exp.scale or ''}-{out.name}", out,
+                             table={"columns": rows[0], "rows": [[_number(v) for v in r] for r in rows[1:]]},
+                             images={k: paths[k] for k in ("plot", "corruptions") if k in paths})
+    if logged is not None:
+        paths["wandb"] = logged
     return paths
+
+
+def _number(text: str) -> float | str | None:
+    """A CSV cell as wandb.Table wants it: a column keeps one type, so numbers are floats and blanks None."""
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text

@@ -174,6 +174,8 @@ def _finish(cfg, folder: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
         **result.get("inference", {}),   # inference mode of "metrics"; moving-average metrics beside batch-average
     }
     atomic_write_json(folder.metrics_path, metrics)
+    from .wandb_results import publish_run_summary
+    publish_run_summary(result.get("loggers") or [], metrics)   # the same numbers where users look
     print(f"[ibnnet] {folder.path}: done -> {folder.metrics_path}")
     return metrics
 
@@ -254,7 +256,7 @@ def _fit_and_evaluate(trainer, task, dm, t, resume: Path | None) -> dict[str, An
     if evaluation_only(t):
         trainer.validate(task, datamodule=dm, verbose=False)
         inference = evaluate_both_inference_modes(trainer, task, dm)
-        return {"metrics": task.last_val, "best": None, "epoch": 0, "global_step": 0,
+        return {"metrics": task.last_val, "best": None, "epoch": 0, "global_step": 0, "loggers": trainer.loggers,
                 "world_size": trainer.world_size, "inference": {**inference, "evaluation_only": True}}
     try:
         with warnings.catch_warnings():
@@ -280,6 +282,7 @@ def _fit_and_evaluate(trainer, task, dm, t, resume: Path | None) -> dict[str, An
         "world_size": trainer.world_size,
         "class_names": list(class_names) if class_names is not None and len(class_names) <= 100 else None,
         "inference": inference,
+        "loggers": trainer.loggers,   # not recorded: _finish puts metrics.json into the wandb run's summary
     }
 
 
