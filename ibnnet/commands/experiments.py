@@ -19,13 +19,15 @@ from ..runs.folder import DONE, FAILED, RUNNING, RunFolder
 from ..runs.status import live_status, skipped_failed_note
 
 
-def _summary_line(metrics: dict | None) -> str:
+def _summary_line(metrics: dict | None, names: dict | None = None) -> str:
+    """A run's final numbers in one line; ``names``: the experiment's names of its evaluation sets (the table's
+    ``eval_labels``, e.g. the demo's in-domain / cross-domain), so status and table say the same."""
     if not metrics:
         return ""
     parts = []
     for name, values in (metrics.get("metrics") or {}).items():
         shown = {k: v for k, v in values.items() if k in ("top1_err", "top5_err", "miou", "pixel_acc")}
-        parts.append(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in shown.items()))
+        parts.append(f"{(names or {}).get(name, name)}: " + ", ".join(f"{k} {v:.2f}" for k, v in shown.items()))
     return "; ".join(parts)
 
 
@@ -247,7 +249,7 @@ def cmd_status(args) -> int:
             if info.get("note"):
                 extra = (extra + "; " if extra else "") + info["note"]
             if status == DONE:
-                extra = _summary_line(folder.metrics())
+                extra = _summary_line(folder.metrics(), exp.table.get("eval_labels"))
             if len(r.folders) > 1:
                 extra = f"[variant {i + 1}/{len(r.folders)}: {differs or 'same settings'}] {extra}".rstrip()
             rows.append((r.cell.name if i == 0 else "", status, folder.path.name, extra, folder))
