@@ -498,3 +498,17 @@ def test_version_and_every_positional_has_help(capsys):
     undocumented = [f"{' '.join(path)} {a.dest}" for path, p in parsers(build_parser()) for a in p._actions
                     if not a.option_strings and a.help is None and not isinstance(a, sub)]
     assert not undocumented, undocumented
+
+
+def test_status_names_evaluation_sets_as_the_table_does(tmp_path):
+    path = experiment(tmp_path, """
+        grid: {model.name: [resnet18_bn]}
+        table: {rows: model.name, columns: eval, metrics: [top1_err], eval_labels: {synthetic: in-domain}}
+    """)
+    from ibnnet.experiments.grid import load_experiment
+    from ibnnet.runs.runner import prepare
+    (_, cfg, _), = load_experiment(path).folders()
+    folder = prepare(cfg)
+    folder.metrics_path.write_text(json.dumps({"metrics": {"synthetic": {"top1_err": 12.5, "top5_err": 1.0}}}))
+    code, out, err = run_cli("status", path)
+    assert code == 0 and "in-domain: top1_err 12.50, top5_err 1.00" in out and "synthetic:" not in out, out
