@@ -1,7 +1,10 @@
 """Hand-written reference math for the tests, following the official implementations' semantics
 (../shared/notes/official-implementations.md): split-and-concatenate IBN, the official SwitchNorm
-formula, and an official-style IBN ResNet-50 with the fixed 7x7 average pool."""
+formula, an official-style IBN ResNet-50 and an official-style DenseNet-IBN-a, both with the fixed 7x7
+average pool."""
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -125,6 +128,67 @@ class RefResNetIBN(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+
+class RefBNFirstIBN(nn.Module):
+    """The official DenseNet-IBN's IBN: BN on the first int(C * (1 - ratio)) channels, IN on the others."""
+
+    def __init__(self, planes, ratio):
+        super().__init__()
+        self.split = int(planes * (1 - ratio))
+        self.BN = nn.BatchNorm2d(self.split)
+        self.IN = nn.InstanceNorm2d(planes - self.split, affine=True)
+
+    def forward(self, x):
+        head, tail = x[:, :self.split].contiguous(), x[:, self.split:].contiguous()
+        return torch.cat((self.BN(head), self.IN(tail)), 1)
+
+
+class RefDenseLayer(nn.Sequential):
+    """norm1 (IBN or BN), relu1, conv1 (1x1 to 4k), norm2, relu2, conv2 (3x3 to k); output: input ++ new."""
+
+    def __init__(self, channels, growth, use_ibn):
+        super().__init__(OrderedDict(
+            norm1=RefBNFirstIBN(channels, 0.4) if use_ibn else nn.BatchNorm2d(channels),
+            relu1=nn.ReLU(inplace=True),
+            conv1=nn.Conv2d(channels, 4 * growth, 1, bias=False),
+            norm2=nn.BatchNorm2d(4 * growth),
+            relu2=nn.ReLU(inplace=True),
+            conv2=nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False),
+        ))
+
+    def forward(self, x):
+        return torch.cat((x, super().forward(x)), 1)
+
+
+class RefDenseNetIBN(nn.Module):
+    """Official-style DenseNet-BC-IBN-a: IBN as norm1 of dense layers 1, 4, 7, ... of blocks 1-3 (none with
+    ``ibn=False``), transitions halve the channels, ReLU after norm5, then a fixed 7x7 average pool."""
+
+    def __init__(self, blocks=(6, 12, 24, 16), growth=32, ibn=True, num_classes=1000):
+        super().__init__()
+        width = 2 * growth
+        parts = OrderedDict(conv0=nn.Conv2d(3, width, 7, 2, 3, bias=False), norm0=nn.BatchNorm2d(width),
+                            relu0=nn.ReLU(inplace=True), pool0=nn.MaxPool2d(3, 2, 1))
+        for b, count in enumerate(blocks, start=1):
+            layers = OrderedDict()
+            for j in range(count):
+                layers[f"denselayer{j + 1}"] = RefDenseLayer(width + j * growth, growth, ibn and b < 4 and j % 3 == 0)
+            parts[f"denseblock{b}"] = nn.Sequential(layers)
+            width += count * growth
+            if b < len(blocks):
+                parts[f"transition{b}"] = nn.Sequential(OrderedDict(
+                    norm=nn.BatchNorm2d(width), relu=nn.ReLU(inplace=True),
+                    conv=nn.Conv2d(width, width // 2, 1, bias=False), pool=nn.AvgPool2d(2, 2)))
+                width //= 2
+        parts["norm5"] = nn.BatchNorm2d(width)
+        self.features = nn.Sequential(parts)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.features(x))
+        return self.classifier(torch.flatten(nn.functional.avg_pool2d(x, 7), 1))
 
 
 def read_key_list(path):

@@ -27,6 +27,7 @@ from numerics import assert_close_to_float64
 LAYERS = {
     "ibn": lambda c: IBN(c, 0.5),
     "ibn_ghost": lambda c: IBN(c, 0.5, bn_layer=lambda k: GhostBatchNorm2d(k, ghost_batch_size=2)),
+    "ibn_bn_first": lambda c: IBN(c, 0.4, in_first=False),   # the official DenseNet-IBN's order and ratio
     "sn": lambda c: SwitchNorm2d(c),
     "sn_ghost": lambda c: SwitchNorm2d(c, ghost_batch_size=2),
     "in": lambda c: InstanceNorm2d(c, affine=True),

@@ -14,7 +14,7 @@ from ibnnet.results.table import write_table
 from ibnnet.runs.runner import execute, prepare
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = {"ibn_table1": 3, "ibn_table2": 8, "ibn_table3": 7, "ibn_table4": 5, "ibn_table5": 6, "ibn_table6": 6,
+TABLES = {"ibn_table1": 3, "ibn_table2": 12, "ibn_table3": 7, "ibn_table4": 5, "ibn_table5": 6, "ibn_table6": 6,
           "ibn_table8": 8, "sn_table2": 28, "sn_table5": 6}
 
 
@@ -84,6 +84,7 @@ def run_cell(name, cell_name, overrides, scale=None):
 @pytest.mark.parametrize("name,cell,seg", [
     ("ibn_table1", "model=IBN-Net50-b", False),
     ("ibn_table2", "backbone=ResNet50_variant=IBN-a", False),
+    ("ibn_table2", "backbone=DenseNet121_variant=IBN-a", False),
     ("ibn_table3", "variant=IBN-c", False),
     ("ibn_table4", "groups=1-2", False),
     ("ibn_table5", "ratio=full", False),

@@ -23,24 +23,31 @@ class IBN(nn.Module):
     (the official ``torch.split`` version fails below 0.5); at 0 there is no ``IN`` and the layer is the
     BN, at 1 there is no ``BN`` and the layer is the IN.
 
+    ``in_first=False`` is the official DenseNet-IBN's layer (``densenet_ibn.py``): the first
+    ``int(channels * (1 - ratio))`` channels through BN, the remaining ones through IN.
+
     With the default BatchNorm2d (or ghost BN) the layer runs as one fused pass over the tensor: the
     BN half's statistics are pooled from the same per-instance moments the IN half uses, so there is
     no split/copy/concatenate.  Any other ``bn_layer`` (SyncBN, GroupNorm, ...) runs split-and-concat.
     """
 
-    def __init__(self, channels: int, ratio: float = 0.5, bn_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+    def __init__(self, channels: int, ratio: float = 0.5, bn_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+                 in_first: bool = True):
         super().__init__()
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"IBN ratio must be in [0, 1], got {ratio}")
         self.channels = channels
         self.ratio = ratio
-        # not `half` (the official name): that would shadow nn.Module.half(), so IBN(c).half() failed
-        self.in_channels = int(channels * ratio)
+        self.in_first = in_first
+        # not `half` (the official name): that would shadow nn.Module.half(), so IBN(c).half() failed.
+        # Each order rounds as its official code does: the first part gets the floor of its share.
+        self.in_channels = int(channels * ratio) if in_first else channels - int(channels * (1 - ratio))
         self.IN = InstanceNorm2d(self.in_channels, affine=True) if self.in_channels > 0 else None
         self.BN = bn_layer(channels - self.in_channels) if self.in_channels < channels else None
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, in_channels={self.in_channels}"
+        order = "" if self.in_first else ", in_first=False"
+        return f"channels={self.channels}, in_channels={self.in_channels}{order}"
 
     def _fusable(self) -> bool:
         if self.IN is None or self.BN is None:
@@ -50,6 +57,10 @@ class IBN(nn.Module):
         return bn_ok and in_ok
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.normalize(x)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """The layer's output; a named method so that subclasses (IBN + activation) can call it in TorchScript."""
         if self.IN is None:
             return self.BN(x)
         if self.BN is None:
@@ -58,20 +69,29 @@ class IBN(nn.Module):
             if self._fusable() and use_fused("IBN", x, self.training):
                 return self._fused_forward(x)
         # No .contiguous(): each half keeps x's memory format (channels-last stays channels-last).
-        a, b = torch.split(x, [self.in_channels, self.channels - self.in_channels], dim=1)
-        return torch.cat([self.IN(a), self.BN(b)], 1)
+        k_bn = self.channels - self.in_channels
+        if self.in_first:
+            a, b = torch.split(x, [self.in_channels, k_bn], dim=1)
+            return torch.cat([self.IN(a), self.BN(b)], 1)
+        a, b = torch.split(x, [k_bn, self.in_channels], dim=1)
+        return torch.cat([self.BN(a), self.IN(b)], 1)
 
     @torch.jit.unused
     def _fused_forward(self, x: Tensor) -> Tensor:
-        k, hw = self.in_channels, x.shape[2] * x.shape[3]
+        hw = x.shape[2] * x.shape[3]
         group = getattr(self.BN, "ghost_batch_size", 0)
+        in_part = slice(0, self.in_channels) if self.in_first else slice(self.channels - self.in_channels, None)
+        bn_part = slice(self.in_channels, None) if self.in_first else slice(0, self.channels - self.in_channels)
 
         def stats(mean, var, w_in, b_in, w_bn, b_bn):
-            s_in, t_in = affine_from_moments(mean[:, :k], var[:, :k], self.IN.eps, w_in, b_in)
-            m_bn, v_bn = bn_moments(self.BN, mean[:, k:], var[:, k:], hw, group)
+            s_in, t_in = affine_from_moments(mean[:, in_part], var[:, in_part], self.IN.eps, w_in, b_in)
+            m_bn, v_bn = bn_moments(self.BN, mean[:, bn_part], var[:, bn_part], hw, group)
             s_bn, t_bn = affine_from_moments(m_bn, v_bn, self.BN.eps, w_bn, b_bn)
             n = mean.shape[0]
-            return (torch.cat((s_in, s_bn.expand(n, -1)), 1), torch.cat((t_in, t_bn.expand(n, -1)), 1))
+            s_bn, t_bn = s_bn.expand(n, -1), t_bn.expand(n, -1)
+            if self.in_first:
+                return torch.cat((s_in, s_bn), 1), torch.cat((t_in, t_bn), 1)
+            return torch.cat((s_bn, s_in), 1), torch.cat((t_bn, t_in), 1)
 
         params = (self.IN.weight, self.IN.bias, self.BN.weight, self.BN.bias)
         return moment_normalize(x, stats, params, correction=0)

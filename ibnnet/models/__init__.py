@@ -1,4 +1,5 @@
-"""Models: one configurable ResNet family, registered in timm on import."""
+"""Models: one configurable ResNet family and the official DenseNet-IBN, registered in timm on import."""
+from .densenet import DenseNetIBN
 from .resnet import IBN_VARIANTS, ResNet, canonical_ibn
 from .weights import (
     WeightsError,
@@ -20,7 +21,8 @@ from .zoo import (
 )
 
 __all__ = [
-    "ResNet", "IBN_VARIANTS", "canonical_ibn", "ARCHS", "VARIANTS", "MODELS", "RELEASES", "Release", "TIMM_WEIGHTS",
+    "ResNet", "DenseNetIBN", "IBN_VARIANTS", "canonical_ibn", "ARCHS", "VARIANTS", "MODELS", "RELEASES", "Release",
+    "TIMM_WEIGHTS",
     "NOT_REGISTERED", "list_models", "releases_for", "create_model", "load_weights", "checkpoint_filter_fn", "read_checkpoint",
     "verify_hash", "WeightsError",
 ]

@@ -10,7 +10,6 @@ official files load with ``strict=True``.  How each variant is read from the pap
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -425,9 +424,5 @@ class ResNet(nn.Module):
 
     def load_pretrained(self, path: str) -> None:
         """timm calls this for our ``custom_load`` cfgs, for downloaded URLs and local files alike."""
-        from .weights import WeightsError, load_weights
-        cfg = getattr(self, "pretrained_cfg", None) or {}
-        if not Path(path).is_file():
-            hint = f"; download it from {cfg['origin_url']} and save it there" if cfg.get("origin_url") else ""
-            raise WeightsError(f"{path}: no such weight file{hint}")
-        load_weights(self, path, num_classes=cfg.get("num_classes"))
+        from .weights import load_pretrained_file
+        load_pretrained_file(self, path)

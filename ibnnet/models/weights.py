@@ -3,9 +3,10 @@
 Every file is read with ``torch.load(weights_only=True)``: a checkpoint can never run code.  The
 formats found in the wild are all accepted: a bare state_dict, ``{'state_dict': ...}`` / ``{'model': ...}``
 wrappers (official IBN-Net and SN releases, Lightning checkpoints), ``module.`` / ``_orig_mod.`` / ``model.``
-prefixes, the oldest IBN files with InstanceNorm running statistics, and the official SN checkpoints
-(``sn1/sn2/sn3`` names, (1,C,1,1) shapes).  Files named like torch.hub releases (``name-<sha256 prefix>.pth``)
-are verified against that prefix.
+prefixes, the oldest IBN files with InstanceNorm running statistics, the official SN checkpoints
+(``sn1/sn2/sn3`` names, (1,C,1,1) shapes) and torchvision's oldest DenseNet names (``denselayer1.norm.1``
+for ``norm1``).  Files named like torch.hub releases (``name-<sha256 prefix>.pth``) are verified against
+that prefix.
 """
 from __future__ import annotations
 
@@ -117,6 +118,16 @@ def strip_common_prefix(state_dict: dict[str, Tensor], wanted: set[str]) -> dict
 
 
 _SN_NAME = re.compile(r"^((?:layer\d+\.\d+\.)?)sn(\d)\.")
+# torchvision's first DenseNet files: ``denselayer1.norm.1.weight`` where the module is ``norm1``.
+_TV_DENSE_NAME = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
+
+
+def head_and_stem(model: nn.Module) -> tuple[str, str]:
+    """The classifier's and the first conv's module names: the pretrained cfg's, else ResNet's or DenseNet's."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    head = cfg.get("classifier") or ("fc" if hasattr(model, "fc") else "classifier")
+    stem = cfg.get("first_conv") or ("conv1" if hasattr(model, "conv1") else "features.conv0")
+    return head, stem
 
 
 def adapt_state_dict(state_dict: Any, model: nn.Module) -> dict[str, Tensor]:
@@ -127,6 +138,7 @@ def adapt_state_dict(state_dict: Any, model: nn.Module) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for k, v in sd.items():
         k = _SN_NAME.sub(r"\1bn\2.", k)  # official SN: sn1/sn2/sn3 -> bn1/bn2/bn3
+        k = _TV_DENSE_NAME.sub(r"\1\2.", k)  # torchvision's oldest DenseNet: norm.1 -> norm1
         if k not in own and k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked"):
             owner = _owner(model, k)
             if isinstance(owner, nn.InstanceNorm2d) and not owner.track_running_stats:
@@ -153,14 +165,15 @@ def checkpoint_filter_fn(state_dict: Any, model: nn.Module, source: str | None =
     except WeightsError as e:
         raise WeightsError(f"{source}: {e}") from None
     ckpt_classes = num_classes if num_classes is not None else cfg.get("num_classes")
+    head, stem = head_and_stem(model)
     ignore: list[str] = []
     if ckpt_classes is not None and getattr(model, "num_classes", ckpt_classes) != ckpt_classes:
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-        ignore.append("fc.")
-    conv = getattr(model, "conv1", None)
-    w = sd.get("conv1.weight")
+        sd = {k: v for k, v in sd.items() if not k.startswith(head + ".")}
+        ignore.append(head + ".")
+    conv = _owner(model, stem + ".weight")
+    w = sd.get(stem + ".weight")
     if isinstance(conv, nn.Conv2d) and w is not None and w.dim() == 4 and w.shape[1] != conv.in_channels:
-        ignore.append("conv1.weight")
+        ignore.append(stem + ".weight")
     problem = describe_mismatch(sd, model, ignore=tuple(ignore))
     if problem:
         arch = cfg.get("architecture") or type(model).__name__
@@ -209,14 +222,26 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping, *, num_c
     if num_classes is None and not (getattr(model, "pretrained_cfg", None) or {}).get("num_classes"):
         num_classes = getattr(model, "num_classes", None)
     sd = _adapt_input_conv(checkpoint_filter_fn(raw, model, source=name, num_classes=num_classes), model)
-    head_dropped = any(k.startswith("fc.") for k in model.state_dict()) and not any(k.startswith("fc.") for k in sd)
+    head = head_and_stem(model)[0] + "."
+    head_dropped = any(k.startswith(head) for k in model.state_dict()) and not any(k.startswith(head) for k in sd)
     model.load_state_dict(sd, strict=not head_dropped)
     return model
 
 
+def load_pretrained_file(model: nn.Module, path: str | os.PathLike) -> None:
+    """The models' ``load_pretrained`` (timm calls it for ``custom_load`` cfgs): ``path`` into ``model``,
+    with the class count of its pretrained cfg."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if not Path(path).is_file():
+        hint = f"; download it from {cfg['origin_url']} and save it there" if cfg.get("origin_url") else ""
+        raise WeightsError(f"{path}: no such weight file{hint}")
+    load_weights(model, path, num_classes=cfg.get("num_classes"))
+
+
 def _adapt_input_conv(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    conv = getattr(model, "conv1", None)
-    w = sd.get("conv1.weight")
+    key = head_and_stem(model)[1] + ".weight"
+    conv = _owner(model, key)
+    w = sd.get(key)
     if isinstance(conv, nn.Conv2d) and w is not None and w.shape[1] != conv.in_channels:
-        sd = dict(sd, **{"conv1.weight": adapt_input_conv(conv.in_channels, w)})
+        sd = dict(sd, **{key: adapt_input_conv(conv.in_channels, w)})
     return sd

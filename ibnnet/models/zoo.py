@@ -24,6 +24,7 @@ from timm.models import (
     register_model,
 )
 
+from .densenet import DenseNetIBN
 from .resnet import ResNet
 from .weights import checkpoint_filter_fn, expected_hash_prefix
 
@@ -43,7 +44,11 @@ ARCHS: dict[str, dict[str, Any]] = {
     "resnet152": dict(block="bottleneck", layers=(3, 8, 36, 3)),
     "resnext101": dict(block="bottleneck", layers=(3, 4, 23, 3), cardinality=32, base_width=4),
     "se_resnet101": dict(block="bottleneck", layers=(3, 4, 23, 3), se_reduction=16),
+    # DenseNet-BC (the official densenet_ibn.py: 64 stem features = 2 x growth rate, bottleneck 4 x growth)
+    "densenet121": dict(growth_rate=32, block_config=(6, 12, 24, 16)),
+    "densenet169": dict(growth_rate=32, block_config=(6, 12, 32, 32)),
 }
+DENSENET_ARCHS = ("densenet121", "densenet169")
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "bn": dict(),
@@ -68,6 +73,8 @@ for _v in ("ibn_c", "ibn_d", "ibn_ad", "ibn_a2"):
     MODELS[f"resnet50_{_v}"] = ("resnet50", _v)
 MODELS["resnext101_ibn_a"] = ("resnext101", "ibn_a")
 MODELS["se_resnet101_ibn_a"] = ("se_resnet101", "ibn_a")
+for _depth in DENSENET_ARCHS:
+    MODELS[f"{_depth}_ibn_a"] = (_depth, "ibn_a")
 
 # Ours whose layout is that of a timm model with ImageNet weights: ours offer those weights too (timm's
 # standard loader fetches them, from the Hugging Face hub or timm's URL, through our checkpoint_filter_fn).
@@ -110,6 +117,9 @@ RELEASES: list[Release] = [
     Release("resnet101_ibn_b", "resnet101_ibn_b-c55f6dba.pth"),
     Release("resnext101_ibn_a", "resnext101_ibn_a-6ace051d.pth", top1=79.12, top5=94.58),
     Release("se_resnet101_ibn_a", "se_resnet101_ibn_a-fabed4e2.pth", top1=78.75, top5=94.49),
+    # top-1/5 = 100 - the official README's DenseNet IBN-Net errors (24.47/7.25, 23.25/6.51)
+    Release("densenet121_ibn_a", "densenet121_ibn_a-e4af5cc1.pth", top1=75.53, top5=92.75),
+    Release("densenet169_ibn_a", "densenet169_ibn_a-9f32c161.pth", top1=76.75, top5=93.49),
     # SN's releases live on Google Drive only (no stable direct URL): download them by hand and pass
     # pretrained_cfg_overlay=dict(file=...); the checkpoint_filter_fn converts their layout.
     Release("resnet50_sn", "resnet50_sn_8x32_step.pth", tag="official_8x32_in1k", top1=76.92, url_base=None,
@@ -143,13 +153,20 @@ def _cfg(url: str = "", **kwargs) -> dict[str, Any]:
     }
 
 
+def _layout(name: str) -> dict[str, str]:
+    """The first conv's and the classifier's module names of model ``name``."""
+    if MODELS[name][0] in DENSENET_ARCHS:
+        return dict(first_conv="features.conv0", classifier="classifier")
+    return dict(first_conv="conv1", classifier="fc")
+
+
 def _release_cfg(r: Release) -> dict[str, Any]:
     license_, paper = _LICENSES[r.origin], _PAPERS[r.origin]
     notes = [n for n in (r.note, f"top1 {r.top1}" if r.top1 else "", f"top5 {r.top5}" if r.top5 else "") if n]
     # A release without a URL is expected at its cache path, where the user saves the manual download.
     file = "" if r.url else str(manual_weights_path(r))
     return _cfg(url=r.url or "", file=file, license=license_, origin_url=r.origin, paper_ids=paper,
-                notes=tuple(notes))
+                notes=tuple(notes), **_layout(r.model))
 
 
 def manual_weights_path(r: Release) -> Path:
@@ -163,7 +180,7 @@ def _build_default_cfgs() -> dict:
     for name in MODELS:
         if not any(k.startswith(name + ".") for k in cfgs):
             inherited = _timm_pretrained_cfgs(name, TIMM_WEIGHTS[name]) if name in TIMM_WEIGHTS else {}
-            cfgs.update(inherited or {name: _cfg()})
+            cfgs.update(inherited or {name: _cfg(**_layout(name))})
     return generate_default_cfgs(cfgs)
 
 
@@ -186,7 +203,7 @@ def _timm_pretrained_cfgs(name: str, timm_name: str) -> dict[str, Any]:
 default_cfgs = _build_default_cfgs()
 
 
-def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
+def _create_model(variant: str, pretrained: bool = False, **kwargs) -> ResNet | DenseNetIBN:
     overlay = kwargs.get("pretrained_cfg_overlay")
     if overlay and (overlay.get("file") or overlay.get("url")):
         # timm resets custom_load for a new source; our loader reads every known format (and verifies
@@ -194,15 +211,19 @@ def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
         kwargs["pretrained_cfg_overlay"] = dict(overlay, custom_load=overlay.get("custom_load", True))
     arch, flavour = MODELS[variant]
     model_args = dict(ARCHS[arch], **VARIANTS[flavour])
+    if arch in DENSENET_ARCHS:
+        # features_only's default class needs the dense blocks at the top level, as timm's own DenseNets
+        return build_model_with_cfg(DenseNetIBN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                    feature_cfg=dict(flatten_sequential=True), **dict(model_args, **kwargs))
     return build_model_with_cfg(ResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 **dict(model_args, **kwargs))
 
 
-def _make_entrypoint(name: str) -> Callable[..., ResNet]:
+def _make_entrypoint(name: str) -> Callable[..., ResNet | DenseNetIBN]:
     arch, flavour = MODELS[name]
 
-    def entrypoint(pretrained: bool = False, **kwargs) -> ResNet:
-        return _create_resnet(name, pretrained, **kwargs)
+    def entrypoint(pretrained: bool = False, **kwargs) -> ResNet | DenseNetIBN:
+        return _create_model(name, pretrained, **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
@@ -222,6 +243,10 @@ _ARCH_DOCS = {
     "resnet152": "ResNet-152 (bottlenecks 3-8-36-3)",
     "resnext101": "ResNeXt-101 32x4d (bottlenecks 3-4-23-3, 32 groups of width 4)",
     "se_resnet101": "SE-ResNet-101 (bottlenecks 3-4-23-3, squeeze-and-excitation with reduction 16)",
+    "densenet121": "DenseNet-121 (DenseNet-BC, growth rate 32, dense blocks 6-12-24-16; Huang et al., "
+                   "arXiv:1608.06993)",
+    "densenet169": "DenseNet-169 (DenseNet-BC, growth rate 32, dense blocks 6-12-32-32; Huang et al., "
+                   "arXiv:1608.06993)",
 }
 _VARIANT_DOCS = {
     "bn": "BatchNorm everywhere: the plain ResNet (He et al., arXiv:1512.03385)",
@@ -241,6 +266,12 @@ _VARIANT_DOCS = {
     "ibn_a2": f"IBN-a x2 of {IBN_PAPER}, sec. 3.2: IBN-a with bn2 an IBN layer too; never released, our reading "
               "in docs/variants.md",
 }
+# IBN-a in a DenseNet is not the ResNet's placement: the official densenet_ibn.py's own.
+_DENSENET_VARIANT_DOCS = {
+    "ibn_a": f"IBN-a of {IBN_PAPER} as in the official densenet_ibn.py: BN on the first 60 % and instance "
+             "normalization on the other 40 % of the channels of norm1 in every third dense layer (the 1st, 4th, "
+             "7th ...) of dense blocks 1-3; PyTorch's default initialization (the official code sets none)",
+}
 # Where the papers' tables use a model (experiments/*.yaml build them, some from another name with
 # overrides that make the same network; the segmentation tables with output_stride=8).
 _PAPER_USE = {
@@ -255,6 +286,8 @@ _PAPER_USE = {
     "resnet101_ibn_a": "the ResNet101 IBN-a of IBN-Net Table 2",
     "resnext101_ibn_a": "the ResNeXt101 IBN-a of IBN-Net Table 2 (with ibn='none' its re-implementation)",
     "se_resnet101_ibn_a": "the SE-ResNet101 IBN-a of IBN-Net Table 2 (with ibn='none' its re-implementation)",
+    "densenet121_ibn_a": "the DenseNet121 IBN-a of IBN-Net Table 2 (with ibn='none' its re-implementation)",
+    "densenet169_ibn_a": "the DenseNet169 IBN-a of IBN-Net Table 2 (with ibn='none' its re-implementation)",
     **{f"resnet50_{v}": f"IBN-{label} of IBN-Net Table 3"
        for v, label in (("ibn_c", "c"), ("ibn_d", "d"), ("ibn_ad", "a&d"), ("ibn_a2", "a x2"))},
 }
@@ -280,10 +313,13 @@ def model_doc(name: str) -> str:
     arch, flavour = MODELS[name]
     paper = _PAPER_USE.get(name, "not in the papers' tables")
     weights = "\n".join(f"    {line}" for line in _weights_doc(name))
-    return (f"{_ARCH_DOCS[arch]} with {_VARIANT_DOCS[flavour]}.\n\n"
+    dense = arch in DENSENET_ARCHS
+    variant = (_DENSENET_VARIANT_DOCS if dense else _VARIANT_DOCS)[flavour]
+    return (f"{_ARCH_DOCS[arch]} with {variant}.\n\n"
             f"Paper: {paper}.\n"
             f"Weights:\n{weights}\n\n"
-            f"Model arguments: {dict(ARCHS[arch], **VARIANTS[flavour])}; keyword arguments go to ResNet.\n")
+            f"Model arguments: {dict(ARCHS[arch], **VARIANTS[flavour])}; keyword arguments go to "
+            f"{'DenseNetIBN' if dense else 'ResNet'}.\n")
 
 
 def _register(fn: Callable[..., ResNet]) -> bool:
