@@ -512,3 +512,16 @@ def test_status_names_evaluation_sets_as_the_table_does(tmp_path):
     folder.metrics_path.write_text(json.dumps({"metrics": {"synthetic": {"top1_err": 12.5, "top5_err": 1.0}}}))
     code, out, err = run_cli("status", path)
     assert code == 0 and "in-domain: top1_err 12.50, top5_err 1.00" in out and "synthetic:" not in out, out
+
+
+def test_cells_before_the_experiment_do_not_swallow_it(tmp_path, monkeypatch):
+    """`ibnnet plot curves --cells A B EXP`: --cells would take EXP too; the experiment is given back."""
+    from ibnnet.cli import build_parser
+    from ibnnet.commands.common import take_experiment_from_cells
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["plot", "curves", "--cells", "norm=SN", "8x2", "sn_table2",
+                                      "trainer.max_epochs=1"])
+    take_experiment_from_cells(args)
+    assert (args.experiment, args.cells, args.overrides) == ("sn_table2", ["norm=SN", "8x2"], ["trainer.max_epochs=1"])
+    code, out, err = run_cli("plot", "curves", "--cells", "norm=SN")
+    assert code == 2 and "plot curves: name the experiment" in err, err

@@ -10,7 +10,7 @@ from ..config.loader import load_yaml
 from ..config.schema import PathsConfig
 from ..errors import ConfigError, MissingPathError
 from ..progress import add_progress_option, progress_bar, progress_enabled
-from .common import download_progress, experiment_args, results_dir
+from .common import download_progress, experiment_args, results_dir, take_experiment_from_cells
 
 log = logging.getLogger("ibnnet")
 
@@ -182,6 +182,7 @@ def cmd_sn_weights(args) -> int:
     from ..analysis.sn_weights import load_state_dict, sn_layers, write_sn_weights
     from ..models.weights import WeightsError
 
+    take_experiment_from_cells(args)
     if not args.experiment and not args.checkpoint:
         raise ConfigError("give an experiment (e.g. sn_table2) or at least one --checkpoint [LABEL=]FILE")
     sources: list[tuple[str, Path, bool]] = []  # (label, file, from an experiment: skip non-SN runs)

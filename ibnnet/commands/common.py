@@ -17,7 +17,21 @@ def experiment_args(p: argparse.ArgumentParser, positional_optional: bool = Fals
     p.add_argument("overrides", nargs="*", help="config overrides as key=value (as given to sweep)")
 
 
-def results_dir(exp, overrides, sub: str) -> Path:
+def take_experiment_from_cells(args) -> None:
+    """``--cells A B EXP k=v``: --cells takes every word up to the next option, the experiment included. Give it
+    back: the first --cells word that names an experiment file is the experiment, the words after it are the
+    overrides (where argparse would have put them after the experiment). Then require the experiment."""
+    from ..errors import ConfigError
+    from ..experiments.grid import resolve_experiment_path
+    if not args.experiment and args.cells:
+        for i, word in enumerate(args.cells):
+            try:
+                resolve_experiment_path(word)
+            except ConfigError:
+                continue
+            args.experiment, args.overrides = word, [*args.cells[i + 1:], *args.overrides]
+            args.cells = args.cells[:i]
+            breakdef results_dir(exp, overrides, sub: str) -> Path:
     root = exp.compose_cell(exp.cells[0], tuple(overrides)).paths.results
     return exp.results_dir(root) / sub
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import experiment_args, results_dir
+from .common import experiment_args, results_dir, take_experiment_from_cells
 
 
 def add_plot_commands(sub) -> None:
@@ -19,7 +19,7 @@ def add_plot_commands(sub) -> None:
                     "a colour per cell, train dashed, validation solid. Writes curves.png and curves.csv.\n\n"
                     "  ibnnet plot curves sn_table2 --cells 'norm=SN_setting=8x32' 'norm=BN_setting=8x32'\n"
                     "  ibnnet plot curves ibn_table4 --metrics 'train/loss_epoch' 'val/*/miou'")
-    experiment_args(c)
+    experiment_args(c, positional_optional=True)   # required; optional here so --cells before it can give it back
     c.add_argument("--metrics", nargs="+", metavar="COLUMN",
                    help="log columns (globs) to draw; default: top-1 train/val accuracy (classification), "
                         "train loss and val mIoU (segmentation)")
@@ -28,6 +28,9 @@ def add_plot_commands(sub) -> None:
 def cmd_curves(args) -> int:
     from ..analysis.curves import experiment_runs, write_curves
 
+    take_experiment_from_cells(args)
+    if not args.experiment:
+        raise ConfigError("plot curves: name the experiment (e.g. ibnnet plot curves sn_table2 --cells norm=SN)")
     exp, runs = experiment_runs(args.experiment, args.scale, args.cells, args.overrides, runs_root=args.runs)
     out = Path(args.out) if args.out else results_dir(exp, args.overrides, "curves")
     title = args.title or exp.title.split(":")[0] + ": learning curves"
