@@ -264,3 +264,27 @@ def test_torchvision_releases_are_the_bn_baselines():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_no_network_and_no_cached_file_is_one_line_saying_what_to_run(tmp_path, monkeypatch):
+    """A compute node without internet: which file is missing, where it is looked up, and the command that
+    fetches it on a login node; in one line (the CLI: exit 2), not a download traceback."""
+    import urllib.error
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+    monkeypatch.setattr("torch.hub.download_url_to_file", offline)
+    from ibnnet.models.zoo import WeightsUnavailableError
+    with pytest.raises(WeightsUnavailableError) as e:
+        timm.create_model("resnet18_ibn_a", pretrained=True)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18_ibn_a-2f571257.pth"
+    assert str(e.value) == (
+        f"resnet18_ibn_a: pretrained weights are not at {cached} and cannot be downloaded here (URLError: "
+        "[Errno -2] Name or service not known); on a machine with internet (a login node), run "
+        "`ibnnet weights download resnet18_ibn_a` with the same TORCH_HOME")
+    from helpers import TINY, config
+    from test_cli import run_cli
+    code, out, err = run_cli("train", config(tmp_path, TINY), "model.name=resnet18_ibn_a", "model.pretrained=true")
+    assert code == 2 and err.strip().splitlines()[-1] == f"ibnnet: error: {e.value}", err
+    assert "Traceback" not in err

@@ -7,6 +7,7 @@ their names before loading; see :mod:`ibnnet.models.weights` for the formats acc
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from timm.models import (
 
 from .densenet import DenseNetIBN
 from .resnet import ResNet
-from .weights import checkpoint_filter_fn, expected_hash_prefix
+from .weights import WeightsError, checkpoint_filter_fn, expected_hash_prefix
 
 IBN_RELEASE_URL = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
 IBN_ORIGIN = "https://github.com/XingangPan/IBN-Net"
@@ -203,7 +204,52 @@ def _timm_pretrained_cfgs(name: str, timm_name: str) -> dict[str, Any]:
 default_cfgs = _build_default_cfgs()
 
 
+class WeightsUnavailableError(WeightsError):
+    """pretrained=True on a machine that cannot download the file (a compute node without internet)."""
+
+
+def _network_failure(e: BaseException) -> BaseException | None:
+    """The network error behind ``e`` (through its causes), if a download is what failed."""
+    import socket
+    import urllib.error
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (urllib.error.URLError, socket.gaierror, ConnectionError, TimeoutError)) or \
+                type(e).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):   # huggingface_hub's
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _unavailable(variant: str, pretrained_cfg: Any, error: BaseException) -> WeightsUnavailableError:
+    name = variant.partition(".")[0]
+    cfg = pretrained_cfg or {}
+    cfg = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    reason = str(getattr(error, "reason", "") or error).splitlines()[0][:120]
+    if cfg.get("hf_hub_id"):
+        where = f"the Hugging Face cache ({os.environ.get('HF_HOME') or Path.home() / '.cache' / 'huggingface'})"
+        fix = (f"on a machine with internet, run `python -c \"import ibnnet, timm; timm.create_model('{name}', "
+               f"pretrained=True)\"` with the same HF_HOME")
+    else:
+        where = str(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.get("url") or name))
+        fix = f"on a machine with internet (a login node), run `ibnnet weights download {name}` with the same TORCH_HOME"
+    return WeightsUnavailableError(f"{name}: pretrained weights are not at {where} and cannot be downloaded here "
+                                   f"({type(error).__name__}: {reason}); {fix}")
+
+
 def _create_model(variant: str, pretrained: bool = False, **kwargs) -> ResNet | DenseNetIBN:
+    try:
+        return _build(variant, pretrained, **kwargs)
+    except Exception as e:
+        failure = _network_failure(e) if pretrained else None
+        if failure is None:
+            raise
+        from timm.models import get_pretrained_cfg
+        raise _unavailable(variant, get_pretrained_cfg(variant), failure) from None
+
+
+def _build(variant: str, pretrained: bool = False, **kwargs) -> ResNet | DenseNetIBN:
     overlay = kwargs.get("pretrained_cfg_overlay")
     if overlay and (overlay.get("file") or overlay.get("url")):
         # timm resets custom_load for a new source; our loader reads every known format (and verifies
