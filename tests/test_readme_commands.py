@@ -91,3 +91,11 @@ def test_slurm_sweeps_of_gpu_tables_request_their_gpus(tmp_path, monkeypatch):
     # the CPU demo asks for none
     code, out, err = run_cli("sweep", "demo", "--launcher", "slurm", "--dry-run")
     assert code == 0 and "--gpus-per-node" not in out, out
+
+
+def test_weight_files_the_readme_names_are_the_releases_names():
+    """A file name in the README is the one `ibnnet weights list` shows for that model."""
+    from ibnnet.models.zoo import RELEASES
+    released = {r.file for r in RELEASES}
+    named = set(re.findall(r"(?<![\w/.-])((?:resnet|resnext|se_resnet|densenet)\w*\.pth)", README.read_text()))
+    assert named and not named - released, sorted(named - released)
