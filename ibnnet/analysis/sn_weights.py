@@ -118,11 +118,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """The tensors of a weight file or Lightning checkpoint (memory-mapped where the format allows)."""
     from ..models.weights import WeightsError, read_checkpoint, unwrap_state_dict
     path = Path(path)
-    try:
-        # mmap: only the few control parameters are read from a multi-hundred-MB training checkpoint.
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        obj = read_checkpoint(path)  # raises a WeightsError that names the file and the reason
+    # mmap: only the few control parameters are read from a multi-hundred-MB training checkpoint.
+    obj = read_checkpoint(path, mmap=True)   # a WeightsError names the file and the reason
     sd = unwrap_state_dict(obj, str(path))
     if not any(k.endswith(".mean_weight") for k in sd):
         raise WeightsError(f"{path}: no Switchable Normalization layers (no '*.mean_weight' parameters)")

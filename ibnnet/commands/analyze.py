@@ -82,12 +82,21 @@ def _load_models(specs: list[str], pretrained: bool):
     import timm
 
     from ..models import MODELS, load_weights, releases_for
+    from ..models.weights import read_checkpoint
+    from ..runs.runner import is_run_checkpoint, task_from_run_checkpoint
     models = {}
     for spec in specs:
         label, name, weights = _parse_model(spec)
         if name not in MODELS:
             raise ConfigError(f"--model {spec}: unknown model {name!r}")
-        if weights:
+        if weights and is_run_checkpoint(read_checkpoint(weights, mmap=True)):
+            # A run's checkpoint: the model that run trained (its config's in_ratio, norm, classes), loaded strictly.
+            task = task_from_run_checkpoint(weights)
+            if task.cfg.model.name != name or task.cfg.task != "classification":
+                raise ConfigError(f"--model {spec}: {weights} is a checkpoint of a {task.cfg.task} run of "
+                                  f"{task.cfg.model.name}, not a classification model {name}")
+            model = task.network
+        elif weights:
             model = timm.create_model(name)
             load_weights(model, weights)
         else:

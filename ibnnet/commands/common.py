@@ -31,7 +31,10 @@ def take_experiment_from_cells(args) -> None:
                 continue
             args.experiment, args.overrides = word, [*args.cells[i + 1:], *args.overrides]
             args.cells = args.cells[:i]
-            breakdef results_dir(exp, overrides, sub: str) -> Path:
+            break
+
+
+def results_dir(exp, overrides, sub: str) -> Path:
     root = exp.compose_cell(exp.cells[0], tuple(overrides)).paths.results
     return exp.results_dir(root) / sub
 
@@ -40,3 +43,44 @@ def download_progress(enabled: bool) -> None:
     """A progress bar for the weight files timm downloads (pretrained=True), like every other bar here."""
     from timm.models import set_pretrained_download_progress
     set_pretrained_download_progress(enabled)
+
+
+def reported_checkpoint(config_path: str | Path, cfg) -> tuple[Path, str] | None:
+    """For a run folder's ``config.yaml``: the checkpoint whose numbers the experiment's table shows for that
+    run, and a line saying which and why (``last.ckpt``, the final model, unless the table has
+    ``select: best``: ``best.ckpt``, the best validation epoch). None for any other config."""
+    from ..runs.folder import RunFolder
+    from ..runs.runner import read_run_checkpoint
+    config_path = Path(config_path)
+    folder = RunFolder(config_path.resolve().parent)
+    if config_path.name != "config.yaml" or not folder.checkpoint_dir.is_dir():
+        return None
+    last = folder.checkpoint_dir / "last.ckpt"
+    metrics = folder.metrics()
+    if not isinstance(metrics, dict):
+        return last, "the latest model; the run has not finished (no metrics.json), so no table reports it yet"
+    select, why = table_select(cfg)
+    best = metrics.get("best") or {}
+    if select == "best" and best.get("metrics"):
+        path = folder.checkpoint_dir / "best.ckpt"
+        if not path.is_file() and last.is_file() and read_run_checkpoint(last, mmap=True)["epoch"] == best["epoch"]:
+            path = last   # the best epoch was the last one and only last.ckpt holds it
+        return path, f"the model of epoch {best['epoch']}, the best validation epoch; {why}"
+    if select == "best":
+        why += "; this run has no best-epoch record, so the table shows its final numbers"
+    return last, f"the final model; {why}"
+
+
+def table_select(cfg) -> tuple[str, str]:
+    """``final`` or ``best``: which numbers of a run the table of its experiment (``cfg.experiment``) shows, and why."""
+    from ..errors import UserError
+    from ..experiments.grid import load_experiment
+    if cfg.experiment == "default":
+        return "final", "runs of `ibnnet train` report the numbers after the last epoch"
+    try:
+        exp = load_experiment(cfg.experiment, scale=cfg.scale or None)
+    except UserError as e:
+        return "final", f"experiment {cfg.experiment!r} could not be read ({e}): taking the final numbers"
+    if exp.table.get("select", "final") == "best":
+        return "best", f"the {exp.name} table reports each run's best validation epoch (table.select: best)"
+    return "final", f"the {exp.name} table reports the numbers after the last epoch"

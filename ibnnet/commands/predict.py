@@ -33,11 +33,14 @@ def add_predict_command(sub) -> None:
         description="Run a segmentation model over the config's evaluation sets (or another split of them) and "
                     "write one PNG of Cityscapes label ids per image, named after the image, under a folder "
                     "per evaluation set: what the Cityscapes benchmark server and cityscapesscripts read.\n\n"
-                    "  ibnnet predict runs/sn_table5/<run>/config.yaml --checkpoint runs/.../best.ckpt \\\n"
+                    "  ibnnet predict runs/sn_table5/<run>/config.yaml \\\n"
                     "      --out results/sn_table5/test_predictions --split test\n"
                     "  CITYSCAPES_RESULTS=results/pred/cityscapes csEvalPixelLevelSemanticLabeling")
     p.add_argument("config", help="segmentation run config (e.g. configs/segmentation.yaml or a run's config.yaml)")
-    p.add_argument("--checkpoint", help="weights file or Lightning checkpoint; default: model.pretrained_file")
+    p.add_argument("--checkpoint", help="a run's checkpoint (loaded strictly into the model its config builds) or a "
+                                        "weights file; default for a run folder's config.yaml: the checkpoint its "
+                                        "experiment's table reports (last.ckpt, or best.ckpt for table.select: "
+                                        "best), else model.pretrained_file")
     p.add_argument("--out", required=True, help="output folder (one subfolder per evaluation set)")
     p.add_argument("--split", help="predict this split of every evaluation set instead of its own (e.g. test)")
     p.add_argument("--sets", nargs="+", metavar="NAME", help="only these evaluation sets (data.val[].name)")
@@ -211,16 +214,14 @@ def _predictor(task, jobs: list[_Job], batch_size: int, num_workers: int, writer
 
 
 def cmd_predict(args) -> int:
-    import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
     from ..config import compose
     from ..config.loader import Source
     from ..files import atomic_write_json
-    from ..models import load_weights
     from ..progress import progress_enabled
-    from ..runs.runner import build_strategy, fail_fast
-    from ..tasks import TASKS
+    from ..runs.runner import build_task, fail_fast, load_evaluation_weights, make_trainer
+    from .common import reported_checkpoint
 
     base = compose(args.config, args.overrides)
     if base.task != "segmentation":
@@ -244,7 +245,13 @@ def cmd_predict(args) -> int:
     if num_classes != NUM_CLASSES:
         raise ConfigError(f"{args.config}: data.num_classes={num_classes}; Cityscapes label-id files need the "
                           f"{NUM_CLASSES} Cityscapes classes")
-    if not args.checkpoint and not cfg.model.pretrained_file:
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        reported = reported_checkpoint(args.config, cfg)
+        if reported is not None:
+            checkpoint = reported[0]
+            print(f"[ibnnet] checkpoint {checkpoint}: {reported[1]}", file=sys.stderr)
+    if not checkpoint and not cfg.model.pretrained_file:
         raise ConfigError("predict needs trained weights: give --checkpoint FILE (or model.pretrained_file=...)")
 
     out = Path(args.out)
@@ -252,15 +259,12 @@ def cmd_predict(args) -> int:
     todo = [j for j in jobs if len(j.dataset)]
     total = sum(len(j.dataset) for j in todo)
     if todo:
-        task = TASKS[cfg.task](OmegaConf.to_container(cfg, resolve=True), num_classes, [j.name for j in jobs])
-        if args.checkpoint:
-            load_weights(task.network, args.checkpoint)
-        trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=args.devices,
-                             strategy=build_strategy("ddp" if args.devices > 1 else "auto", args.devices),
-                             precision=cfg.trainer.precision,
-                             logger=False, enable_progress_bar=progress_enabled(args.progress),
-                             use_distributed_sampler=False,
-                             enable_checkpointing=False)
+        task = build_task(cfg, num_classes, [j.name for j in jobs])
+        if checkpoint:
+            load_evaluation_weights(task, checkpoint)
+        else:   # model.pretrained_file: a segmentation file (backbone and head) or a backbone's
+            task.load_initial_weights()
+        trainer = make_trainer(cfg, devices=args.devices, progress=progress_enabled(args.progress))
         writer = PngWriter()
         predictor = _predictor(task, todo, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.num_workers,
                                writer)
@@ -284,7 +288,8 @@ def cmd_predict(args) -> int:
     if missing:
         raise FileNotFoundError(f"{len(missing)} predictions were not written, e.g. {missing[:3]}")
     atomic_write_json(out / "predictions.json", {
-        "config": str(args.config), "overrides": list(args.overrides), "checkpoint": args.checkpoint,
+        "config": str(args.config), "overrides": list(args.overrides),
+        "checkpoint": str(checkpoint) if checkpoint else cfg.model.pretrained_file,
         "model": cfg.model.name, "format": "Cityscapes label ids (8-bit PNG, image size)",
         "sets": {j.name: {"dataset": j.spec.dataset, "split": j.spec.split, "images": len(j.dataset.raw.samples),
                           "scales": list(j.spec.scales), "flip": bool(j.spec.flip), "folder": str(j.folder)}

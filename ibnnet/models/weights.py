@@ -60,22 +60,38 @@ def verify_hash(path: str | os.PathLike, prefix: str | None = None) -> str:
     return digest
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True`` and an error that names the file."""
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True`` (``mmap``: tensors memory-mapped, not read, where the file's
+    format allows) and a one-line :class:`WeightsError` naming the file when it is not a checkpoint."""
+    import zipfile
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weight file")
     if path.stat().st_size == 0:
-        raise WeightsError(f"{path}: file is empty")
+        raise WeightsError(f"{path}: not a checkpoint (empty file)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # mmap needs torch.save's zip format; older (pickle-only) files are read whole
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
-            raise WeightsError(f"{path}: refused to load: it contains objects other than tensors and plain "
-                               f"containers, which could execute code ({type(e).__name__}: {e})") from e
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                           f"{type(e).__name__}: {e}") from e
+        raise WeightsError(f"{path}: {load_problem(e)}") from e
+
+
+def load_problem(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line, and never torch's advice to load the file
+    unsafely (``weights_only=False``): a safe load of a real checkpoint does not fail that way."""
+    import pickle
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"refused to load: not a checkpoint saved by ibnnet or by torch.save of tensors (it holds a "
+                f"{found.group(1)} object, which a safe load does not unpickle since that could run code)")
+    if "central directory" in text or isinstance(e, EOFError):
+        return "not a readable PyTorch checkpoint: truncated or damaged (copy or download it again)"
+    if isinstance(e, pickle.UnpicklingError) or "PytorchStreamReader" in text:
+        return "not a checkpoint: neither the zip archive torch.save writes nor a pickle of tensors"
+    first = text.strip().splitlines()[0][:200] if text.strip() else ""
+    return f"not a readable PyTorch checkpoint: {type(e).__name__}: {first}".rstrip(": ")
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
@@ -166,6 +182,11 @@ def checkpoint_filter_fn(state_dict: Any, model: nn.Module, source: str | None =
         raise WeightsError(f"{source}: {e}") from None
     ckpt_classes = num_classes if num_classes is not None else cfg.get("num_classes")
     head, stem = head_and_stem(model)
+    own_head, file_head = model.state_dict().get(head + ".weight"), sd.get(head + ".weight")
+    if own_head is not None and file_head is not None and own_head.shape == file_head.shape:
+        # The file's classifier fits the model (a fine-tuned file of the same label set): keep it, whatever
+        # class count the pretrained cfg assumes. Dropping it would leave a random head without a word.
+        ckpt_classes = getattr(model, "num_classes", ckpt_classes)
     ignore: list[str] = []
     if ckpt_classes is not None and getattr(model, "num_classes", ckpt_classes) != ckpt_classes:
         sd = {k: v for k, v in sd.items() if not k.startswith(head + ".")}

@@ -83,11 +83,13 @@ class CheckpointError(UserError, RuntimeError):
 
 def checkpoint_problem(path: Path) -> str | None:
     """None if ``path`` loads as a Lightning checkpoint (tensors memory-mapped, not read), else why not."""
-    import torch
+    from ..models.weights import WeightsError, read_checkpoint
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+        ckpt = read_checkpoint(path, mmap=True)
+    except WeightsError as e:   # one line: the file is named by the caller
+        return str(e).removeprefix(f"{path}: ")
+    if not isinstance(ckpt, dict):
+        return f"not a training checkpoint (a {type(ckpt).__name__})"
     missing = [k for k in ("state_dict", "global_step", "epoch") if k not in ckpt]
     return f"not a training checkpoint (no {', '.join(missing)})" if missing else None
 

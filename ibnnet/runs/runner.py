@@ -208,45 +208,156 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
 
     from ..config.emulation import physical_config
     from ..data.datamodule import DataModule
-    from ..models.compiling import training_device_type
-    from ..tasks import TASKS
-    from .callbacks import build_callbacks, build_plugins
-    from .exact import ReseedEachBatch, SampleLog
-    from .loggers import build_loggers
     cfg = physical_config(cfg)  # what the processes run: fewer devices with ghost batches, if emulating
     t = cfg.trainer
-    device_type = training_device_type(t.accelerator)
-    check_device_support(cfg, device_type, cuda_capability() if device_type == "cuda" else None)
-    apply_numerics(t)
+    prepare_process(cfg)
     pl.seed_everything(t.seed, workers=True, verbose=False)
     if resume is None and not is_rank_zero():
         resume = folder.resume_checkpoint()   # the ranks rank 0 did not start itself find it alike
     dm = DataModule(cfg)
-    task = TASKS[cfg.task](to_plain(cfg), dm.num_classes, dm.val_names)
+    task = build_task(cfg, dm.num_classes, dm.val_names)
     if resume is None:
         # Only a fresh start reads the starting weights: a resume finds every weight in its checkpoint
         # (and must work when a `run:` source folder or the download cache is gone).
         task.load_initial_weights()
+        step = None
+    else:
+        # Checked (and loaded) the way evaluate and predict load it, so a checkpoint that does not fit this
+        # config is an error naming the keys; Lightning then restores the optimizer, loops and callbacks from it.
+        step = int(load_run_checkpoint(task, resume, mmap=True)["global_step"])
     if t.compile:
         task.compile_model()
+    trainer = make_trainer(cfg, folder, flag=flag, resume_step=step)
+    with fail_fast(trainer):
+        return _fit_and_evaluate(trainer, task, dm, t, resume)
+
+
+# --- the one way to build a run's model, read its checkpoint back and make its Trainer ------------------------------
+# Train and resume (above), evaluate, predict and analyze all use these, so that a command scores the model the run
+# trained: built from the run's config and its checkpoint loaded strictly. Foreign weights (official releases,
+# timm files, model.pretrained_file) are fitted by ibnnet.models.load_weights instead, which may leave a classifier
+# of another class count out.
+
+def prepare_process(cfg) -> None:
+    """Before anything is built: refuse a device that cannot run ``cfg``, then set the process-wide numerics the
+    run's numbers depend on (threads, TF32, cuDNN autotuning), the same for training and for evaluation."""
+    from ..models.compiling import training_device_type
+    device_type = training_device_type(cfg.trainer.accelerator)
+    check_device_support(cfg, device_type, cuda_capability() if device_type == "cuda" else None)
+    apply_numerics(cfg.trainer)
+
+
+def build_task(cfg, num_classes: int, val_names: list[str]):
+    """The Lightning task (model, loss, metrics) of ``cfg``, without its starting weights (see
+    ``task.load_initial_weights`` and :func:`load_run_checkpoint`)."""
+    from ..tasks import TASKS
+    return TASKS[cfg.task](to_plain(cfg), num_classes, list(val_names))
+
+
+_RUN_CHECKPOINT_KEYS = ("state_dict", "global_step", "epoch", "pytorch-lightning_version")
+
+
+def is_run_checkpoint(obj: Any) -> bool:
+    """Whether a loaded file is a Lightning training checkpoint (a run's last/best/preempt.ckpt), not bare weights."""
+    from collections.abc import Mapping
+    return isinstance(obj, Mapping) and all(k in obj for k in _RUN_CHECKPOINT_KEYS) \
+        and isinstance(obj["state_dict"], Mapping)
+
+
+def read_run_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A run's checkpoint, read safely (tensors only, ``mmap``: memory-mapped); a file that is not one is a
+    :class:`ibnnet.models.weights.WeightsError` (unreadable) or :class:`CheckpointError` (weights, not a run's)."""
+    from ..models.weights import read_checkpoint
+    ckpt = read_checkpoint(path, mmap=mmap)
+    if not is_run_checkpoint(ckpt):
+        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not a checkpoint of a run (a Lightning checkpoint has "
+                              f"{', '.join(_RUN_CHECKPOINT_KEYS)}; this file has {keys})")
+    return ckpt
+
+
+def load_run_checkpoint(task, path: str | Path, ckpt: dict[str, Any] | None = None,
+                        mmap: bool = False) -> dict[str, Any]:
+    """Load a run's checkpoint into ``task`` (built by :func:`build_task`) strictly: every key of the model, no
+    other, the same shapes. Otherwise :class:`CheckpointError` names the file, the model and the keys.
+    Returns the checkpoint (its ``epoch``, ``global_step``, ``hyper_parameters``)."""
+    from ..models.weights import describe_mismatch
+    ckpt = read_run_checkpoint(path, mmap=mmap) if ckpt is None else ckpt
+    problem = describe_mismatch(ckpt["state_dict"], task)
+    if problem:
+        saved = (ckpt.get("hyper_parameters") or {})
+        trained = ((saved.get("cfg") or {}).get("model") or {}).get("name", "?")
+        raise CheckpointError(
+            f"{path}: does not fit the model this config builds ({task.cfg.model.name}, {task.num_classes} classes); "
+            f"the checkpoint is of {trained} with {saved.get('num_classes', '?')} classes. {problem} "
+            f"(shapes: checkpoint vs model)")
+    task.load_state_dict(ckpt["state_dict"], strict=True)
+    task.on_load_checkpoint(ckpt)   # the best-epoch record, as Lightning restores it
+    return ckpt
+
+
+def load_evaluation_weights(task, path: str | Path) -> dict[str, Any] | None:
+    """The weights evaluate and predict score: a run's checkpoint strictly (:func:`load_run_checkpoint`; returned),
+    any other weight file (an official release, a bare state_dict) through ``load_weights``, whose classifier must
+    fit too: scoring a head left at its random initialisation would give chance numbers without a word."""
+    from ..models import load_weights
+    from ..models.weights import read_checkpoint
+    ckpt = read_checkpoint(path, mmap=True)
+    if is_run_checkpoint(ckpt):
+        return load_run_checkpoint(task, path, ckpt=ckpt)
+    load_weights(task.network, path, num_classes=task.num_classes)
+    return None
+
+
+def task_from_run_checkpoint(path: str | Path):
+    """The model a run trained, from its checkpoint alone (the config and class count it saved), weights loaded
+    strictly: for analyses given a checkpoint without its run's config."""
+    from omegaconf import OmegaConf
+    ckpt = read_run_checkpoint(path, mmap=True)
+    saved = ckpt.get("hyper_parameters") or {}
+    if not isinstance(saved.get("cfg"), dict) or "num_classes" not in saved:
+        raise CheckpointError(f"{path}: a Lightning checkpoint without an ibnnet run's config (hyper_parameters.cfg)")
+    task = build_task(OmegaConf.create(saved["cfg"]), saved["num_classes"], saved.get("val_names") or [])
+    load_run_checkpoint(task, path, ckpt=ckpt)
+    return task
+
+
+def make_trainer(cfg, folder: RunFolder | None = None, *, flag: SignalFlag | None = None,
+                 resume_step: int | None = None, devices: int = 1, progress: bool | None = None,
+                 callbacks: list | None = None):
+    """The Trainer of ``cfg``. With ``folder``: the run's training Trainer (its loggers, checkpoints, exactness
+    and preemption callbacks; ``resume_step``: the step a resumed run's loggers continue from). Without: an
+    evaluation Trainer for evaluate and predict on ``devices`` processes of this machine, with the run's
+    accelerator, precision, determinism and validation limit, no logger and no checkpoints (it calls
+    :func:`prepare_process` itself)."""
+    import pytorch_lightning as pl
+
+    from ..models.compiling import training_device_type
+    t = cfg.trainer
+    common = dict(accelerator=t.accelerator, precision=t.precision, deterministic=t.deterministic,
+                  limit_val_batches=t.limit_val_batches, use_distributed_sampler=False)
+    if folder is None:
+        prepare_process(cfg)
+        return pl.Trainer(**common, devices=devices, strategy=build_strategy("ddp" if devices > 1 else "auto", devices),
+                          logger=False, enable_checkpointing=False, callbacks=callbacks or [],
+                          enable_progress_bar=t.enable_progress_bar if progress is None else progress)
+    from .callbacks import build_callbacks, build_plugins
+    from .exact import ReseedEachBatch, SampleLog
+    from .loggers import build_loggers
     exact = [ReseedEachBatch(t.seed)] + ([SampleLog(folder.path / "logs")] if t.log_sample_indices else [])
-    strategy = build_strategy(t.strategy, process_count(t.devices, t.num_nodes, device_type))
-    trainer = pl.Trainer(
+    strategy = build_strategy(t.strategy, process_count(t.devices, t.num_nodes, training_device_type(t.accelerator)))
+    return pl.Trainer(
+        **common,
         default_root_dir=str(folder.path),
-        max_epochs=t.max_epochs, max_steps=t.max_steps,
-        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-        precision=t.precision, check_val_every_n_epoch=t.check_val_every_n_epoch,
+        max_epochs=t.max_epochs, max_steps=t.max_steps, limit_train_batches=t.limit_train_batches,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=strategy, check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val, deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar, use_distributed_sampler=False,
-        logger=build_loggers(cfg, folder, folder.path.name, _checkpoint_step(resume)),
-        callbacks=exact + build_callbacks(cfg, folder)
+        gradient_clip_val=t.gradient_clip_val, enable_progress_bar=t.enable_progress_bar,
+        logger=build_loggers(cfg, folder, folder.path.name, resume_step),
+        callbacks=exact + build_callbacks(cfg, folder) + (callbacks or [])
         + ([PreemptionCheckpoint(flag, folder.checkpoint_dir)] if flag is not None else []),
         plugins=build_plugins(cfg),
     )
-    with fail_fast(trainer):
-        return _fit_and_evaluate(trainer, task, dm, t, resume)
 
 
 def _fit_and_evaluate(trainer, task, dm, t, resume: Path | None) -> dict[str, Any]:
@@ -433,17 +544,6 @@ def _cpu_model() -> str:
         pass
     import platform
     return platform.processor()
-
-
-def _checkpoint_step(path: Path | None) -> int | None:
-    """The global step a checkpoint was saved at (memory-mapped: the tensors are not read)."""
-    if path is None:
-        return None
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: {e}); "
-                           f"delete it to restart the run from scratch") from e
 
 
 def main(argv: list[str] | None = None) -> int:
