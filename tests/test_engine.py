@@ -317,3 +317,19 @@ def test_tables_under_other_settings_go_beside_the_plain_one(tmp_path):
     with pytest.raises(ConfigError, match=r"--where trainer.max_epoch=5: no config key 'trainer.max_epoch'; "
                                           r"did you mean trainer.max_epochs\?"):
         write_table(load_experiment(path, "full"), tmp_path / "results", where_runs, ["trainer.max_epoch=5"])
+
+
+def test_no_plot_without_results_and_a_title_saying_what_is_drawn(tmp_path):
+    path = experiment(tmp_path, """
+        experiment: plottest
+        title: "Plot test: several metrics (top-1/top-5 error %)"
+        grid: {model: {key: model.name, values: {BN: resnet18_bn}}}
+        table: {rows: model, columns: eval, metrics: [top1_err, top5_err]}
+    """)
+    overrides = (f"paths.runs={tmp_path / 'runs'}", "logger=disabled")
+    exp = load_experiment(path)
+    paths = write_table(exp, tmp_path / "results", overrides)
+    assert "plot" not in paths and not (tmp_path / "results" / "plottest" / "plot.png").exists()
+    assert "(pending)" in paths["markdown"].read_text()
+    from ibnnet.results.table import build_table, collect, plot_title
+    assert plot_title(exp, build_table(exp, collect(exp, overrides))) == "Plot test: top-1 err (%) per model"

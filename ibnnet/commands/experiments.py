@@ -216,7 +216,8 @@ def _render_table(exp: Experiment, overrides: tuple[str, ...], results_root: str
                   where: list[str] | None = None, discover: bool = True) -> dict:
     from ..results.table import write_table
     paths = write_table(exp, results_root, overrides, where, discover)
-    print(f"[ibnnet] table: {paths['markdown']}\n[ibnnet] csv:   {paths['csv']}\n[ibnnet] plot:  {paths['plot']}")
+    print(f"[ibnnet] table: {paths['markdown']}\n[ibnnet] csv:   {paths['csv']}\n[ibnnet] plot:  "
+          + (str(paths["plot"]) if "plot" in paths else "none yet (no finished run)"))
     if "corruptions" in paths:
         print(f"[ibnnet] ImageNet-C per corruption and severity: {paths['corruptions']}")
     return paths

@@ -237,6 +237,19 @@ def _num(v: float | None) -> str:
     return "" if v is None else f"{v:.4f}"
 
 
+def has_results(tab: dict[str, Any]) -> bool:
+    return any(v is not None for c in tab["cells"].values() for v in c["ours"])
+
+
+def plot_title(exp: Experiment, tab: dict[str, Any]) -> str:
+    """What the figure shows: the table it belongs to, the one metric drawn, per what, at which scale."""
+    rows_key = tab["rows_key"]
+    per = exp.table.get("row_title") or (" / ".join(rows_key) if isinstance(rows_key, list) else rows_key)
+    metric = METRIC_LABELS.get(tab["metrics"][0], tab["metrics"][0])
+    scale = f", scale {exp.scale}" if exp.scale else ""
+    return f"{(exp.title or exp.name).split(':')[0]}: {metric} (%) per {per}{scale}"
+
+
 def render_plot(exp: Experiment, tab: dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -266,7 +279,7 @@ def render_plot(exp: Experiment, tab: dict[str, Any], path: Path) -> None:
     others = "".join(f", {show(name, 'eval')}: {METRIC_LABELS.get(ms[0], ms[0])}"
                      for name, ms in tab.get("eval_metrics", {}).items() if name in cols or name in rows)
     ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (%){others}", fontsize=8 if others else None)
-    ax.set_title(exp.title or exp.name, fontsize=10)
+    ax.set_title(plot_title(exp, tab), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_output(path) as f:
@@ -291,7 +304,10 @@ def write_table(exp: Experiment, results_root: str | Path, overrides: tuple[str,
     paths = {"markdown": out / "table.md", "csv": out / "table.csv", "plot": out / "plot.png"}
     atomic_write_text(paths["markdown"], render_markdown(exp, tab, comparable, variant))
     atomic_write_text(paths["csv"], render_csv(exp, tab, comparable))
-    render_plot(exp, tab, paths["plot"])
+    if has_results(tab):
+        render_plot(exp, tab, paths["plot"])
+    else:   # nothing finished: no figure of empty axes (and none left from an earlier render of other runs)
+        paths.pop("plot").unlink(missing_ok=True)
     from .corruptions import render_corruption_figure
     if render_corruption_figure(exp, records, out / "corruptions.png"):
         paths["corruptions"] = out / "corruptions.png"
