@@ -20,7 +20,8 @@ def losses(folder: RunFolder) -> list[float]:
                          ids=["classification", "segmentation"])
 def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path, body):
     path = config(tmp_path, body)
-    out = ibnnet("train", path)
+    # classification: the checkpoints go to wandb as references (not hashed: the same run folder)
+    out = ibnnet("train", path, *(["logger.wandb.checkpoints=reference"] if "classification" in body else []))
     folder = RunFolder(run_dir(compose(path)))
     assert str(folder.path) in out.stdout
     curve = losses(folder)
@@ -46,6 +47,13 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path, body):
     for name in ("metrics/synthetic/" + key, "metrics/real/" + key, "best/epoch", "epochs", "wall_time_s",
                  "config_hash", "reproducibility/cpu_kernels/aten_dispatch"):
         assert summary[name] == flat[name], name
+    if "classification" in body:   # checkpoints as references: URIs into the run folder, no bytes copied
+        from wandb_files import records
+        (artifact,) = [r.artifact for r in records(next(offline[-1].glob("*.wandb")))
+                       if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+        refs = sorted(e.ref for e in artifact.manifest.contents)
+        assert refs == [f"file://{(folder.checkpoint_dir / n).resolve()}" for n in ("best.ckpt", "last.ckpt")]
+        assert not list(offline[-1].rglob("*.ckpt"))
     # a finished run is skipped, not trained again
     again = cli("train", path)
     assert "already done, skipping" in again

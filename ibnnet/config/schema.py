@@ -179,6 +179,9 @@ class WandbConfig:
     entity: Optional[str] = None
     mode: str = "auto"                 # auto (online with an API key, else offline) | online | offline | disabled
     tags: List[str] = field(default_factory=list)
+    # A finished run's checkpoints in wandb: none, or reference (an artifact that points at the files in the run
+    # folder, file:// URIs with their checksums: no copy of gigabytes is uploaded).
+    checkpoints: str = "none"
 
 
 @dataclass

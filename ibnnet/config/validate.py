@@ -229,6 +229,7 @@ def validate(cfg: DictConfig) -> list[Problem]:
         check(v is None or v > 0, f"trainer.{key}", v, "must be > 0 (a fraction or a number of batches)")
 
     choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
+    choice("logger.wandb.checkpoints", cfg.logger.wandb.checkpoints, ("none", "reference"))
     choice("launcher.name", cfg.launcher.name, LAUNCHERS)
     check(cfg.launcher.heartbeat_s > 0, "launcher.heartbeat_s", cfg.launcher.heartbeat_s, "must be > 0")
     check(cfg.launcher.claim_timeout_s > 2 * cfg.launcher.heartbeat_s, "launcher.claim_timeout_s",

@@ -175,7 +175,9 @@ def _finish(cfg, folder: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
     }
     atomic_write_json(folder.metrics_path, metrics)
     from .wandb_results import publish_run_summary
-    publish_run_summary(result.get("loggers") or [], metrics)   # the same numbers where users look
+    checkpoints = [folder.checkpoint_dir / n for n in ("last.ckpt", "best.ckpt")] \
+        if cfg.logger.wandb.checkpoints == "reference" else []
+    publish_run_summary(result.get("loggers") or [], metrics, checkpoints)   # the same numbers where users look
     print(f"[ibnnet] {folder.path}: done -> {folder.metrics_path}")
     return metrics
 

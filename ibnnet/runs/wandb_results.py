@@ -37,8 +37,9 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]
     return out
 
 
-def publish_run_summary(loggers: list, metrics: dict[str, Any]) -> None:
-    """Put a finished run's ``metrics.json`` into the summary of its wandb run (each wandb logger of ``loggers``)."""
+def publish_run_summary(loggers: list, metrics: dict[str, Any], checkpoints: list[Path] | None = None) -> None:
+    """Put a finished run's ``metrics.json`` into the summary of its wandb run (each wandb logger of ``loggers``);
+    ``checkpoints``: files to log as a reference artifact (``logger.wandb.checkpoints: reference``)."""
     from pytorch_lightning.loggers import WandbLogger
     for logger in loggers:
         if not isinstance(logger, WandbLogger) or getattr(logger, "_broken", False):
@@ -47,6 +48,14 @@ def publish_run_summary(loggers: list, metrics: dict[str, Any]) -> None:
             run = logger.experiment
             if hasattr(run, "summary"):
                 run.summary.update(flatten_metrics(metrics))
+            files = [Path(c) for c in checkpoints or [] if Path(c).is_file()]
+            if files and hasattr(run, "log_artifact"):
+                import wandb
+                artifact = wandb.Artifact(f"checkpoints-{run.id}", type="model",
+                                          metadata={"run_id": metrics.get("run_id"), "epochs": metrics.get("epochs")})
+                for path in files:   # a reference: the URI and checksum, never the bytes
+                    artifact.add_reference(f"file://{path.resolve()}", name=path.name)
+                run.log_artifact(artifact)
         except Exception as e:   # the result is in metrics.json already; wandb is a copy of it
             log.warning("wandb: could not write the run's summary (%s: %s); metrics.json has it",
                         type(e).__name__, e)
