@@ -48,8 +48,9 @@ def download_progress(enabled: bool) -> None:
 def reported_checkpoint(config_path: str | Path, cfg) -> tuple[Path, str] | None:
     """For a run folder's ``config.yaml``: the checkpoint whose numbers the experiment's table shows for that
     run, and a line saying which and why (``last.ckpt``, the final model, unless the table has
-    ``select: best``: ``best.ckpt``, the best validation epoch). None for any other config."""
-    from ..runs.folder import RunFolder
+    ``select: best``: ``best.ckpt``, the best validation epoch). None for any other config, and for a run that
+    trained nothing (its table shows the starting weights)."""
+    from ..runs.folder import CheckpointError, RunFolder
     from ..runs.runner import read_run_checkpoint
     config_path = Path(config_path)
     folder = RunFolder(config_path.resolve().parent)
@@ -58,7 +59,14 @@ def reported_checkpoint(config_path: str | Path, cfg) -> tuple[Path, str] | None
     last = folder.checkpoint_dir / "last.ckpt"
     metrics = folder.metrics()
     if not isinstance(metrics, dict):
-        return last, "the latest model; the run has not finished (no metrics.json), so no table reports it yet"
+        saved = [p for p in (folder.checkpoint_dir / "preempt.ckpt", last) if p.is_file()]
+        if not saved:
+            raise CheckpointError(f"{folder.path}: the run has not finished and has no checkpoint yet "
+                                  f"(looked for preempt.ckpt, last.ckpt in {folder.checkpoint_dir})")
+        newest = max(saved, key=lambda p: p.stat().st_mtime)
+        return newest, "the latest model; the run has not finished (no metrics.json), so no table reports it yet"
+    if metrics.get("evaluation_only"):
+        return None   # trainer.max_epochs: 0 scored the starting weights, which is what evaluate then loads
     select, why = table_select(cfg)
     best = metrics.get("best") or {}
     if select == "best" and best.get("metrics"):
