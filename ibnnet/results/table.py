@@ -157,11 +157,26 @@ def _is_cls(records: list[Record]) -> bool:
 def changed_settings(exp: Experiment, overrides: tuple[str, ...]) -> list[str]:
     """The command-line overrides that change what the runs are (their config hash), e.g. trainer.max_epochs=2;
     not where they are kept (paths.*) or how they are launched and logged."""
+    from ..errors import ConfigError
     from ..runs.folder import config_hash
     if not overrides:
         return []
-    plain = [config_hash(cfg) for _, cfg in exp.configs()]
-    changed = [o for o in overrides if [config_hash(cfg) for _, cfg in exp.configs((o,))] != plain]
+
+    def hashes(over) -> list[str]:
+        return [config_hash(cfg) for _, cfg in exp.configs(tuple(over))]
+    # Each override among the others, not alone: one may only be valid beside another (data.augment.eval_resize
+    # with a smaller image_size), and leaving out one the rest cannot do without changes the runs too.
+    full = hashes(overrides)
+    changed = []
+    for i, o in enumerate(overrides):
+        try:
+            same = hashes(overrides[:i] + overrides[i + 1:]) == full
+        except ConfigError:
+            same = False
+        if not same:
+            changed.append(o)
+    if not changed and full != hashes(()):   # e.g. one setting given twice: neither copy alone makes the change
+        changed = list(overrides)
     return changed
 
 
