@@ -24,6 +24,15 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path, body):
     out = ibnnet("train", path, *(["logger.wandb.checkpoints=reference"] if "classification" in body else []))
     folder = RunFolder(run_dir(compose(path)))
     assert str(folder.path) in out.stdout
+    # in a pipe: our lines only, one per epoch, no progress-bar frames; the libraries' chatter is in train.log
+    console = out.stdout + out.stderr
+    assert "\r" not in console and "\x1b[" not in console
+    assert all(ln.startswith(("[ibnnet]", "ibnnet:")) for ln in console.splitlines() if ln.strip()), console
+    epochs = [ln for ln in out.stdout.splitlines() if ln.startswith("[ibnnet] epoch ")]
+    assert len(epochs) == compose(path).trainer.max_epochs and " img/s" in epochs[0], out.stdout
+    assert f"[ibnnet] wandb (offline): {folder.path / 'wandb'}; `ibnnet sync " in out.stdout
+    train_log = folder.log_path.read_text()
+    assert "Total params" in train_log and "srun" in train_log   # Lightning's model summary and its SLURM hint
     curve = losses(folder)
     n = len(curve) // compose(path).trainer.max_epochs  # steps per epoch
     first, last = sum(curve[:n]) / n, sum(curve[-n:]) / n

@@ -216,7 +216,8 @@ def primary_metric(cfg) -> tuple[str, str] | None:
     return f"val/{cfg.data.val[0].name}/{metric}", mode
 
 
-def build_callbacks(cfg, folder: RunFolder) -> list[Callback]:
+def build_callbacks(cfg, folder: RunFolder, progress_bar: bool | None = None) -> list[Callback]:
+    """``progress_bar``: Lightning's bar (a terminal), else one line per epoch (default: the config's setting)."""
     callbacks: list[Callback] = [
         # last.ckpt after every training epoch, whether or not that epoch is evaluated. (save_last would not
         # do: Lightning writes it only in steps where a top-k checkpoint was written too.)
@@ -228,10 +229,13 @@ def build_callbacks(cfg, folder: RunFolder) -> list[Callback]:
         callbacks.append(ModelCheckpoint(dirpath=folder.checkpoint_dir, filename="best", monitor=primary[0],
                                          mode=primary[1], save_top_k=1, auto_insert_metric_name=False,
                                          enable_version_counter=False))
-    if cfg.trainer.enable_progress_bar:
+    if cfg.trainer.enable_progress_bar if progress_bar is None else progress_bar:
         # The bar shows the step loss, and every refresh reads it from the GPU (.item(), a host-device sync):
         # refresh as often as the loggers write (trainer.log_every_n_steps), not every step.
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps)))
+    else:
+        from .console import EpochLines
+        callbacks.append(EpochLines(best_metric(cfg)[0]))
     if cfg.trainer.batch_average_batches > 0:
         callbacks.append(BatchAverageStats(cfg.trainer.batch_average_batches, cfg.trainer.batch_average_every_eval))
     return callbacks

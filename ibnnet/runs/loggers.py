@@ -58,6 +58,8 @@ class FailSafeWandbLogger(WandbLogger):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # Lightning always passes wandb.init an `anonymous` setting, which wandb 0.19+ only warns about.
+        self._wandb_init.pop("anonymous", None)
         self._broken = False
         for name in self._guarded:
             setattr(self, name, self._guard(getattr(self, name)))

@@ -118,7 +118,9 @@ def _execute_claimed(cfg, folder: RunFolder, flag: SignalFlag) -> dict[str, Any]
             attempts[-1]["resume_from"] = resume.name if resume else None
             folder.update_state(attempts=attempts)
             log.info("run %s (%s)", folder.path, "resuming from " + resume.name if resume else "fresh start")
-            result = train_and_evaluate(cfg, folder, flag, resume)
+            from .console import library_output_to
+            with library_output_to(handler):   # the libraries' notes and warnings: train.log, not the console
+                result = train_and_evaluate(cfg, folder, flag, resume)
         except RequeueRequested as e:
             _handle_requeue(cfg, folder, e)
             raise
@@ -230,6 +232,11 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
     if t.compile:
         task.compile_model()
     trainer = make_trainer(cfg, folder, flag=flag, resume_step=step)
+    if trainer.is_global_zero:
+        from .console import wandb_line
+        line = wandb_line(trainer.loggers, cfg.experiment)
+        if line:
+            print(line, flush=True)
     with fail_fast(trainer):
         return _fit_and_evaluate(trainer, task, dm, t, resume)
 
@@ -347,6 +354,8 @@ def make_trainer(cfg, folder: RunFolder | None = None, *, flag: SignalFlag | Non
     from .exact import ReseedEachBatch, SampleLog
     from .loggers import build_loggers
     exact = [ReseedEachBatch(t.seed)] + ([SampleLog(folder.path / "logs")] if t.log_sample_indices else [])
+    from ..progress import progress_enabled
+    bar = progress_enabled(progress, default=t.enable_progress_bar)   # a terminal: a bar; else a line per epoch
     strategy = build_strategy(t.strategy, process_count(t.devices, t.num_nodes, training_device_type(t.accelerator)))
     return pl.Trainer(
         **common,
@@ -354,9 +363,9 @@ def make_trainer(cfg, folder: RunFolder | None = None, *, flag: SignalFlag | Non
         max_epochs=t.max_epochs, max_steps=t.max_steps, limit_train_batches=t.limit_train_batches,
         devices=t.devices, num_nodes=t.num_nodes, strategy=strategy, check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val, enable_progress_bar=t.enable_progress_bar,
+        gradient_clip_val=t.gradient_clip_val, enable_progress_bar=bar,
         logger=build_loggers(cfg, folder, folder.path.name, resume_step),
-        callbacks=exact + build_callbacks(cfg, folder) + (callbacks or [])
+        callbacks=exact + build_callbacks(cfg, folder, bar) + (callbacks or [])
         + ([PreemptionCheckpoint(flag, folder.checkpoint_dir)] if flag is not None else []),
         plugins=build_plugins(cfg),
     )
