@@ -495,8 +495,8 @@ def test_version_and_every_positional_has_help(capsys):
                 for name, child in action.choices.items():
                     yield from parsers(child, path + (name,))
     sub = __import__("argparse")._SubParsersAction
-    undocumented = [f"{' '.join(path)} {a.dest}" for path, p in parsers(build_parser()) for a in p._actions
-                    if not a.option_strings and a.help is None and not isinstance(a, sub)]
+    undocumented = [f"{' '.join(path)} {a.option_strings or a.dest}" for path, p in parsers(build_parser())
+                    for a in p._actions if a.help is None and not isinstance(a, sub)]
     assert not undocumented, undocumented
 
 

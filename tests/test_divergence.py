@@ -266,3 +266,15 @@ def test_parse_image_set():
     assert parse_image_set("C:/photos") == (Path("C:/photos"), None)
     with pytest.raises(ValueError):
         parse_image_set("/data/val:9-3")
+
+
+def test_missing_images_are_reported_before_any_weights_are_loaded(tmp_path, monkeypatch):
+    """A wrong image folder is found in a second, not after the models' weights were downloaded."""
+    from test_cli import run_cli
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("weights were loaded before the image folders were checked")
+    monkeypatch.setattr("ibnnet.commands.analyze._load_models", no_download)
+    code, out, err = run_cli("analyze", "divergence", "--set-a", tmp_path / "nowhere", "--set-b", tmp_path / "none",
+                             "--model", "resnet50_ibn_a", "--out", tmp_path / "out")
+    assert code == 2 and "nowhere" in err and "Traceback" not in err, err

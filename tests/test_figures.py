@@ -134,6 +134,11 @@ def test_sn_weights_and_curves_over_an_experiment(tmp_path):
     assert {r["metric"] for r in pts} == {"train/top1_acc", "val/val/top1_acc"}
     with Image.open(cout / "curves.png") as im:
         assert im.format == "PNG"
+    # the figure is in the experiment's wandb results run too (offline, beside it)
+    from wandb_files import read_run
+    (logged,) = (cout / "wandb").glob("offline-run-*")
+    step = read_run(logged)["history"][0]
+    assert (logged / "files" / step["curves/path"]).read_bytes()[:4] == b"\x89PNG"
     cli("plot", "curves", exp_file, "--runs", runs, "--cells", "BN", "--metrics", "train/loss*", "--out", cout)
     assert {(r["label"], r["metric"]) for r in rows(cout / "curves.csv")} == {("BN 8x32", "train/loss_epoch")}
 

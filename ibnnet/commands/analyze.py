@@ -10,7 +10,7 @@ from ..config.loader import load_yaml
 from ..config.schema import PathsConfig
 from ..errors import ConfigError, MissingPathError
 from ..progress import add_progress_option, progress_bar, progress_enabled
-from .common import download_progress, experiment_args, results_dir, take_experiment_from_cells
+from .common import download_progress, experiment_args, log_figures, results_dir, take_experiment_from_cells
 
 log = logging.getLogger("ibnnet")
 
@@ -33,12 +33,14 @@ def add_analyze_commands(sub) -> None:
                    help="model to analyse (official weights unless @WEIGHTS or --no-pretrained)")
     d.add_argument("--no-pretrained", action="store_true", help="random weights (for testing the pipeline)")
     d.add_argument("--max-images", type=int, default=0, help="seeded subset of each set (0 = all)")
-    d.add_argument("--image-size", type=int, default=224)
-    d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--num-workers", type=int, default=4)
+    d.add_argument("--image-size", type=int, default=224,
+                   help="centre crop fed to the models, after a resize to size*256/224 (default 224; an analysis "
+                        "file's image_size wins)")
+    d.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    d.add_argument("--num-workers", type=int, default=4, help="image-decoding worker processes (default 4)")
     d.add_argument("--device", default=None, help="default: cuda if available")
     d.add_argument("--out", help="output folder (default: results/<experiment or 'divergence'>)")
-    d.add_argument("--title", default="Feature divergence")
+    d.add_argument("--title", default="Feature divergence", help="figure title without an analysis file")
     add_progress_option(d)
     add_sn_weights_parser(asub)
 
@@ -133,7 +135,6 @@ def cmd_divergence(args) -> int:
             raise ConfigError(f"{path}: not a divergence analysis file (analysis: divergence; unknown keys "
                               f"{sorted(unknown)})")
         specs = args.model or [f"{k}={v}" for k, v in data["models"].items()]
-        models = _load_models(specs, not args.no_pretrained)
         out_root = Path(args.out or Path(data["paths"]["results"]) / path.stem)
         for name, pair in data["pairs"].items():
             if args.pair and name not in args.pair:
@@ -144,20 +145,24 @@ def cmd_divergence(args) -> int:
     else:
         if not (args.set_a and args.set_b and args.model):
             raise ConfigError("give an analysis file, or --set-a, --set-b and at least one --model")
-        models = _load_models(args.model, not args.no_pretrained)
+        specs = args.model
         jobs.append(("divergence", args.set_a, args.set_b, args.max_images, args.title,
                      Path(args.out or "results/divergence")))
         size = args.image_size
+    # Every image folder is checked before any weights are loaded (or downloaded: minutes on a slow link).
+    image_sets = {}
     for name, a, b, max_images, title, out in jobs:
-        sets = []
-        for spec in (a, b):
-            root, classes = parse_image_set(spec)
-            sets.append(ImageSet(root, image_size=size, max_images=max_images, classes=classes,
-                                 resize_size=int(size * 256 / 224)))
+        image_sets[name] = [ImageSet(root, image_size=size, max_images=max_images, classes=classes,
+                                     resize_size=int(size * 256 / 224))
+                            for root, classes in (parse_image_set(spec) for spec in (a, b))]
+    models = _load_models(specs, not args.no_pretrained)
+    for name, a, b, max_images, title, out in jobs:
+        sets = image_sets[name]
         print(f"[ibnnet] {name}: {len(sets[0])} vs {len(sets[1])} images, {len(models)} models on {device}")
         layers, results = run_divergence(models, sets[0], sets[1], batch_size=args.batch_size, device=device,
                                          num_workers=args.num_workers, progress=progress)
         paths = divergence_report(results, layers, out, title)
+        log_figures(None, path.stem if args.experiment else "divergence", None, out, paths)
         print(paths["md"].read_text())
         print(f"[ibnnet] written: {', '.join(str(p) for p in paths.values())}")
     return 0
@@ -239,6 +244,10 @@ def cmd_sn_weights(args) -> int:
             paths.update({f"placement_{k}:{label}": v for k, v in write_placement(label, layers, out).items()})
     for label, layers in results.items():
         print(f"{label}: {len(layers)} SN layers")
+    if args.experiment:
+        log_figures(exp.compose_cell(exp.cells[0], tuple(args.overrides)), exp.name, exp.scale, out, paths)
+    else:
+        log_figures(None, "sn_weights", None, out, paths)
     print((out / "network.csv").read_text())
     print(f"[ibnnet] written: {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0

@@ -34,6 +34,19 @@ def take_experiment_from_cells(args) -> None:
             break
 
 
+def log_figures(cfg, experiment: str, scale: str | None, out: Path, paths: dict) -> None:
+    """The PNGs an analyze/plot command wrote, into the experiment's wandb results run (offline, beside them;
+    `ibnnet sync` uploads it). ``cfg``: a run config of the experiment (its logger settings), or None."""
+    from omegaconf import OmegaConf
+
+    from ..config.schema import RunConfig
+    from ..runs.wandb_results import publish_results
+    images = {Path(p).stem: Path(p) for p in paths.values() if str(p).endswith(".png")}
+    if images:
+        publish_results(cfg if cfg is not None else OmegaConf.structured(RunConfig), experiment, scale, out,
+                        images=images)
+
+
 def results_dir(exp, overrides, sub: str) -> Path:
     root = exp.compose_cell(exp.cells[0], tuple(overrides)).paths.results
     return exp.results_dir(root) / sub

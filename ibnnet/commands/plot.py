@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import experiment_args, results_dir, take_experiment_from_cells
+from .common import experiment_args, log_figures, results_dir, take_experiment_from_cells
 
 
 def add_plot_commands(sub) -> None:
@@ -35,6 +35,7 @@ def cmd_curves(args) -> int:
     out = Path(args.out) if args.out else results_dir(exp, args.overrides, "curves")
     title = args.title or exp.title.split(":")[0] + ": learning curves"
     paths = write_curves(runs, args.metrics, out, title)
+    log_figures(exp.compose_cell(exp.cells[0], tuple(args.overrides)), exp.name, exp.scale, out, paths)
     print(f"[ibnnet] {len(runs)} runs: {', '.join(r.label for r in runs)}")
     print(f"[ibnnet] written: {paths['png']}, {paths['csv']}", file=sys.stderr)
     return 0
