@@ -157,3 +157,23 @@ def test_fig5_axis_follows_the_paper_numbering():
     assert max(n for n, stage in numbering if stage == "conv2_x") == 4
     assert max(n for n, stage in numbering if stage == "conv3_x") == 8
     assert [n for n, stage in numbering if stage == "conv5_x"] == [15, 16, 17]
+
+
+def test_curves_of_a_cell_with_several_runs_need_where(tmp_path):
+    """Two runs of one cell (a variant made under other settings): the figure does not pick one silently;
+    --where chooses, as for tables."""
+    from ibnnet.experiments.grid import load_experiment
+    from ibnnet.runs.folder import RunFolder
+    exp_file = _experiment(tmp_path)
+    runs = tmp_path / "runs"
+    for extra, offset in (((), 1.0), (("trainer.max_epochs=2",), 50.0)):
+        for cell, cfg, folder in load_experiment(exp_file).folders((f"paths.runs={runs}", *extra)):
+            if cell.name == "norm=SN_setting=8x32":
+                RunFolder(folder.path).write_config(cfg)
+                _finished_run(folder.path, {}, _log(2, offset))
+    with pytest.raises(AssertionError, match=r"several runs \(variants\).*--where"):
+        cli("plot", "curves", exp_file, "--runs", runs, "--cells", "norm=SN_setting=8x32", "--out", tmp_path / "c")
+    cli("plot", "curves", exp_file, "--runs", runs, "--cells", "norm=SN_setting=8x32", "--where",
+        "trainer.max_epochs=2", "--out", tmp_path / "c")
+    values = {float(r["value"]) for r in rows(tmp_path / "c" / "curves.csv") if r["metric"] == "val/val/top1_acc"}
+    assert values == {50.0, 60.0}   # the variant's log, not the plain run's

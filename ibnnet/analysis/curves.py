@@ -48,17 +48,22 @@ def short_labels(cells: Sequence[dict[str, str]], names: Sequence[str]) -> list[
 
 
 def experiment_runs(experiment: str, scale: str | None = None, cells: Sequence[str] | None = None,
-                    overrides: Sequence[str] = (), finished: bool = False, runs_root: str | None = None):
+                    overrides: Sequence[str] = (), finished: bool = False, runs_root: str | None = None,
+                    where: list[str] | None = None):
     """(experiment, [RunRef]) for the cells of ``experiment`` whose run folder exists (and has finished).
 
     ``cells`` are patterns as in ``ibnnet sweep --only`` (glob, or substring without wildcards); a run is
-    kept when it matches any.  Raises FileNotFoundError naming the experiment when no run is found.
+    kept when it matches any.  A cell's run is found as ``table`` and ``status`` find it: the one its
+    settings name, or the only one on disk; several variants are an error that lists them, and ``where``
+    (KEY=VALUE) picks one.  Raises FileNotFoundError naming the experiment when no run is found.
     """
+    from ..experiments.discover import experiment_runs as cell_runs
+    from ..experiments.discover import single_folders
     from ..experiments.grid import load_experiment, select
-    from ..runs.folder import RunFolder, run_id, sanitize
 
     exp = load_experiment(experiment, scale)
-    triples = exp.folders(tuple(overrides))
+    overrides = (*overrides, f"paths.runs={runs_root}") if runs_root else tuple(overrides)
+    triples = [(c, cfg, f) for c, cfg, f in single_folders(cell_runs(exp, overrides, where)) if f is not None]
     if cells:
         chosen = {id(t) for pattern in cells for t in select(triples, pattern)}
         unmatched = [p for p in cells if not select(triples, p)]
@@ -66,8 +71,6 @@ def experiment_runs(experiment: str, scale: str | None = None, cells: Sequence[s
             raise ConfigError(f"{exp.name}: no cell matches {', '.join(map(repr, unmatched))} "
                              f"(cells: {', '.join(c.name for c, _, _ in triples)})")
         triples = [t for t in triples if id(t) in chosen]
-    if runs_root:
-        triples = [(c, cfg, RunFolder(Path(runs_root) / sanitize(exp.name) / run_id(cfg))) for c, cfg, _ in triples]
     present = [t for t in triples if (t[2].is_done() if finished else (t[2].path / "logs" / "metrics.csv").is_file())]
     if not present:
         where = triples[0][2].path.parent if triples else "?"

@@ -204,7 +204,7 @@ def cmd_sn_weights(args) -> int:
     title = args.title or "SN importance weights"
     if args.experiment:
         exp, runs = experiment_runs(args.experiment, args.scale, args.cells, args.overrides, finished=True,
-                                    runs_root=args.runs)
+                                    runs_root=args.runs, where=args.where)
         sources += [(_training_dataset(r.folder) if args.by_dataset else r.label,
                      r.folder / "checkpoints" / f"{args.which}.ckpt", True) for r in runs]
         out = Path(args.out) if args.out else results_dir(exp, args.overrides, "sn_weights")

@@ -12,6 +12,8 @@ def experiment_args(p: argparse.ArgumentParser, positional_optional: bool = Fals
     p.add_argument("--cells", nargs="+", metavar="PATTERN",
                    help="only these cells (glob or substring of the cell name, e.g. 'norm=SN' '8x2')")
     p.add_argument("--runs", help="runs root (default: paths.runs of the experiment's config)")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE",
+                   help="only runs whose config has KEY=VALUE (repeatable), to pick among variants of a cell")
     p.add_argument("--out", help="output folder (default: results/<experiment>[/<scale>]/...)")
     p.add_argument("--title", help="figure title")
     p.add_argument("overrides", nargs="*", help="config overrides as key=value (as given to sweep)")

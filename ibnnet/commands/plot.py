@@ -31,7 +31,8 @@ def cmd_curves(args) -> int:
     take_experiment_from_cells(args)
     if not args.experiment:
         raise ConfigError("plot curves: name the experiment (e.g. ibnnet plot curves sn_table2 --cells norm=SN)")
-    exp, runs = experiment_runs(args.experiment, args.scale, args.cells, args.overrides, runs_root=args.runs)
+    exp, runs = experiment_runs(args.experiment, args.scale, args.cells, args.overrides, runs_root=args.runs,
+                                where=args.where)
     out = Path(args.out) if args.out else results_dir(exp, args.overrides, "curves")
     title = args.title or exp.title.split(":")[0] + ": learning curves"
     paths = write_curves(runs, args.metrics, out, title)

@@ -121,7 +121,9 @@ def experiment_runs(exp: Experiment, overrides: tuple[str, ...] = (), where: lis
     if conditions and triples:
         check_where_keys(conditions, triples[0][1])
     found: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
-    if discover and not overrides:
+    # Overrides that only say where runs are kept (paths.*, launcher, logger) name the same runs: discover them too.
+    same_runs = not overrides or [f.path.name for _, _, f in triples] == [f.path.name for _, _, f in exp.folders()]
+    if discover and same_runs:
         roots = {Path(cfg.paths.runs) / sanitize(exp.name) for _, cfg, _ in triples}
         names = {cell.name for cell, _, _ in triples}
         for root in sorted(roots):
