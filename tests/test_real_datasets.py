@@ -376,3 +376,29 @@ def test_check_imagenet_and_missing_root(tmp_path):
     assert any("ILSVRC2012_img_val.tar" in h for h in report.hints)
     with pytest.raises(ValueError, match="unknown dataset"):
         check_dataset("coco", tmp_path)
+
+
+def test_imagenet_check_flags_folders_that_are_not_wnids_and_unreadable_images(tmp_path):
+    from PIL import Image
+
+    from ibnnet.data.tools.check import check_dataset
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        for wnid in ("n01440764", "n01443537"):
+            d = root / split / wnid
+            d.mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(d / "a.JPEG", format="JPEG")
+    (root / "train" / "__MACOSX").mkdir()   # an unpacking leftover would become class 0
+    Image.new("RGB", (8, 8)).save(root / "train" / "__MACOSX" / "x.JPEG", format="JPEG")
+    (root / "train" / "n01440764" / "html.JPEG").write_bytes(b"<html>rate limited</html>")
+    (root / "train" / "n01440764" / "empty.JPEG").write_bytes(b"")
+    good = (root / "val" / "n01440764" / "a.JPEG").read_bytes()
+    (root / "val" / "n01440764" / "cut.JPEG").write_bytes(good[: len(good) // 2])
+    report = check_dataset("imagenet", root)
+    text = "\n".join(report.problems)
+    assert "train/: 1 class folder(s) are not WordNet ids (ImageNet's look like n01440764): __MACOSX" in text
+    assert "train/n01440764/html.JPEG: not a JPEG or PNG (starts with b'<html>ra')" in text
+    assert "train/n01440764/empty.JPEG: empty file" in text
+    assert "cut.JPEG" not in text                       # the header is fine: only decoding finds it
+    decoded = "\n".join(check_dataset("imagenet", root, decode_images=True).problems)
+    assert "val/n01440764/cut.JPEG: cannot be decoded" in decoded

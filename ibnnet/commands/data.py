@@ -21,6 +21,9 @@ def add_data_commands(sub) -> None:
                    help="which dataset's layout to check the folder against")
     c.add_argument("root", help="the dataset's folder (e.g. data/imagenet; docs/datasets.md has each layout)")
     c.add_argument("--no-label-values", action="store_true", help="skip decoding labels (faster)")
+    c.add_argument("--decode-images", action="store_true",
+                   help="imagenet: decode every image to find truncated files (slow: about an hour for train on "
+                        "a few cores); without it each file's header is checked")
     add_progress_option(c)
     st = dsub.add_parser("stylize", help="IBN Tables 1/3 'Monet' set: a class-folder image set through CycleGAN",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -93,6 +96,7 @@ def run(args) -> int:
 def cmd_data_check(args) -> int:
     from ..data.tools.check import check_dataset
     report = check_dataset(args.name, args.root, check_label_values=not args.no_label_values,
+                           decode_images=args.decode_images,
                            progress=progress_enabled(args.progress))
     print(report.render())
     return 0 if report.ok else 1

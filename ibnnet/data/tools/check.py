@@ -13,6 +13,7 @@ Each kind of problem lists at most ``max_listed`` files, then a count of the res
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,7 +309,30 @@ def _check_gta5(report: CheckReport, root: Path, limit: int, check_values: bool,
     pairs.flush(report)
 
 
-def _check_imagenet(report: CheckReport, root: Path, limit: int, progress: bool = False) -> None:
+WNID = re.compile(r"n\d{8}")
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")   # JPEG; PNG (one ImageNet train ".JPEG" is a PNG)
+
+
+def _unreadable_image(path: Path, decode: bool) -> str | None:
+    """Why ``path`` cannot be read as an image (None if it can): empty, not a JPEG/PNG at all (an HTML error
+    page saved by a failed download), or, with ``decode``, a file the decoder rejects (truncated)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if not head:
+            return "empty file"
+        if not head.startswith(_IMAGE_MAGIC):
+            return f"not a JPEG or PNG (starts with {head[:8]!r})"
+        if decode:
+            with Image.open(path) as im:
+                im.load()
+    except (OSError, SyntaxError, ValueError) as e:   # PIL's errors for damaged files
+        return f"cannot be decoded ({type(e).__name__}: {str(e)[:80]})"
+    return None
+
+
+def _check_imagenet(report: CheckReport, root: Path, limit: int, progress: bool = False,
+                    decode: bool = False) -> None:
     fixes = {
         "train": f"train/ missing: unpack ILSVRC2012_img_train.tar (and the per-class tars in it) into "
                  f"{root / 'train'}/<wnid>/ (not needed for evaluation-only use such as IBN Table 1)",
@@ -333,21 +357,36 @@ def _check_imagenet(report: CheckReport, root: Path, limit: int, progress: bool 
                 report.hint(fixes[split])
             continue
         class_sets[split] = classes
+        not_wnids = [c for c in classes if not WNID.fullmatch(c)]
+        if not_wnids:   # each folder is a class: a stray one shifts every class index after it
+            report.problems.append(f"{split}/: {len(not_wnids)} class folder(s) are not WordNet ids (ImageNet's look "
+                                   f"like n01440764): {', '.join(not_wnids[:limit])}")
+            report.hint(f"remove the folders that are not wnids from {d} (or move their images into the right "
+                        "<wnid>/ folders): every folder becomes a class")
         empty = _Capped(f"empty {split} class folders", limit)
+        bad = _Capped(f"unreadable {split} images", limit)
         n_images = n_other = 0
         for wnid in progress_bar(classes, enabled=progress, desc=f"imagenet {split}", unit="class"):
             with os.scandir(d / wnid) as it:
                 names = [e.name for e in it if e.is_file()]
-            n = sum(1 for name in names if name.lower().endswith((".jpeg", ".jpg", ".png")))
-            n_images += n
-            n_other += len(names) - n
-            if n == 0:
+            images = [name for name in names if name.lower().endswith((".jpeg", ".jpg", ".png"))]
+            n_images += len(images)
+            n_other += len(names) - len(images)
+            if not images:
                 empty.add(f"{split}/{wnid} has no images")
+            for name in images:
+                why = _unreadable_image(d / wnid / name, decode)
+                if why:
+                    bad.add(f"{split}/{wnid}/{name}: {why}")
         report.counts[f"{split}_classes"] = len(classes)
         report.counts[split] = n_images
         _compare(report, f"{split}_classes", len(classes), f"{split} classes")
         _compare(report, split, n_images, f"{split} images")
         empty.flush(report.warnings)
+        if bad.total:
+            bad.flush(report.problems)
+            report.hint("unreadable images would stop a training run when they are sampled: extract them again from "
+                        "the release tars, or delete them")
         if n_other:
             report.warnings.append(f"{n_other} non-image files under {d} are ignored")
     if len(class_sets) == 2 and class_sets["train"] != class_sets["val"]:
@@ -571,12 +610,13 @@ def _check_robustness(report: CheckReport, root: Path, limit: int, progress: boo
 
 def check_dataset(
     name: str, root: str | os.PathLike, *, check_label_values: bool = True, max_listed: int = 20,
-    progress: bool = False,
+    progress: bool = False, decode_images: bool = False,
 ) -> CheckReport:
     """Check a dataset folder; ``name`` is one of :data:`DATASETS` (imagenet, cityscapes, gta5, bdd100k,
     mapillary, synthia, ade20k, imagenet_c, imagenet_r, imagenet_sketch).
 
-    ``progress``: a progress bar (stderr) over the images or class folders read."""
+    ``progress``: a progress bar (stderr) over the images or class folders read. ImageNet: every image's first
+    bytes are checked (a JPEG or PNG, not empty); ``decode_images`` also decodes each one (slow: truncated files)."""
     key = name.lower()
     if key not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose from {DATASETS}")
@@ -597,7 +637,7 @@ def check_dataset(
     elif key.startswith("imagenet_"):
         _check_robustness(report, root, max_listed, progress)
     else:
-        _check_imagenet(report, root, max_listed, progress)
+        _check_imagenet(report, root, max_listed, progress, decode=decode_images)
     return report
 
 
