@@ -112,6 +112,8 @@ def test_project_files_shadow_shipped_ones(wheel_env):
                cwd=proj)
     assert "model=IBN-a" not in out and "model=IBN-b" not in out          # the project's grid, not the shipped one
     assert [p.parent.name.split("-")[0] for p in (proj / "runs" / "demo").glob("*/metrics.json")] == ["model=BN"]
-    assert "| BN |" in (proj / "results" / "demo" / "table.md").read_text()
+    # made under result-changing overrides (1 epoch, 32 px): in ./results, beside the demo's own table
+    (table,) = (proj / "results" / "demo" / "variants").glob("*/table.md")
+    assert "| BN |" in table.read_text()
     run_config = next((proj / "runs" / "demo").glob("*/config.yaml")).read_text()
     assert run_config.count("num_samples: 16") == 2                   # the project's data part

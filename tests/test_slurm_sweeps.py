@@ -2,6 +2,7 @@
 import csv
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,7 +72,9 @@ def test_demo_sweep_runs_as_a_job_array_and_its_table_renders(slurm_cluster, tmp
     status = cli("status", demo, *overrides, env=env)
     assert status.count(" done ") == 2 and "pending" in status  # BN was left out of the cut
     table = cli("table", demo, *overrides, env=env)
-    assert "| IBN-b |" in table and (tmp_path / "results" / "demo" / "plot.png").is_file()
+    # made under result-changing overrides (1 epoch, 32 px): beside the demo's own table, never over it
+    plot = Path(next(ln for ln in table.splitlines() if ln.startswith("[ibnnet] plot:")).split(":", 1)[1].strip())
+    assert "| IBN-b |" in table and plot.is_file() and plot.parent.parent == tmp_path / "results" / "demo" / "variants"
 
 
 def test_two_task_ddp_job_records_world_size_two(slurm_cluster, tmp_path):

@@ -344,8 +344,9 @@ def cmd_demo(args) -> int:
                                  dry_run=False, only=None, retry_failed=False, stop_on_error=False, no_table=False,
                                  workers=1, yes=False, confirm_above=None)
     code = cmd_sweep(sweep_args)
+    from ..results.table import table_dir
     exp = load_experiment("demo")
-    out = exp.results_dir(exp.compose_cell(exp.cells[0], tuple(args.overrides)).paths.results)
+    out = table_dir(exp, exp.compose_cell(exp.cells[0], tuple(args.overrides)).paths.results, tuple(args.overrides))
     print(f"\n[ibnnet] demo finished in {time.time() - start:.0f} s. Outputs in {out}/ "
           f"(table.md, table.csv, plot.png); run folders under "
           f"{exp.compose_cell(exp.cells[0], tuple(args.overrides)).paths.runs}/demo/")

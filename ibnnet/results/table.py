@@ -302,18 +302,24 @@ def render_plot(exp: Experiment, tab: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def table_dir(exp: Experiment, results_root: str | Path, overrides: tuple[str, ...] = (),
+              where: list[str] | None = None) -> Path:
+    """Where the table of ``exp`` under these settings goes: the experiment's results folder, or beside it in
+    ``variants/<settings>/`` when overrides change the runs or --where picks among them (never over it)."""
+    out = exp.results_dir(results_root)
+    settings = changed_settings(exp, overrides)
+    return out / "variants" / variant_folder(settings, where) if settings or where else out
+
+
 def write_table(exp: Experiment, results_root: str | Path, overrides: tuple[str, ...] = (),
                 where: list[str] | None = None, discover: bool = True) -> dict[str, Path]:
     """``discover=False``: the folders this command names (after a sweep: the runs it made), not every variant."""
     records = collect(exp, overrides, where, discover)
     tab = build_table(exp, records)
-    out = exp.results_dir(results_root)
+    out = table_dir(exp, results_root, overrides, where)
     settings = changed_settings(exp, overrides)
-    variant = ""
-    if settings or where:   # beside the experiment's own table, never over it
-        out = out / "variants" / variant_folder(settings, where)
-        variant = " and ".join([*(["`" + " ".join(settings) + "`"] if settings else []),
-                                *(["--where `" + " ".join(where) + "`"] if where else [])])
+    variant = " and ".join([*(["`" + " ".join(settings) + "`"] if settings else []),
+                            *(["--where `" + " ".join(where) + "`"] if where else [])])
     comparable = exp.follows_paper_protocol and not settings
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "table.md", "csv": out / "table.csv", "plot": out / "plot.png"}

@@ -62,12 +62,17 @@ class EpochLines(Callback):
         self._train_time = 0.0
         self._images = 0
         self._epochs_timed = 0
+        self._validated = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
         self._epochs_timed = 0
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = not trainer.sanity_checking
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = False   # the metrics of an epoch without evaluation would be the last epoch's
         self._epoch_start = time.perf_counter()
         self._images = 0
         self._train_time = 0.0
@@ -90,7 +95,8 @@ class EpochLines(Callback):
         loss = m.get("train/loss_epoch")
         if loss is not None:
             parts.append(f"loss {float(loss):.4f}")
-        for key in sorted(k for k in m if k.startswith("val/") and k.endswith("/" + self.val_metric)):
+        for key in sorted(k for k in m if k.startswith("val/") and k.endswith("/" + self.val_metric)
+                          and self._validated):
             parts.append(f"{key.split('/')[1]} {self.val_metric} {float(m[key]):.2f}")
         if self._train_time > 0:
             parts.append(f"{self._images / self._train_time:.0f} img/s")
