@@ -111,4 +111,6 @@ def test_best_and_last_of_one_step_are_one_file(tmp_path):
     io.save_checkpoint(state(15), best)
     assert best.stat().st_ino == last.stat().st_ino
     assert torch.load(best, weights_only=True)["state_dict"]["w"][0] == 15
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt", "last.prev.ckpt"]
+    io.save_checkpoint(state(15), tmp_path / "preempt.ckpt")   # a file without a twin is written as it is
+    assert (tmp_path / "preempt.ckpt").stat().st_nlink == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt", "last.prev.ckpt", "preempt.ckpt"]

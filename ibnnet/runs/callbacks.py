@@ -61,8 +61,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self._write(checkpoint, Path(path))
         path, step = Path(path), checkpoint.get("global_step")
         self._saved_step[path] = step
-        twin = path.with_name(self.SAME_WHEN_SAME_STEP.get(path.name, ""))
-        if twin != path and step is not None and self._saved_step.get(twin) == step and twin.is_file():
+        twin_name = self.SAME_WHEN_SAME_STEP.get(path.name)   # preempt.ckpt and others have none
+        twin = path.with_name(twin_name) if twin_name else None
+        if twin is not None and step is not None and self._saved_step.get(twin) == step and twin.is_file():
             link = twin.with_name(f".{twin.name}.{os.getpid()}.tmp")
             link.unlink(missing_ok=True)
             os.link(path, link)
