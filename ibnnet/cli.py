@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run experiments/demo.yaml on the built-in data and render its table",
                        description="BN vs IBN-a vs IBN-b ResNets on the built-in two-domain data, in-domain and "
                                    "cross-domain, on the CPU in minutes.")
+    p.add_argument("--retry-failed", action="store_true", help="run cells that failed in an earlier demo again")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
     p = sub.add_parser("init", help="copy the shipped configs and experiment files into a project folder",

@@ -189,7 +189,7 @@ def launches(monkeypatch):
 
     def run_local(folders, **kwargs):
         started.extend(f.path.name for f in folders)
-        return {"done": list(folders), "skipped": [], "failed": []}
+        return {"done": list(folders), "skipped": [], "failed": [], "failed_before": []}
 
     def sbatch(script):
         started.append(script.name)

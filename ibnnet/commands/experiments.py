@@ -341,7 +341,8 @@ def cmd_demo(args) -> int:
     from types import SimpleNamespace
     start = time.time()
     sweep_args = SimpleNamespace(experiment="demo", scale=None, overrides=args.overrides, launcher="local",
-                                 dry_run=False, only=None, retry_failed=False, stop_on_error=False, no_table=False,
+                                 dry_run=False, only=None, retry_failed=args.retry_failed, stop_on_error=False,
+                                 no_table=False,
                                  workers=1, yes=False, confirm_above=None)
     code = cmd_sweep(sweep_args)
     from ..results.table import table_dir
