@@ -32,8 +32,8 @@ def finish(path, overrides, errors):
     for cell, cfg, folder in load_experiment(path).folders(tuple(overrides)):
         folder.write_config(cfg)
         err = errors[cell.labels["model"]]
-        folder.metrics_path.write_text(json.dumps({"metrics": {"synthetic": {"top1_err": err},
-                                                               "real": {"top1_err": err + 30}}}))
+        folder.metrics_path.write_text(json.dumps({"metrics": {"in-domain": {"top1_err": err},   # the demo's sets
+                                                               "cross-domain": {"top1_err": err + 30}}}))
         out[cell.labels["model"]] = folder.path.name
     return out
 
@@ -61,7 +61,7 @@ def test_runs_launched_with_other_settings_are_found_and_variants_selected(exper
     assert code == 0 and "4 done" in out and "2 cell(s) have several runs" in out
     bn = "\n".join(out.split("model=BN", 1)[1].splitlines()[:2])   # the cell's line and its second variant
     assert f"{seed1['BN']}  [variant" in bn and f"{seed2['BN']}  [variant" in bn
-    assert "trainer.seed=1] synthetic: top1_err 40.00" in bn and "trainer.seed=2] synthetic: top1_err 44.00" in bn
+    assert "trainer.seed=1] in-domain: top1_err 40.00" in bn and "trainer.seed=2] in-domain: top1_err 44.00" in bn
     code, _, err = cli(capsys, "table", experiment)
     assert code == 2 and "several runs" in err and "--where" in err and len(err.strip().splitlines()) == 1
     code, out, _ = cli(capsys, "table", experiment, "--where", "trainer.seed=2")

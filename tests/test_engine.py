@@ -27,7 +27,7 @@ def write(path: Path, text: str) -> Path:
 def test_demo_config_composes_from_parts():
     cfg = compose(DEMO)
     assert cfg.task == "classification" and cfg.model.name == "resnet18_ibn_a"
-    assert [v.name for v in cfg.data.val] == ["synthetic", "real"]
+    assert [v.name for v in cfg.data.val] == ["in-domain", "cross-domain"]   # the demo names them by their role
     assert cfg.optim.schedule == "cosine" and cfg.trainer.accelerator == "cpu"
     assert cfg.data.eval_batch_size == cfg.data.batch_size  # filled default
 
@@ -204,10 +204,10 @@ def test_table_from_run_folders_with_paper_numbers(tmp_path):
           model:
             key: model.name
             values: {BN: resnet18_bn, IBN-a: resnet18_ibn_a}
-        table: {rows: model, columns: eval, metrics: [top1_err, top5_err], eval_labels: {real: cross}}
+        table: {rows: model, columns: eval, metrics: [top1_err, top5_err], eval_labels: {cross-domain: cross}}
         paper:
-          - {model: BN, eval: synthetic, top1_err: 24.27, top5_err: 7.08}
-          - {model: IBN-a, eval: real, top1_err: 22.54, top5_err: 6.32}
+          - {model: BN, eval: in-domain, top1_err: 24.27, top5_err: 7.08}
+          - {model: IBN-a, eval: cross-domain, top1_err: 22.54, top5_err: 6.32}
     """)
     exp = load_experiment(path)
     overrides = (f"paths.runs={tmp_path / 'runs'}",)
@@ -215,7 +215,7 @@ def test_table_from_run_folders_with_paper_numbers(tmp_path):
     cell, cfg, folder = triples[0]  # BN done; IBN-a still pending
     folder.write_config(cfg)
     folder.metrics_path.write_text(json.dumps({"metrics": {
-        "synthetic": {"top1_err": 25.0, "top5_err": 7.0}, "real": {"top1_err": 60.5, "top5_err": 30.25}}}))
+        "in-domain": {"top1_err": 25.0, "top5_err": 7.0}, "cross-domain": {"top1_err": 60.5, "top5_err": 30.25}}}))
     paths = write_table(exp, tmp_path / "results", overrides)
     md = paths["markdown"].read_text()
     assert "# Table test" in md
@@ -224,7 +224,7 @@ def test_table_from_run_folders_with_paper_numbers(tmp_path):
     assert "cross ours" in md
     rows = paths["csv"].read_text().splitlines()
     assert rows[0].startswith("model,eval,metric,ours,paper,delta,status,run_id")
-    assert "BN,synthetic,top1_err,25.0000,24.2700,0.7300,done," in paths["csv"].read_text()
+    assert "BN,in-domain,top1_err,25.0000,24.2700,0.7300,done," in paths["csv"].read_text()
     assert paths["plot"].stat().st_size > 1000
     assert paths["markdown"].parent == tmp_path / "results" / "tabletest"
 
@@ -277,16 +277,16 @@ def test_tables_under_other_settings_go_beside_the_plain_one(tmp_path):
         grid: {model: {key: model.name, values: {BN: resnet18_bn}}}
         table: {rows: model, columns: eval, metrics: [top1_err, top5_err]}
         paper:
-          - {model: BN, eval: synthetic, top1_err: 24.27, top5_err: 7.08}
+          - {model: BN, eval: in-domain, top1_err: 24.27, top5_err: 7.08}
     """)
     where_runs = (f"paths.runs={tmp_path / 'runs'}",)
-    for scale in ("full", "reduced"):
-        exp = load_experiment(path, scale)
-        for extra in ((), ("trainer.max_epochs=1",)):
-            (_, cfg, folder), = exp.folders(where_runs + extra)
-            folder.write_config(cfg)
-            folder.metrics_path.write_text(json.dumps({"metrics": {"synthetic": {"top1_err": 25.0, "top5_err": 7.0},
-                                                                   "real": {"top1_err": 50.0, "top5_err": 20.0}}}))
+
+    def finish(scale, extra=()):
+        (_, cfg, folder), = load_experiment(path, scale).folders(where_runs + extra)
+        folder.write_config(cfg)
+        folder.metrics_path.write_text(json.dumps({"metrics": {"in-domain": {"top1_err": 25.0, "top5_err": 7.0},
+                                                               "cross-domain": {"top1_err": 50.0, "top5_err": 20.0}}}))
+    finish("full")
     full = write_table(load_experiment(path, "full"), tmp_path / "results", where_runs)
     assert full["markdown"] == tmp_path / "results" / "vartest" / "full" / "table.md"
     assert "| BN | 25.00/7.00 | 24.27/7.08 | +0.73/-0.08 |" in full["markdown"].read_text()
@@ -300,24 +300,24 @@ def test_tables_under_other_settings_go_beside_the_plain_one(tmp_path):
     table = json.loads((full["wandb"] / "files" / step["table/path"]).read_text())
     csv_rows = [r.split(",") for r in full["csv"].read_text().splitlines()]
     assert table["columns"] == csv_rows[0] and len(table["data"]) == len(csv_rows) - 1
-    assert ["BN", "synthetic", "top1_err", 25.0, 24.27, 0.73, "done"] == table["data"][0][:7]
+    assert ["BN", "in-domain", "top1_err", 25.0, 24.27, 0.73, "done"] == table["data"][0][:7]
     assert (full["wandb"] / "files" / step["plot/path"]).stat().st_size > 1000
+    finish("full", ("trainer.max_epochs=1",))
     tried = write_table(load_experiment(path, "full"), tmp_path / "results", where_runs + ("trainer.max_epochs=1",))
     assert tried["markdown"].parent.parent == full["markdown"].parent / "variants"
     assert full["markdown"].read_text() == plain                         # the plain table is untouched
     text = tried["markdown"].read_text()
     assert "Made under `trainer.max_epochs=1`" in text and "Δ" not in text.split("\n\n", 2)[2]
     assert "| BN | 25.00/7.00 | 24.27/7.08 |" in text and "+0.73" not in text
+    finish("reduced")
     reduced = write_table(load_experiment(path, "reduced"), tmp_path / "results", where_runs)
     text = reduced["markdown"].read_text()
     assert reduced["markdown"] == tmp_path / "results" / "vartest" / "reduced" / "table.md"
     assert "for reference only" in text and "+0.73" not in text and "| BN | 25.00/7.00 | 24.27/7.08 |" in text
     assert ",0.7300," not in reduced["csv"].read_text()
-    from ibnnet.config import ConfigError
     with pytest.raises(ConfigError, match=r"--where trainer.max_epoch=5: no config key 'trainer.max_epoch'; "
                                           r"did you mean trainer.max_epochs\?"):
         write_table(load_experiment(path, "full"), tmp_path / "results", where_runs, ["trainer.max_epoch=5"])
-
 
 def test_no_plot_without_results_and_a_title_saying_what_is_drawn(tmp_path):
     path = experiment(tmp_path, """

@@ -18,10 +18,10 @@ BODY = TINY
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 230 MiB tmpfs: room for one epoch's last.ckpt and best.ckpt of a ResNet-18 (90 MB each), not a third."""
+    """A 150 MiB tmpfs: room for one last.ckpt of a ResNet-18 (90 MB), not a second beside it."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=230m", "tmpfs", str(mount)], capture_output=True,
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150m", "tmpfs", str(mount)], capture_output=True,
                           text=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
@@ -33,7 +33,9 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, small_disk):
     path = config(tmp_path, BODY)
-    folder = prepare(compose(path, [f"paths.runs={small_disk}"]))
+    # No evaluation, so no best.ckpt: the second epoch's last.ckpt is the write that cannot fit (a best.ckpt of
+    # the same step would be a hard link to last.ckpt, taking no room of its own).
+    folder = prepare(compose(path, [f"paths.runs={small_disk}", "data.val=[]"]))
     proc = subprocess.run([sys.executable, "-m", "ibnnet", "run", str(folder.path)], env=ENV, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and not folder.is_done()

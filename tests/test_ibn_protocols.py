@@ -459,15 +459,15 @@ def test_table_select_final_or_best(tmp_path):
                 values: {{BN: resnet18_bn}}
             table: {{rows: model, columns: eval, metrics: [top1_err, top5_err], select: {select}}}
             paper:
-              - {{model: BN, eval: synthetic, top1_err: 24.0, top5_err: 7.0}}
+              - {{model: BN, eval: in-domain, top1_err: 24.0, top5_err: 7.0}}
         """))
         return load_experiment(path)
     overrides = (f"paths.runs={tmp_path / 'runs'}",)
     exp = experiment("best")
     (cell, cfg, folder), = exp.folders(overrides)
     folder.write_config(cfg)
-    final = {"synthetic": {"top1_err": 30.0, "top5_err": 9.0}, "real": {"top1_err": 70.0, "top5_err": 40.0}}
-    best = {"synthetic": {"top1_err": 25.0, "top5_err": 8.0}, "real": {"top1_err": 72.0, "top5_err": 41.0}}
+    final = {"in-domain": {"top1_err": 30.0, "top5_err": 9.0}, "cross-domain": {"top1_err": 70.0, "top5_err": 40.0}}
+    best = {"in-domain": {"top1_err": 25.0, "top5_err": 8.0}, "cross-domain": {"top1_err": 72.0, "top5_err": 41.0}}
     folder.metrics_path.write_text(json.dumps({"metrics": final, "best": {"epoch": 3, "metrics": best}}))
     md = write_table(exp, tmp_path / "results", overrides)["markdown"].read_text()
     assert "| BN | 25.00/8.00 | 24.00/7.00 | +1.00/+1.00 | 72.00/41.00 |" in md and "best validation epoch" in md
@@ -481,7 +481,7 @@ def test_table_select_final_or_best(tmp_path):
 
 
 def test_style_monet_download_is_cached_and_writes_are_atomic(tmp_path, monkeypatch):
-    from ibnnet.data import stylize
+    from ibnnet.data.tools import stylize
     calls = []
 
     def fake_download(url, dst, progress=True):
