@@ -550,20 +550,25 @@ def _check_robustness(report: CheckReport, root: Path, limit: int, progress: boo
     name = report.name
     if name == "imagenet_c":
         missing = _Capped("missing ImageNet-C folders", limit)
-        small = []
-        for c in progress_bar(CORRUPTIONS, enabled=progress, desc="imagenet_c", unit="corruption"):
-            for s in SEVERITIES:
-                if not corruption_folder(root, c, s).is_dir():
-                    missing.add(f"missing: {_rel(corruption_folder(root, c, s), root)}/")
-                    continue
-                try:
-                    n = len(imagenet_c(root, c, s))
-                except (DataNotFoundError, DataError) as e:
-                    report.problems.append(str(e))
-                    continue
-                report.counts[f"{c}/{s}"] = n
-                if n != EXPECTED[name]["per_set"]:
-                    small.append(f"{c}/{s}: {n}")
+        small: list[str] = []
+
+        def count_sets(corruptions, missing: _Capped, prefix: str = "", note: str = "") -> None:
+            """Each corruption x severity folder: present, readable, and its image count (for the warning)."""
+            for c in corruptions:
+                for s in SEVERITIES:
+                    folder = corruption_folder(root, c, s)
+                    if not folder.is_dir():
+                        missing.add(f"missing: {_rel(folder, root)}/{note}")
+                        continue
+                    try:
+                        n = len(imagenet_c(root, c, s))
+                    except (DataNotFoundError, DataError) as e:
+                        report.problems.append(str(e))
+                        continue
+                    report.counts[f"{prefix}{c}/{s}"] = n
+                    if n != EXPECTED[name]["per_set"]:
+                        small.append(f"{c}/{s}: {n}")
+        count_sets(progress_bar(CORRUPTIONS, enabled=progress, desc="imagenet_c", unit="corruption"), missing)
         missing.flush(report.problems)
         if missing.total:
             report.hint("unpack the four released tars (noise, blur, weather, digital) into this folder, or make the "
@@ -573,20 +578,7 @@ def _check_robustness(report: CheckReport, root: Path, limit: int, progress: boo
         # then all 20 folders are needed, as the spec that reads them (imagenet_c_extra) lists all four.
         present = [c for c in EXTRA_CORRUPTIONS if any(corruption_folder(root, c, s).is_dir() for s in SEVERITIES)]
         extra_missing = _Capped("missing extra corruption folders", limit)
-        for c in EXTRA_CORRUPTIONS if present else ():
-            for s in SEVERITIES:
-                folder = corruption_folder(root, c, s)
-                if not folder.is_dir():
-                    extra_missing.add(f"missing: {_rel(folder, root)}/ (extra corruption)")
-                    continue
-                try:
-                    n = len(imagenet_c(root, c, s))
-                except (DataNotFoundError, DataError) as e:
-                    report.problems.append(str(e))
-                    continue
-                report.counts[f"extra/{c}/{s}"] = n
-                if n != EXPECTED[name]["per_set"]:
-                    small.append(f"{c}/{s}: {n}")
+        count_sets(EXTRA_CORRUPTIONS if present else (), extra_missing, "extra/", " (extra corruption)")
         extra_missing.flush(report.problems)
         if extra_missing.total:
             report.hint("the extras are partly there: unpack the whole extra.tar into this folder, or make them with "
