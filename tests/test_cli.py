@@ -368,7 +368,7 @@ def test_sync_uploads_each_offline_run_once(tmp_path, monkeypatch):
     results = RunFolder(tmp_path / "results" / "exp")
     table_run = fake_offline_run(results, "20260103_000000")
     code, out, _ = run_cli("sync", path)
-    assert code == 0 and calls[-1] == [table_run.name] and f"synced          exp  1 offline run(s)" in out, out
+    assert code == 0 and calls[-1] == [table_run.name] and "synced          exp  1 offline run(s)" in out, out
 
 
 def closed_port() -> int:

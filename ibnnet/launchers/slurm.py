@@ -43,7 +43,7 @@ def gpus_per_node(cfg: DictConfig) -> int:
 
 def check_slurm_config(cfg: DictConfig, where: str) -> None:
     cfg = physical_config(cfg)
-    t, sl = cfg.trainer, cfg.launcher.slurm
+    t = cfg.trainer
     gpus = gpus_per_node(cfg)
     if not isinstance(t.devices, int):
         raise ConfigError(f"{where}: trainer.devices={t.devices!r}: must be a number under SLURM "
