@@ -17,13 +17,24 @@ _PACKAGES = ("ibnnet", "torch", "torchvision", "timm", "pytorch-lightning", "tor
 def is_rank_zero() -> bool:
     """Whether this process writes run state, before any process group exists.
 
-    torchrun sets RANK, srun sets SLURM_PROCID, and Lightning's own launcher starts the extra local
-    processes with LOCAL_RANK/NODE_RANK set.
+    The most specific source wins; a process inherits every variable of the one that started it, so a
+    launcher's per-process variables come before those of the scheduler task it runs in.
     """
-    for var in ("RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return int(os.environ[var]) == 0
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    env = os.environ
+    # torchrun / torchelastic: the global rank, set for each process it starts (also when torchrun itself runs
+    # as an srun task, whose SLURM_PROCID all its processes then share).
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    # Lightning's _SubprocessScriptLauncher (DDP without SLURMEnvironment: a plain machine, an sbatch script,
+    # one srun task): it sets LOCAL_RANK=0 and NODE_RANK in itself and starts local ranks 1..N-1 as copies of
+    # the command with LOCAL_RANK set. They inherit the SLURM_PROCID=0 of the task that started them.
+    if "LOCAL_RANK" in env or "NODE_RANK" in env:
+        return int(env.get("LOCAL_RANK", "0")) == 0 and int(env.get("NODE_RANK", "0")) == 0
+    # srun: one task per rank (Lightning's SLURMEnvironment takes SLURM_PROCID as the global rank). Only inside
+    # a job step is it this task's own; elsewhere (sbatch's batch script: 0) there is one process.
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"]) == 0
+    return True
 
 
 def package_versions() -> dict[str, str]:
