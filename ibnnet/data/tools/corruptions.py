@@ -144,12 +144,25 @@ def _job(job) -> tuple[int, str, str]:
         return written, src, f"{type(e).__name__}: {e}"
 
 
+def _marker_tmp(name: str) -> bool:
+    """The temporary file of a marker being written (files.atomic_output), e.g. by a shard started beside this one."""
+    return name.startswith(f".{MARKER}.") and name.endswith(".tmp")
+
+
 def _check_marker(dst: Path, settings: dict) -> dict:
     marker = read_json(dst / MARKER)
     if marker is None:
-        if dst.is_dir() and any(dst.iterdir()):
+        others = [p.name for p in dst.iterdir() if not _marker_tmp(p.name)] if dst.is_dir() else []
+        # Shards started together: another one may have renamed its marker into place (and made folders after
+        # it) since the first read; the marker is always in place before anything else of a set is written.
+        marker = read_json(dst / MARKER)
+    if marker is None:
+        if (dst / MARKER).exists():
+            raise DataError(f"{dst / MARKER}: unreadable (not JSON); if this folder is a set made by 'ibnnet data "
+                            "corrupt', delete the file and run again with the same settings")
+        if others:
             raise DataError(f"{dst} exists, is not empty and has no {MARKER}: not a set made by 'ibnnet data "
-                            "corrupt'; choose an empty or new folder")
+                            f"corrupt' (it has {', '.join(sorted(others)[:3])}); choose an empty or new folder")
         return {}
     differ = {k: (marker.get(k), v) for k, v in settings.items() if marker.get(k) != v}
     if differ:
