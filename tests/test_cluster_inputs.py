@@ -54,3 +54,38 @@ def test_corrupt_shards_started_together_all_run_and_a_foreign_folder_is_still_r
     with pytest.raises(DataError, match=f"has no {MARKER}: not a set made by"):
         corrupt_imagenet(src, foreign, shard=(0, 3), **kw)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def _finished_run(root, experiment, run_id, scale="reduced", lr=0.01):
+    import json
+    folder = root / experiment / run_id
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"experiment: {experiment}\nscale: {scale}\noptim: {{lr: {lr}}}\n")
+    (folder / "metrics.json").write_text(json.dumps({"metrics": {}}))
+    return folder
+
+
+def test_a_run_reference_names_exactly_one_run_of_exactly_that_cell(tmp_path):
+    from ibnnet.models.weights import WeightsError
+    from ibnnet.tasks.common import resolve_weights_path
+    runs = tmp_path / "runs"
+    plain = _finished_run(runs, "t6", "model=IBN-Net50-0123abcd")
+    time.sleep(0.02)
+    _finished_run(runs, "t6", "model=IBN-Net50-a-89abcdef")   # another cell whose name starts the same, newer
+    assert resolve_weights_path("run:t6/model=IBN-Net50", runs) == plain / "checkpoints" / "last.ckpt"
+    assert resolve_weights_path("run:t6/model=IBN-Net50-a:best", runs).parent.parent.name == "model=IBN-Net50-a-89abcdef"
+    # a second run of the cell with other settings: which one is meant is not guessed
+    other = _finished_run(runs, "t6", "model=IBN-Net50-fedcba98", lr=0.02)
+    with pytest.raises(WeightsError) as e:
+        resolve_weights_path("run:t6/model=IBN-Net50", runs)
+    msg = str(e.value)
+    assert "2 finished runs of cell 'model=IBN-Net50'" in msg and "\n" not in msg
+    assert "model=IBN-Net50-0123abcd (scale reduced, optim.lr=0.01)" in msg
+    assert "model=IBN-Net50-fedcba98 (scale reduced, optim.lr=0.02)" in msg
+    assert "run:t6/model=IBN-Net50-0123abcd" in msg and "@<scale>" in msg
+    # picked by its run id, or by its scale when that is what differs
+    assert resolve_weights_path("run:t6/model=IBN-Net50-fedcba98", runs).parent.parent == other
+    _finished_run(runs, "t6", "model=IBN-Net50-00001111", scale="full")
+    assert resolve_weights_path("run:t6/model=IBN-Net50@full", runs).parent.parent.name == "model=IBN-Net50-00001111"
+    with pytest.raises(WeightsError, match="no finished run of cell 'model=IBN-Net5'"):
+        resolve_weights_path("run:t6/model=IBN-Net5", runs)

@@ -33,8 +33,9 @@ class ModelConfig:
     zero_init_last: Optional[bool] = None
     drop_rate: Optional[float] = None
     pretrained: bool = False                     # the named model's official weights
-    # Or weights from a file in any supported format, or "run:<experiment>/<cell>" for the last checkpoint
-    # of another experiment's finished cell (e.g. fine-tuning GTA5-trained models, IBN Table 8).
+    # Or weights from a file in any supported format, or "run:<experiment>/<cell>[:best][@scale]" for the last
+    # checkpoint of another experiment's finished cell (e.g. fine-tuning GTA5-trained models, IBN Table 8); a run id
+    # (<cell>-<hash>) instead of the cell picks one run when the cell has several (tasks/common.py).
     pretrained_file: Optional[str] = None
     channels_last: bool = False
 

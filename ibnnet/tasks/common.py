@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,13 @@ def model_kwargs(m) -> dict[str, Any]:
     return kw
 
 
+_RUN_ID = re.compile(r"-[0-9a-f]{8}")   # what runs/folder.py run_id puts after the cell's name: its config hash
+
+
 def resolve_weights_path(value: str, runs_root: str | Path) -> Path:
-    """A weight file path, or ``run:<experiment>/<cell>[:best|last][@scale]`` -> that finished run's checkpoint."""
+    """A weight file path, or ``run:<experiment>/<cell or run id>[:best|last][@scale]`` -> that finished run's
+    checkpoint. A cell's runs are the folders ``<cell>-<8 hex digits>``, exactly (``IBN-Net50`` is not
+    ``IBN-Net50-a``); when several finished runs of the cell remain (other settings), it is an error naming them."""
     if not value.startswith("run:"):
         return Path(value)
     ref = value[len("run:"):]
@@ -45,19 +51,51 @@ def resolve_weights_path(value: str, runs_root: str | Path) -> Path:
     cell, _, which = cell.partition(":")
     which = which or "last"
     if not experiment or not cell or which not in ("last", "best"):
-        raise WeightsError(f"{value}: expected run:<experiment>/<cell>[:last|best][@scale]")
+        raise WeightsError(f"{value}: expected run:<experiment>/<cell or run id>[:last|best][@scale]")
     folder = Path(runs_root) / sanitize(experiment)
-    done = [p.parent for p in folder.glob(f"{sanitize(cell)}-*/metrics.json")]
+    name = sanitize(cell)
+    if _RUN_ID.fullmatch(name[-9:]) and (folder / name / "metrics.json").is_file():
+        done = [folder / name]   # a run id: that very run
+    else:
+        done = sorted(p.parent for p in folder.glob("*/metrics.json")
+                      if p.parent.name[:-9] == name and _RUN_ID.fullmatch(p.parent.name[-9:]))
+    configs = {d: _recorded_config(d) for d in done}
     if scale:
-        done = [d for d in done if (yaml.safe_load((d / "config.yaml").read_text()) or {}).get("scale") == scale]
+        done = [d for d in done if configs[d].get("scale") == scale]
     if not done:
         where = f" at scale {scale}" if scale else ""
         raise WeightsError(f"{value}: no finished run of cell {cell!r}{where} under {folder}; "
                            f"run `ibnnet sweep {experiment}` first")
-    newest = max(done, key=lambda d: (d / "metrics.json").stat().st_mtime)
     if len(done) > 1:
-        log.warning("%s: %d finished runs match; using the newest, %s", value, len(done), newest.name)
-    return newest / "checkpoints" / f"{which}.ckpt"
+        differ = _differences([configs[d] for d in done])
+        runs = ", ".join(f"{d.name} (scale {configs[d].get('scale') or '-'}{', ' + diff if diff else ''})"
+                         for d, diff in zip(done, differ))
+        raise WeightsError(f"{value}: {len(done)} finished runs of cell {cell!r} under {folder}: {runs}; name one by "
+                           f"its run id (e.g. run:{experiment}/{done[0].name}), or add @<scale> when their scales "
+                           f"differ")
+    return done[0] / "checkpoints" / f"{which}.ckpt"
+
+
+def _recorded_config(run: Path) -> dict:
+    try:
+        return yaml.safe_load((run / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+_NOT_SETTINGS = ("paths.", "logger.", "launcher.", "experiment", "scale", "run_name", "grid.")
+
+
+def _differences(configs: list[dict]) -> list[str]:
+    """For each config, ``key=value`` of the settings in which they differ (not where and how it ran, nor its name)."""
+    def flat(d, prefix=""):
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+    flats = [flat(c) for c in configs]
+    keys = sorted(k for k in set().union(*flats) if not k.startswith(_NOT_SETTINGS)
+                  and len({repr(f.get(k)) for f in flats}) > 1)
+    return [", ".join(f"{k}={f.get(k)}" for k in keys[:4]) for f in flats]
 
 
 def build_model(m, num_classes: int, runs_root: str | Path = "runs", with_weights: bool = True,
