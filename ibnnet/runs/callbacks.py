@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..config.validate import best_metric
 from ..data.transforms.pipeline import normalize_batch
 from ..errors import UserError
 from ..layers import estimate_batch_average_stats
+from .claims import ClaimLost, fence
 from .folder import RunFolder
 
 log = logging.getLogger("ibnnet")
@@ -33,14 +35,21 @@ class CheckpointDiskFullError(UserError, CheckpointWriteError):
     command line shows it in one line. Other write failures stay :class:`CheckpointWriteError` (a traceback)."""
 
 
-def _disk_full(e: BaseException | None) -> bool:
-    """ENOSPC/EDQUOT anywhere in the exception chain (torch reports a full disk as a RuntimeError)."""
+def _caused_by(e: BaseException | None, *errnos: int) -> bool:
+    """One of ``errnos`` anywhere in the exception chain (torch reports a failed write as a RuntimeError)."""
     seen = 0
     while e is not None and seen < 10:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(e, OSError) and e.errno in errnos:
             return True
         e, seen = e.__cause__ or e.__context__, seen + 1
     return False
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    return _caused_by(e, errno.ENOSPC, errno.EDQUOT)
+
+
+_ESTALE_RETRIES = 3
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -70,6 +79,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(link, twin)
 
     def _write(self, checkpoint: dict[str, Any], path: Path) -> None:
+        for attempt in range(_ESTALE_RETRIES + 1):
+            try:
+                return self._write_once(checkpoint, path)
+            except CheckpointWriteError as e:
+                # ESTALE: an NFS file handle went stale under us (the server rebooted, a directory was replaced
+                # on another client); a fresh lookup of the same path works, so write the whole file again.
+                if attempt == _ESTALE_RETRIES or not _caused_by(e, errno.ESTALE):
+                    raise
+                log.warning("%s: %s; writing it again", path, e.__cause__)
+                time.sleep(0.5 * (attempt + 1))
+
+    def _write_once(self, checkpoint: dict[str, Any], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
@@ -86,10 +107,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 link.unlink(missing_ok=True)
                 os.link(path, link)
                 os.replace(link, previous)
+            fence(path)   # a process that was taken over must not replace the new holder's checkpoint
             os.replace(tmp, path)
         except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
-            if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CheckpointWriteError):
+            if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, (CheckpointWriteError, ClaimLost)):
                 free = shutil.disk_usage(path.parent).free
                 kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
                 why = "no space left on device" if _disk_full(e) else f"{type(e).__name__}: {str(e).strip()[:200]}"

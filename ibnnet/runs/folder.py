@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
+from .claims import fence
 from ..files import atomic_write_json, atomic_write_text, read_json, sanitize
 
 log = logging.getLogger("ibnnet")
@@ -147,6 +148,7 @@ class RunFolder:
         state = self.state()
         state.update(changes)
         state["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        fence(self.state_path)   # a process that was taken over writes nothing more
         atomic_write_json(self.state_path, state)
         return state
 

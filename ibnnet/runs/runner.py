@@ -19,7 +19,7 @@ import torch
 from ..config import compose, to_plain
 from ..errors import MissingPathError, UserError
 from ..files import atomic_write_json
-from .claims import Claim, try_claim
+from .claims import Claim, ClaimLost, adopt, fence, try_claim
 from .env import cpu_isa_record, git_state, host, is_rank_zero, package_versions, slurm_job
 from .folder import (
     DONE,
@@ -93,7 +93,11 @@ def execute(path: str | Path) -> dict[str, Any] | None:
         if not rank0:   # started by (or beside) rank 0, which holds the claim and writes state
             train_and_evaluate(cfg, folder, flag)
             return None
-        claim = try_claim(folder.path, cfg.launcher.heartbeat_s, cfg.launcher.claim_timeout_s)
+        lc = cfg.launcher
+        # The claim a sweep worker took for this process, else our own: a claim that is not provably dead is
+        # watched until its holder beats (alive: refused) or for launcher.claim_timeout_s (stale: taken over).
+        claim = adopt(folder.path, lc.heartbeat_s, lc.claim_timeout_s) \
+            or try_claim(folder.path, lc.heartbeat_s, lc.claim_timeout_s, wait=True)
         if not isinstance(claim, Claim):
             raise RunClaimed(f"{folder.path}: being trained by {claim.describe()}")
         claim.start_heartbeat()
@@ -102,6 +106,9 @@ def execute(path: str | Path) -> dict[str, Any] | None:
                 print(f"[ibnnet] {folder.path}: already done, skipping")
                 return folder.metrics()
             return _execute_claimed(cfg, folder, flag)
+        except ClaimLost as e:   # taken over: the new holder owns the folder; not a word more in it
+            log.error("%s; stopped without writing anything more", e)
+            raise RunClaimed(str(e)) from e
         finally:
             claim.release()
     finally:
@@ -124,6 +131,8 @@ def _execute_claimed(cfg, folder: RunFolder, flag: SignalFlag) -> dict[str, Any]
         except RequeueRequested as e:
             _handle_requeue(cfg, folder, e)
             raise
+        except ClaimLost:
+            raise    # nothing recorded: the run belongs to another process now
         except BaseException as e:
             lines = traceback.format_exception(type(e), e, e.__traceback__)
             folder.end_attempt(FAILED, error=f"{type(e).__name__}: {e}\n{''.join(lines[-6:])}")
@@ -147,9 +156,8 @@ def _execute_claimed(cfg, folder: RunFolder, flag: SignalFlag) -> dict[str, Any]
 
 
 def _finish(cfg, folder: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
-    for name in ("preempt.ckpt", "last.prev.ckpt"):   # finished: these were only needed to resume
-        (folder.checkpoint_dir / name).unlink(missing_ok=True)
-    folder.end_attempt(DONE)
+    """The result first (metrics.json marks the run done), then the state, then the files only a resume needed:
+    a kill or a full disk between two steps leaves a run that is done with its result, or not done and resumable."""
     metrics = {
         "run_id": folder.path.name,
         "experiment": cfg.experiment,
@@ -175,7 +183,11 @@ def _finish(cfg, folder: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
         **({"train_data": result["train_data"]} if "train_data" in result else {}),
         **result.get("inference", {}),   # inference mode of "metrics"; moving-average metrics beside batch-average
     }
+    fence(folder.metrics_path)
     atomic_write_json(folder.metrics_path, metrics)
+    folder.end_attempt(DONE)
+    for name in ("preempt.ckpt", "last.prev.ckpt"):   # finished: these were only needed to resume
+        (folder.checkpoint_dir / name).unlink(missing_ok=True)
     from .wandb_results import publish_run_summary
     checkpoints = [folder.checkpoint_dir / n for n in ("last.ckpt", "best.ckpt")] \
         if cfg.logger.wandb.checkpoints == "reference" else []
