@@ -1,17 +1,14 @@
-"""Many workers, one sweep: every cell is claimed by exactly one process, a dead worker's cell is taken
-over and resumed, nothing runs twice at the same time and nothing is lost."""
+"""Claims: a cell is trained by exactly one process at a time. Many workers sharing one sweep, killed and
+signalled, are tested in tests/test_chaos.py."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
-from helpers import ENV, REPO, TINY, cli, config
+from helpers import ENV, REPO, TINY, config
 
-from ibnnet.experiments.grid import load_experiment
 from ibnnet.runs import claims
 
 
@@ -78,63 +75,3 @@ def test_a_claimed_run_is_not_started_twice(tmp_path):
 
 BODY = TINY + """launcher: {heartbeat_s: 1, claim_timeout_s: 30}
 """
-
-
-def test_three_workers_share_four_cells_and_survive_a_killed_one(tmp_path):
-    base = config(tmp_path, BODY)
-    exp_path = tmp_path / "experiments" / "shared.yaml"
-    exp_path.parent.mkdir()
-    exp_path.write_text(textwrap.dedent(f"""
-        experiment: shared
-        base: {base}
-        grid:
-          model:
-            key: model.name
-            values: {{BN: resnet18_bn, IBN-a: resnet18_ibn_a}}
-          lr:
-            key: optim.lr
-            values: {{small: 0.01, large: 0.02}}
-        table: {{rows: model, columns: lr, metrics: [top1_err]}}
-    """))
-    folders = [f for _, _, f in load_experiment(exp_path).folders()]
-    assert len(folders) == 4
-    # workers 1 and 2: one `--workers 2` sweep; worker 3: a second sweep command, in its own process group
-    pair = subprocess.Popen([sys.executable, "-m", "ibnnet", "sweep", exp_path, "--workers", "2"], env=ENV,
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lone = subprocess.Popen([sys.executable, "-m", "ibnnet", "sweep", exp_path, "--no-table"], env=ENV, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    # kill the lone worker (and its training process) once a cell of its has finished an epoch
-    victim = None
-    deadline = time.time() + 400
-    while victim is None:
-        assert time.time() < deadline and lone.poll() is None, "the lone worker never got a cell"
-        for f in folders:
-            c = claims.holder(f.path, 30)
-            if c is not None and c.info.get("ppid") == lone.pid and (f.checkpoint_dir / "last.ckpt").exists():
-                victim = f
-                break
-        time.sleep(0.05)
-    os.killpg(lone.pid, signal.SIGKILL)
-    lone.wait()
-    out = pair.communicate(timeout=900)[0]
-    assert pair.returncode == 0, out
-    assert all(f.is_done() for f in folders), out
-    for f in folders:
-        attempts = f.state()["attempts"]
-        finished = [a for a in attempts if a.get("status") == "done"]
-        assert len(finished) == 1, (f.path.name, attempts)   # ran to completion exactly once
-        # attempts never overlap: each starts after the one before it ended or died
-        for a, b in zip(attempts, attempts[1:]):
-            assert b["start"] >= a["start"]
-        if f == victim:
-            assert len(attempts) == 2 and "status" not in attempts[0]   # the killed attempt never ended
-            assert attempts[1]["resume_from"] == "last.ckpt"
-            assert claims.current(f.path).generation == 2
-        else:
-            assert len(attempts) == 1, (f.path.name, attempts)
-    assert "4 done" in cli("status", exp_path)
-    # a sweep of the finished grid touches nothing
-    mtimes = [f.metrics_path.stat().st_mtime for f in folders]
-    assert "0 finished, 4 already done, 0 failed" in cli("sweep", exp_path, "--no-table")
-    assert [f.metrics_path.stat().st_mtime for f in folders] == mtimes
-    assert (tmp_path / "results" / "shared" / "table.md").is_file()

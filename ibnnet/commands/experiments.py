@@ -101,13 +101,17 @@ def cmd_sweep(args) -> int:
     else:
         lc = triples[0][1].launcher
         summary = run_local(folders, stop_on_error=args.stop_on_error, retry_failed=args.retry_failed,
-                            claim_timeout_s=lc.claim_timeout_s, poll_s=min(5.0, lc.heartbeat_s))
+                            claim_timeout_s=lc.claim_timeout_s, heartbeat_s=lc.heartbeat_s,
+                            poll_s=min(5.0, lc.heartbeat_s))
+        interrupted = f", {len(summary['interrupted'])} interrupted" if summary["interrupted"] else ""
         print(f"\n[ibnnet] {len(summary['done'])} finished, {len(summary['skipped'])} already done, "
-              f"{len(summary['failed'])} failed")
+              f"{len(summary['failed'])} failed{interrupted}")
         code = 1 if summary["failed"] else 0
         if summary["failed_before"]:
             print(skipped_failed_note(len(summary["failed_before"])), flush=True)
             code = 1
+        if summary["signal"] is not None:   # stopped by SIGINT/SIGTERM: 130/143, as the shell reports it
+            code = 128 + summary["signal"]
     if not args.no_table:
         _render_table(exp, tuple(args.overrides), triples[0][1].paths.results, discover=False)
     return code
@@ -202,12 +206,23 @@ def _spawn_workers(args, n: int, cfgs: list) -> int:
     cmd += ["--yes"]   # the cost was confirmed (or below the limit) here; the workers must not ask again
     cmd += list(args.overrides)
     envs = worker_environments(n, cfgs)
-    procs = []
-    for i, env in enumerate(envs):
-        where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
-        print(f"[ibnnet] worker {i}{where}", flush=True)
-        procs.append(subprocess.Popen(cmd, env=dict(env, PYTHONUNBUFFERED="1")))
-    codes = [p.wait() for p in procs]
+    import signal
+    procs: list = []
+
+    def forward(signum, frame):   # each worker stops its run (after a checkpoint) and takes no new cell
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for i, env in enumerate(envs):
+            where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+            print(f"[ibnnet] worker {i}{where}", flush=True)
+            procs.append(subprocess.Popen(cmd, env=dict(env, PYTHONUNBUFFERED="1")))
+        codes = [p.wait() for p in procs]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     print(f"\n[ibnnet] {n} workers finished (exit codes {codes})")
     return max(codes)
 

@@ -10,9 +10,12 @@ claim of a worker that died, resuming its run from the last checkpoint.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from typing import Any
 
 from ..runs import claims
 from ..runs.env import portable_cpu_env
@@ -36,52 +39,133 @@ def run_environment(folder: RunFolder, env: dict[str, str] | None = None) -> dic
     return base
 
 
+class StopSignals:
+    """SIGINT / SIGTERM to a worker: pass it on to the run process it started (once: a terminal's Ctrl-C does
+    not reach that process itself, which runs in its own process group), let it checkpoint, take no new cell."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.child: subprocess.Popen | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        child = self.child
+        if child is not None and child.poll() is None:
+            print(f"[ibnnet] {signal.Signals(signum).name}: stopping the run (it checkpoints first)", flush=True)
+            try:
+                os.killpg(child.pid, signum)   # its group: DDP ranks Lightning started stop alike
+            except ProcessLookupError:
+                pass
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else 128 + self.signum
+
+
+def _take_a_cell(cells: list[RunFolder], observer: claims.Observer, heartbeat_s: float,
+                 claim_timeout_s: float) -> tuple[RunFolder, claims.Claim] | None:
+    """Claim the first cell nobody holds, here, before its run process starts: workers that started together
+    never race for one cell through seconds of interpreter start-up."""
+    for folder in cells:
+        if not observer.free(folder.path, claim_timeout_s):
+            continue
+        got = claims.try_claim(folder.path, heartbeat_s, claim_timeout_s, observer=observer)
+        if not isinstance(got, claims.Claim):
+            continue
+        if folder.is_done():   # finished by another worker between our look and our claim
+            got.release()
+            continue
+        return folder, got
+    return None
+
+
 def run_local(folders: list[RunFolder], stop_on_error: bool = False, retry_failed: bool = False,
-              claim_timeout_s: float = 300.0, poll_s: float = 2.0,
-              env: dict[str, str] | None = None) -> dict[str, list[RunFolder]]:
+              claim_timeout_s: float = 300.0, heartbeat_s: float = 10.0, poll_s: float = 2.0,
+              env: dict[str, str] | None = None, max_restarts: int = 2) -> dict[str, Any]:
     """One worker. ``done``: finished here; ``skipped``: finished before or by others; ``failed``;
-    ``failed_before``: failed in an earlier sweep and left alone (without ``retry_failed``)."""
-    summary: dict[str, list[RunFolder]] = {"done": [], "skipped": [], "failed": [], "failed_before": []}
+    ``failed_before``: failed in an earlier sweep and left alone (without ``retry_failed``); ``interrupted``:
+    stopped by a signal after a checkpoint (the next sweep resumes them). A run process killed outright (OOM
+    killer, SIGKILL) is started again, resuming from its checkpoint, at most ``max_restarts`` times."""
+    summary: dict[str, Any] = {"done": [], "skipped": [], "failed": [], "failed_before": [],
+                                           "interrupted": []}
     summary["skipped"] = [f for f in folders if f.is_done()]
     if not retry_failed:
         summary["failed_before"] = [f for f in folders if f.failed_before()]
     tried: set[str] = set()        # cells this worker ran to an error or an interruption: not again
+    killed: dict[str, int] = {}    # cells whose run process was killed by a signal, and how often
+    observer = claims.Observer()   # claims seen over time: stale only when seen unchanged for the timeout
+    stop = StopSignals().install()
     waiting_note = 0.0
-    while True:
-        open_cells = [f for f in folders if not f.is_done() and str(f.path) not in tried
-                      and (retry_failed or f.state().get("status") != FAILED)]
-        if not open_cells:
-            break
-        free = [f for f in open_cells if claims.holder(f.path, claim_timeout_s) is None]
-        if not free:   # everything left is being trained elsewhere: wait, and take over if a holder dies
-            if time.time() - waiting_note > 60:
-                print(f"[ibnnet] waiting for {len(open_cells)} run(s) held by other workers", flush=True)
-                waiting_note = time.time()
-            time.sleep(poll_s)
-            continue
-        folder = free[0]
-        n_done = sum(f.is_done() for f in folders)
-        print(f"\n[ibnnet] ({n_done + 1}/{len(folders)}) {folder.path}", flush=True)
-        start = time.time()
-        proc = subprocess.run(run_command(folder), env=run_environment(folder, env))
-        took = time.time() - start
-        if proc.returncode == claims.EXIT_CLAIMED:
-            continue                      # another worker claimed it first: pick again
-        if folder.is_done():
-            summary["done"].append(folder)
-            print(f"[ibnnet] finished in {took:.0f} s", flush=True)
-            continue
-        tried.add(str(folder.path))
-        if proc.returncode == 0:          # stopped by SIGTERM after a checkpoint: resumable, not failed
-            print(f"[ibnnet] interrupted after {took:.0f} s; the next sweep resumes it", flush=True)
-            continue
-        summary["failed"].append(folder)
-        print(f"[ibnnet] FAILED (exit {proc.returncode}) after {took:.0f} s; log: {folder.log_path}", flush=True)
-        if stop_on_error:
-            break
+    try:
+        while stop.signum is None:
+            open_cells = [f for f in folders if not f.is_done() and str(f.path) not in tried
+                          and (retry_failed or f.state().get("status") != FAILED)]
+            if not open_cells:
+                break
+            taken = _take_a_cell(open_cells, observer, heartbeat_s, claim_timeout_s)
+            if taken is None:   # everything left is being trained elsewhere: wait, take over if a holder dies
+                if time.time() - waiting_note > 60:
+                    print(f"[ibnnet] waiting for {len(open_cells)} run(s) held by other workers", flush=True)
+                    waiting_note = time.time()
+                time.sleep(poll_s)
+                continue
+            folder, claim = taken
+            n_done = sum(f.is_done() for f in folders)
+            print(f"\n[ibnnet] ({n_done + 1}/{len(folders)}) {folder.path}", flush=True)
+            start = time.time()
+            claim.start_heartbeat()   # until the run process adopts the claim
+            try:
+                proc = subprocess.Popen(run_command(folder), env={**run_environment(folder, env), **claim.handoff_env()},
+                                        process_group=0)
+                stop.child = proc
+                if stop.signum is not None:   # a signal came while it started
+                    os.killpg(proc.pid, stop.signum)
+                returncode = proc.wait()
+            finally:
+                stop.child = None
+                claim.release()   # if the run process died without releasing it
+            took = time.time() - start
+            if returncode == claims.EXIT_CLAIMED:
+                continue                      # it lost the claim (taken over): pick again
+            if folder.is_done():
+                summary["done"].append(folder)
+                print(f"[ibnnet] finished in {took:.0f} s", flush=True)
+                continue
+            if folder.state().get("status") == FAILED:   # the run recorded its error
+                tried.add(str(folder.path))
+                summary["failed"].append(folder)
+                print(f"[ibnnet] FAILED (exit {returncode}) after {took:.0f} s; log: {folder.log_path}", flush=True)
+                if stop_on_error:
+                    break
+                continue
+            if returncode < 0 and stop.signum is None and killed.get(str(folder.path), 0) < max_restarts:
+                killed[str(folder.path)] = killed.get(str(folder.path), 0) + 1
+                print(f"[ibnnet] its process was killed ({signal.Signals(-returncode).name}) after {took:.0f} s; "
+                      f"resuming it from its last checkpoint", flush=True)
+                continue
+            tried.add(str(folder.path))
+            summary["interrupted"].append(folder)
+            print(f"[ibnnet] interrupted (exit {returncode}) after {took:.0f} s; the next sweep resumes it", flush=True)
+    finally:
+        stop.restore()
     done_here = {str(f.path) for f in summary["done"]}
     summary["skipped"] += [f for f in folders if f.is_done() and str(f.path) not in done_here
                            and f not in summary["skipped"]]
+    summary["signal"] = stop.signum
     return summary
 
 

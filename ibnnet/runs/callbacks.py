@@ -52,6 +52,32 @@ def _disk_full(e: BaseException | None) -> bool:
 _ESTALE_RETRIES = 3
 
 
+def _retry_stale(write, path: Path):
+    """``write()``, again after ESTALE: an NFS file handle went stale under us (the server restarted, a folder was
+    replaced on another client); a fresh lookup of the same path works, so the whole write is done again."""
+    for attempt in range(_ESTALE_RETRIES + 1):
+        try:
+            return write()
+        except (OSError, RuntimeError) as e:
+            if attempt == _ESTALE_RETRIES or not _caused_by(e, errno.ESTALE) or isinstance(e, ClaimLost):
+                raise
+            log.warning("%s: %s; writing it again", path, e.__cause__ or e)
+            time.sleep(0.5 * (attempt + 1))
+
+
+def _link_as(source: Path, target: Path) -> None:
+    """Make ``target`` a second name of ``source``'s file, atomically (a temporary link renamed over it)."""
+    link = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(source, link)
+        fence(target)
+        os.replace(link, target)
+    except BaseException:
+        link.unlink(missing_ok=True)
+        raise
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save into a temporary file beside the target, then rename: a kill or a full disk mid-save
     keeps the old file. The previous ``last.ckpt`` stays as ``last.prev.ckpt`` (a hard link: no copy), the
@@ -73,22 +99,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         twin_name = self.SAME_WHEN_SAME_STEP.get(path.name)   # preempt.ckpt and others have none
         twin = path.with_name(twin_name) if twin_name else None
         if twin is not None and step is not None and self._saved_step.get(twin) == step and twin.is_file():
-            link = twin.with_name(f".{twin.name}.{os.getpid()}.tmp")
-            link.unlink(missing_ok=True)
-            os.link(path, link)
-            os.replace(link, twin)
+            _retry_stale(lambda: _link_as(path, twin), twin)
 
     def _write(self, checkpoint: dict[str, Any], path: Path) -> None:
-        for attempt in range(_ESTALE_RETRIES + 1):
-            try:
-                return self._write_once(checkpoint, path)
-            except CheckpointWriteError as e:
-                # ESTALE: an NFS file handle went stale under us (the server rebooted, a directory was replaced
-                # on another client); a fresh lookup of the same path works, so write the whole file again.
-                if attempt == _ESTALE_RETRIES or not _caused_by(e, errno.ESTALE):
-                    raise
-                log.warning("%s: %s; writing it again", path, e.__cause__)
-                time.sleep(0.5 * (attempt + 1))
+        _retry_stale(lambda: self._write_once(checkpoint, path), path)
 
     def _write_once(self, checkpoint: dict[str, Any], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,11 +116,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             if path.name in self.KEEP_PREVIOUS and path.exists():
-                previous = path.with_name(path.stem + ".prev.ckpt")
-                link = path.with_name(f".{previous.name}.{os.getpid()}.tmp")
-                link.unlink(missing_ok=True)
-                os.link(path, link)
-                os.replace(link, previous)
+                _link_as(path, path.with_name(path.stem + ".prev.ckpt"))
             fence(path)   # a process that was taken over must not replace the new holder's checkpoint
             os.replace(tmp, path)
         except BaseException as e:
