@@ -215,9 +215,10 @@ class SlurmConfig:
 @dataclass
 class LauncherConfig:
     name: str = "local"                # local | slurm
-    # A run holds a claim on its folder while it trains (any launcher); a claim whose heartbeat is older
-    # than claim_timeout_s (or whose process is gone, on the same host) is taken over by another worker.
-    heartbeat_s: float = 30.0
+    # A run holds a claim on its folder while it trains (any launcher), rewritten every heartbeat_s; a claim
+    # seen unchanged for claim_timeout_s (by the reader's clock), or whose process is provably gone, is taken
+    # over by another worker (ibnnet/runs/claims.py). 10 s: `ibnnet run` on a held folder knows within 10 s.
+    heartbeat_s: float = 10.0
     claim_timeout_s: float = 300.0
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
