@@ -9,6 +9,7 @@ from torch import nn
 from ibnnet.layers import (
     IBN,
     GhostBatchNorm2d,
+    InstanceNorm2d,
     PartialInstanceNorm2d,
     SwitchNorm2d,
     create_norm,
@@ -254,7 +255,8 @@ def test_fused_instance_norm_equals_pytorch():
     torch.testing.assert_close(ours.bias.grad, theirs.bias.grad)
 
 
-@pytest.mark.parametrize("make", [lambda: IBN(8, 0.5), lambda: SwitchNorm2d(8), lambda: GhostBatchNorm2d(8, 2)])
+@pytest.mark.parametrize("make", [lambda: IBN(8, 0.5), lambda: InstanceNorm2d(8, affine=True), lambda: SwitchNorm2d(8),
+                                  lambda: GhostBatchNorm2d(8, 2)])
 def test_compile_path_equals_the_fused_kernel(make):
     """Under torch.compile the layers run their native ops (forced here in eager mode; the real Inductor
     compile is tests/test_kernels.py::test_inductor_compiled_training_matches_eager)."""
