@@ -184,7 +184,8 @@ def test_without_scale_the_cheapest_is_used_and_the_estimate_printed(tmp_path):
 
 @pytest.fixture
 def launches(monkeypatch):
-    """Local and SLURM sweeps record what they would start instead of training or calling sbatch."""
+    """Local and SLURM sweeps record what they would start instead of training or calling sbatch (nor its
+    --test-only check)."""
     started = []
 
     def run_local(folders, **kwargs):
@@ -196,6 +197,7 @@ def launches(monkeypatch):
         return "4242"
     monkeypatch.setattr("ibnnet.launchers.local.run_local", run_local)
     monkeypatch.setattr("ibnnet.launchers.slurm.sbatch", sbatch)
+    monkeypatch.setattr("ibnnet.launchers.slurm.check_can_start", lambda cfg, script, where: None)   # no cluster
     monkeypatch.delenv("IBNNET_CONFIRM_GPU_HOURS", raising=False)
     return started
 

@@ -23,6 +23,18 @@ APPEARANCES = ("none", "rgb+50", "r+50", "std1.5", "rgb+50_clip", "r+50_clip", "
 
 Problem = tuple[str, Any, str]
 
+# An experiment's name becomes folder names (runs, results, _slurm) and the SLURM job's name: nothing that a shell,
+# sbatch's filename patterns (%) or a path (/, ..) would read as more than a name. sanitize() leaves it unchanged.
+_EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,78}[A-Za-z0-9_])?")
+
+
+def experiment_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an experiment, or None."""
+    if _EXPERIMENT_NAME.fullmatch(name):
+        return None
+    return ("an experiment name may have only letters, digits, '_', '-' and '.', begin with a letter or digit, "
+            "not end with '-' or '.', and be at most 80 characters long (it names folders and the SLURM job)")
+
 
 def dataset_label(spec: DictConfig) -> str:
     base = spec.dataset.replace("builtin_", "")
@@ -95,6 +107,8 @@ def validate(cfg: DictConfig) -> list[Problem]:
             out.append((key, value, f"must be one of {', '.join(map(str, options))}{hint}"))
 
     choice("task", cfg.task, TASKS)
+    problem = experiment_name_problem(str(cfg.experiment))
+    check(problem is None, "experiment", cfg.experiment, problem or "")
     m = cfg.model
     choice("model.name", m.name, sorted(MODELS))
     if m.ibn is not None:

@@ -41,6 +41,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..config.loader import ConfigError, Source, compose, dotlist_source, load_yaml
 from ..config.shipped import lookup_dirs, resolve_shipped_path, shipped_dir
+from ..config.validate import experiment_name_problem
+from ..files import sanitize
 from ..runs.folder import RunFolder, run_dir, run_id
 
 EXPERIMENTS_DIR = shipped_dir("experiments")   # the user's ./experiments and IBNNET_EXPERIMENT_PATH come first
@@ -129,7 +131,7 @@ class Experiment:
         return [(cell, cfg, RunFolder(run_dir(cfg))) for cell, cfg in self.configs(overrides)]
 
     def results_dir(self, results_root: str | Path) -> Path:
-        root = Path(results_root) / self.name
+        root = Path(results_root) / sanitize(self.name)   # the name is checked at load time; this keeps it a folder
         return root if not self.scale or len(self.scales) <= 1 else root / self.scale
 
 
@@ -303,7 +305,12 @@ def load_experiment(name_or_path: str | Path, scale: str | None = None) -> Exper
         if not names_a_cell:
             raise ConfigError(f"{path}: paper[{i}] must name the cell by its axis labels (axes: {', '.join(axes)})")
 
-    return Experiment(path=path, name=str(data.get("experiment") or path.stem), title=str(data.get("title") or ""),
+    name = str(data.get("experiment") or path.stem)
+    problem = experiment_name_problem(name)
+    if problem:
+        stem = "" if data.get("experiment") else "; it is the file's name (the file has no `experiment:` key): set one"
+        raise ConfigError(f"{path}: experiment={name!r}: {problem}{stem}")
+    return Experiment(path=path, name=name, title=str(data.get("title") or ""),
                       base=base, scale=scale, scales=scales, cells=cells, common=dict(data.get("overrides") or {}),
                       table=table, paper=paper, raw=raw, axes=axes, scale_is_default=scale_is_default,
                       moving_average_inference=moving_average)

@@ -12,6 +12,7 @@ run folder) and the batch shells' output; each run's training output goes to
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -24,11 +25,11 @@ from ..config import ConfigError
 from ..config.emulation import physical_config
 from ..errors import UserError
 from ..experiments.grid import describe_cell
-from ..files import atomic_write_text
+from ..files import atomic_write_text, sanitize
 from ..runs.folder import FAILED, INTERRUPTED, PENDING
 from ..runs.env import PORTABLE_CPU_ENV
 from ..runs.runner import check_device_support, prepare
-from ..runs.status import SUBMITTED, live_status, skipped_failed_note
+from ..runs.status import SUBMITTED, UNKNOWN, SchedulerView, live_status, skipped_failed_note
 
 
 def gpus_per_node(cfg: DictConfig) -> int:
@@ -69,29 +70,53 @@ def resources_key(cfg: DictConfig) -> str:
     return json.dumps({"nodes": cfg.trainer.num_nodes, "devices": cfg.trainer.devices, **sl}, sort_keys=True)
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9._/:@,=+%-]*")
+
+
+def _one_line(value, key: str) -> str:
+    value = str(value)
+    if re.search(r"[\x00-\x1f\x7f]", value):   # a newline would end the #SBATCH line: the rest runs as shell
+        raise ConfigError(f"{key}={value!r}: a control character (newline) cannot go into an #SBATCH line")
+    return value
+
+
+def _directive(flag: str, value, key: str, pattern: str | None = None) -> str:
+    """``--flag=value`` for an ``#SBATCH`` line, which sbatch splits at blanks (a double-quoted value is one word)
+    and which must stay one line. ``pattern``: ``value`` is a folder and this sbatch filename pattern follows it;
+    sbatch expands ``%`` in the whole, so the folder's own ``%`` are doubled (``%%`` is a literal %)."""
+    value = _one_line(value, key)
+    if '"' in value:
+        raise ConfigError(f"{key}={value!r}: a double quote cannot go into an #SBATCH line's value")
+    if pattern is not None:
+        value = value.replace("%", "%%") + pattern
+    return f"--{flag}={value}" if _PLAIN.fullmatch(value) else f'--{flag}="{value}"'
+
+
 def render_script(cfg: DictConfig, experiment: str, runs_file: Path, out_dir: Path, n_tasks: int) -> str:
+    """The job array's batch script: every value from the config or a path is quoted for sbatch or the shell."""
     cfg = physical_config(cfg)
     t, sl = cfg.trainer, cfg.launcher.slurm
     throttle = f"%{sl.array_parallelism}" if sl.array_parallelism else ""
     opts = [
-        f"--job-name=ibnnet-{experiment}",
+        _directive("job-name", f"ibnnet-{experiment}", "experiment"),
         f"--array=0-{n_tasks - 1}{throttle}",
         f"--nodes={t.num_nodes}",
         f"--ntasks-per-node={t.devices}",
         f"--cpus-per-task={sl.cpus_per_task}",
-        f"--time={sl.time}",
+        _directive("time", sl.time, "launcher.slurm.time"),
         f"--signal=USR1@{sl.signal_seconds}",   # to the srun tasks: checkpoint and requeue
         "--requeue",
         "--open-mode=append",                    # keep the output of earlier attempts after a requeue
-        f"--output={out_dir}/%A_%a.out",
+        _directive("output", out_dir, "paths.runs", pattern="/%A_%a.out"),
     ]
     if gpus_per_node(cfg):
         opts.append(f"--gpus-per-node={gpus_per_node(cfg)}")
-    for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("mem", "mem"),
-                      ("constraint", "constraint")):
+    for key in ("partition", "account", "qos", "mem", "constraint"):
         if sl[key]:
-            opts.append(f"--{flag}={sl[key]}")
-    opts += [o if o.startswith("-") else f"--{o}" for o in sl.extra_sbatch]
+            opts.append(_directive(key, sl[key], f"launcher.slurm.{key}"))
+    for o in sl.extra_sbatch:   # verbatim options (the user's own quoting), but each on one line
+        o = _one_line(o, "launcher.slurm.extra_sbatch")
+        opts.append(o if o.startswith("-") else f"--{o}")
     python = sl.python or sys.executable
     lines = ["#!/bin/bash", f"# ibnnet sweep of {experiment}: {n_tasks} runs, written {time.strftime('%Y-%m-%d %H:%M:%S')}"]
     lines += [f"#SBATCH {o}" for o in opts]
@@ -138,41 +163,159 @@ def sbatch(script: Path) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
-def _run(cmd: list[str]) -> str | None:
+def _ask(cmd: list[str], timeout: float = 60) -> tuple[str | None, str]:
+    """(stdout, "") when the command ran and exited 0, else (None, why not in one line)."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout if proc.returncode == 0 else None
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return None, f"{cmd[0]}: command not found"
+    except subprocess.TimeoutExpired:
+        return None, f"{cmd[0]}: no answer in {timeout:g} s"
+    except OSError as e:
+        return None, f"{cmd[0]}: {e}"
+    if proc.returncode == 0:
+        return proc.stdout, ""
+    said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+    last = said[-1].strip() if said else f"exit code {proc.returncode}"
+    return None, last if last.startswith(cmd[0]) else f"{cmd[0]}: {last}"
 
 
-def scheduler_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM state of each ``<array job>_<task>`` (or plain job id), from squeue, sacct, then scontrol."""
+def scheduler_states(job_ids: list[str]) -> SchedulerView:
+    """SLURM state of each ``<array job>_<task>`` (or plain job id), from squeue, sacct, then scontrol, with
+    squeue's pending reasons. When squeue cannot reach the controller, the view says so (``unreachable``): the
+    jobs nobody reported are then unknown, not finished."""
     if not job_ids:
-        return {}
+        return SchedulerView()
     arrays = sorted({j.split("_")[0] for j in job_ids})
     states: dict[str, str] = {}
-    out = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)])
+    reasons: dict[str, str] = {}
+    out, why = _ask(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(arrays)])
+    # squeue exits 1 with "Invalid job id specified" when the controller knows none of the jobs: an answer (gone)
+    answered = out is not None or "Invalid job id" in why
     for line in (out or "").splitlines():
-        jid, _, state = line.strip().partition("|")
+        jid, state, reason = (line.strip().split("|") + ["", ""])[:3]
         states[jid] = state
+        if reason and reason != "None":
+            reasons[jid] = reason
     missing = [j for j in job_ids if j not in states]
     if missing:
-        out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)])
+        out, _ = _ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)])
         for line in (out or "").splitlines():
             jid, _, state = line.strip().partition("|")
             if jid in missing:
                 states[jid] = state.split()[0] if state else state
     missing = [j for j in job_ids if j not in states]
     for array in sorted({j.split("_")[0] for j in missing}):
-        out = _run(["scontrol", "-o", "show", "job", array])
+        out, _ = _ask(["scontrol", "-o", "show", "job", array])
         for line in (out or "").splitlines():
             fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
             jid = (f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}" if "ArrayTaskId" in fields
                    else fields.get("JobId", ""))
             if jid in missing:
                 states[jid] = fields.get("JobState", "")
-    return states
+    return SchedulerView(states, None if answered else why, reasons)
+
+
+def check_can_start(cfg: DictConfig, script: str, where: str) -> None:
+    """Refuse a job array that SLURM would queue but could never start (it would pend forever with
+    Reason=PartitionConfig): ``sbatch --test-only`` judges the very script; when it refuses, the partition's
+    nodes (sinfo) tell which setting is too large and what would fit."""
+    try:
+        proc = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SubmitError(f"{where}: sbatch: command not found; submit from a machine with SLURM's commands "
+                          f"(a login node)") from None
+    except subprocess.TimeoutExpired:
+        raise SubmitError(f"{where}: sbatch --test-only did not answer in 60 s; nothing was submitted") from None
+    if proc.returncode == 0:
+        return
+    said = "; ".join(ln.strip() for ln in (proc.stderr.strip() or proc.stdout.strip()).splitlines() if ln.strip())
+    problems = partition_problems(cfg)
+    if problems:
+        raise ConfigError(f"{where}: the job could never start ({said or 'sbatch --test-only refused it'}): "
+                          f"{'; '.join(problems)}; nothing was submitted")
+    raise SubmitError(f"{where}: sbatch --test-only refused the job, nothing was submitted: {said}")
+
+
+def _seconds(text: str) -> float | None:
+    """A SLURM time (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``; ``infinite``) in seconds."""
+    text = text.strip()
+    if text in ("infinite", "UNLIMITED", "unlimited", "NONE", "n/a", ""):
+        return None
+    days, _, rest = text.rpartition("-")
+    try:
+        parts = [int(p) for p in rest.split(":")]
+        d = int(days) if days else 0
+    except ValueError:
+        return None
+    if days:   # D-H, D-H:M, D-H:M:S
+        h, m, sec = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, sec = parts
+    else:      # M or M:S
+        h, (m, sec) = 0, (parts + [0])[:2]
+    return float(((d * 24 + h) * 60 + m) * 60 + sec)
+
+
+def _megabytes(text: str) -> float | None:
+    """sbatch's --mem (``4000``, ``64G``, ``1T``; megabytes without a unit) in MB."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", text.strip().upper())
+    if not m:
+        return None
+    return float(m.group(1)) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 ** 2}[m.group(2)]
+
+
+def partition_problems(cfg: DictConfig) -> list[str]:
+    """Which of the job's requests no node of its partition (the default one unless launcher.slurm.partition)
+    can meet, each naming the key and a value that fits; [] when sinfo does not answer or all fit."""
+    cfg = physical_config(cfg)
+    t, sl = cfg.trainer, cfg.launcher.slurm
+    out, _ = _ask(["sinfo", "-h", "-N", "-o", "%P|%N|%c|%m|%G|%l"])
+    if out is None:
+        return []
+    wanted = set(str(sl.partition).split(",")) if sl.partition else None
+    nodes: dict[str, tuple[int, float, int]] = {}
+    limits, names = set(), set()
+    for line in out.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 6:
+            continue
+        part, node, cpus, mem, gres, limit = fields
+        if (part.rstrip("*") in wanted) if wanted else part.endswith("*"):
+            gpus = sum(int(n) for g in gres.split(",") if g.startswith("gpu")
+                       for n in re.findall(r":(\d+)(?:\(|$)", g))
+            nodes[node] = (int(cpus.rstrip("+") or 0), float(mem.rstrip("+") or 0), gpus)
+            limits.add(limit)
+            names.add(part.rstrip("*"))
+    if not nodes:
+        return []
+    where = f"the nodes of partition {','.join(sorted(names))}"
+    problems = []
+    if t.num_nodes > len(nodes):
+        problems.append(f"trainer.num_nodes={t.num_nodes}: partition {','.join(sorted(names))} has {len(nodes)} "
+                        f"node(s); set trainer.num_nodes={len(nodes)} or fewer")
+    cpus = max(n[0] for n in nodes.values())
+    if t.devices * sl.cpus_per_task > cpus:
+        fit = cpus // t.devices
+        per = f" for {t.devices} tasks per node (trainer.devices)" if t.devices > 1 else ""
+        problems.append(f"launcher.slurm.cpus_per_task={sl.cpus_per_task}: {where} have {cpus} CPUs{per}; "
+                        + (f"set launcher.slurm.cpus_per_task={fit} or fewer" if fit else
+                           f"set trainer.devices={cpus} or fewer"))
+    mem, asked = max(n[1] for n in nodes.values()), _megabytes(str(sl.mem)) if sl.mem else None
+    if asked and asked > mem:
+        problems.append(f"launcher.slurm.mem={sl.mem}: {where} have {mem:.0f}M; set launcher.slurm.mem={mem:.0f}M "
+                        f"or less")
+    gpus = max(n[2] for n in nodes.values())
+    if gpus_per_node(cfg) > gpus:
+        problems.append(f"launcher.slurm.gpus_per_node={gpus_per_node(cfg)}: {where} have "
+                        + (f"{gpus} GPUs; set launcher.slurm.gpus_per_node={gpus} or fewer (and trainer.devices)"
+                           if gpus else "no GPUs; choose a GPU partition with launcher.slurm.partition"))
+    longest = [_seconds(x) for x in limits]
+    if None not in longest and _seconds(sl.time) is not None and _seconds(sl.time) > max(longest):
+        limit = max(limits, key=_seconds)
+        problems.append(f"launcher.slurm.time={sl.time}: the time limit of partition {','.join(sorted(names))} is "
+                        f"{limit}; set launcher.slurm.time={limit} or less")
+    return problems
 
 
 def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False) -> int:
@@ -189,25 +332,38 @@ def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False)
             todo.append((cell, cfg, folder))
         else:
             note = " (use --retry-failed)" if status == FAILED else ""
+            if status == UNKNOWN:
+                note = f" (job {info['job']}: {info['note']}; not resubmitted)"
             skipped.append(f"  {status:9s} {folder.path.name}{note}")
     if skipped:
         print("[ibnnet] not submitted:")
         print("\n".join(skipped))
     failed_before = sum(status == FAILED for status in statuses) if not retry_failed else 0
+    unknown = sum(status == UNKNOWN for status in statuses)
+    unknown_note = (f"[ibnnet] {unknown} cell(s) not resubmitted because SLURM could not be asked whether their "
+                    f"jobs still run; once squeue answers, `ibnnet status {exp.path}` shows them, and this sweep "
+                    f"resubmits the ones that are gone (failed ones with --retry-failed)")
     if not todo:
         print("[ibnnet] nothing to submit")
         if failed_before:
             print(skipped_failed_note(failed_before))
-        return 1 if failed_before and not dry_run else 0
+        if unknown:
+            print(unknown_note)
+        return 1 if (failed_before or unknown) and not dry_run else 0
     groups: dict[str, list] = {}
     for item in todo:
         groups.setdefault(resources_key(item[1]), []).append(item)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    root = Path(todo[0][1].paths.runs).resolve() / todo[0][1].experiment / "_slurm"   # absolute in the script
-    for k, members in enumerate(groups.values()):
+    # absolute in the script; the experiment's folder as runs/folder.py run_dir names it
+    root = Path(todo[0][1].paths.runs).resolve() / sanitize(todo[0][1].experiment) / "_slurm"
+    scripts = [render_script(members[0][1], exp.name, root / f"{stamp}-{k}" / "runs.txt", root / f"{stamp}-{k}",
+                             len(members)) for k, members in enumerate(groups.values())]
+    if not dry_run:   # every array first: none is submitted when one of them could never start
+        for script, members in zip(scripts, groups.values()):
+            check_can_start(members[0][1], script, f"{exp.path} (cells {', '.join(c.name for c, _, _ in members)})")
+    for k, (script, members) in enumerate(zip(scripts, groups.values())):
         out_dir = root / f"{stamp}-{k}"
         runs_file = out_dir / "runs.txt"
-        script = render_script(members[0][1], exp.name, runs_file, out_dir, len(members))
         if dry_run:
             print(f"\n# --- array {k}: {len(members)} runs (dry run: nothing written or submitted) ---")
             for i, (cell, cfg, folder) in enumerate(members):
@@ -227,4 +383,6 @@ def sweep_slurm(exp, triples, dry_run: bool = False, retry_failed: bool = False)
         print(f"[ibnnet] follow it with: ibnnet status {exp.path}")
     if failed_before:
         print(skipped_failed_note(failed_before))
-    return 1 if failed_before and not dry_run else 0
+    if unknown:
+        print(unknown_note)
+    return 1 if (failed_before or unknown) and not dry_run else 0

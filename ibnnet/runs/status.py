@@ -7,6 +7,7 @@ from . import claims
 from .folder import BROKEN, DONE, FAILED, INTERRUPTED, PENDING, REQUEUED, RUNNING, RunFolder
 
 SUBMITTED = "submitted"
+UNKNOWN = "unknown"   # submitted to SLURM, which could not be asked (squeue/sacct failed): neither pending nor failed
 _ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
            "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 _RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT"}
@@ -18,13 +19,27 @@ def skipped_failed_note(n: int) -> str:
     return f"[ibnnet] {cells} skipped: --retry-failed reruns {'it' if n == 1 else 'them'}"
 
 
+class SchedulerView(dict):
+    """SLURM's answer for some jobs: job id ("123_4") -> state (squeue's, else sacct's or scontrol's).
+
+    ``unreachable``: why the controller could not be asked (squeue failed: not installed, slurmctld down, timed
+    out), else None; a job it did not report is then unknown, not gone. ``reasons``: squeue's pending reason
+    (``%r``: Resources, Priority, JobHeldUser, PartitionConfig, ...) of the jobs that have one."""
+
+    def __init__(self, states=(), unreachable: str | None = None, reasons: dict[str, str] | None = None):
+        super().__init__(states)
+        self.unreachable = unreachable
+        self.reasons = dict(reasons or {})
+
+
 def live_status(folder: RunFolder, scheduler: dict[str, str] | None = None,
                 claim_timeout_s: float = 300.0) -> tuple[str, dict]:
-    """(done | running | requeued | interrupted | pending | failed | broken, details).
+    """(done | running | requeued | interrupted | pending | failed | unknown | broken, details).
 
-    ``scheduler`` maps SLURM job ids ("123_4") to states; a job the scheduler has finished that left
-    no metrics.json failed, whatever the run's own state file last said (a killed process cannot
-    write it), and a job it still holds is pending, running or requeued.
+    ``scheduler`` maps SLURM job ids ("123_4") to states (a :class:`SchedulerView`, or a plain dict); a job the
+    scheduler has finished that left no metrics.json failed, whatever the run's own state file last said (a
+    killed process cannot write it), and a job it still holds is pending, running or requeued. A job the
+    scheduler could not be asked about is unknown.
     """
     if folder.is_done():
         return DONE, {}
@@ -46,7 +61,15 @@ def live_status(folder: RunFolder, scheduler: dict[str, str] | None = None,
         return BROKEN, info
     if job and scheduler is not None:
         sched = scheduler.get(job)
-        info["scheduler"] = sched or "unknown"
+        unreachable = getattr(scheduler, "unreachable", None)
+        if sched is None and unreachable:
+            # Not asked is not gone: the job may still be queued or running, and resubmitting it would run it twice.
+            info["note"] = f"could not ask SLURM about it ({unreachable}); it may still be queued or running"
+            return UNKNOWN, info
+        info["scheduler"] = sched or "not known to SLURM"
+        reason = getattr(scheduler, "reasons", {}).get(job)
+        if reason and sched not in _RUNNING:
+            info["scheduler"] += f", reason {reason}"
         if sched in _ACTIVE:
             if sched in _RUNNING:
                 return RUNNING, info
