@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from ..data.sampling import sample_seed, seed_torch
+from ..files import atomic_write_text
 
 _STEP_DOMAIN = 0x5EED_57E9   # keeps step seeds apart from the samples' augmentation seeds
 
@@ -63,7 +64,8 @@ class SampleLog(Callback):
                     continue
                 if (row["epoch"], row["batch"]) < tuple(resume):
                     keep.append(line + "\n")
-        path.write_text("".join(keep))
+        # replaced whole, never rewritten in place: a kill meanwhile leaves the old log, not a truncated one
+        atomic_write_text(path, "".join(keep))
         self._file = open(path, "a")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,14 @@ DONE, RUNNING, FAILED, PENDING, REQUEUED = "done", "running", "failed", "pending
 INTERRUPTED = "interrupted"   # stopped by SIGTERM outside SLURM after a checkpoint: the next sweep resumes it
 BROKEN = "broken"             # metrics.json or state.json unreadable: shown as such, the rest still renders
 RESUMABLE = ("preempt.ckpt", "last.ckpt", "last.prev.ckpt")   # newest first when equally new
+# The temporary files a killed writer leaves, per folder of a run: ``.<name>.<mkstemp letters or pid>.tmp`` from
+# ibnnet.files' atomic writes and AtomicCheckpointIO (runs/callbacks.py), only for files the process holding the
+# run writes. config.yaml is not among them: any sweep may be refreshing it while the run trains.
+_PARTIAL = {
+    "": re.compile(r"\.(state|metrics)\.json\.[a-z0-9_]+\.tmp"),
+    "checkpoints": re.compile(r"\.[^/]+\.ckpt\.[a-z0-9_]+\.tmp"),
+    "logs": re.compile(r"\.(metrics\.csv|samples-rank\d+\.jsonl)\.[a-z0-9_]+\.tmp"),
+}
 
 
 def hashed_content(cfg: DictConfig) -> dict[str, Any]:
@@ -171,6 +180,25 @@ class RunFolder:
         for a in self.state().get("attempts", []):
             total += a.get("end", time.time()) - a.get("start", time.time())
         return total
+
+    def remove_partial_files(self) -> list[Path]:
+        """Remove the temporary files that writers killed mid-write left in the run folder, checkpoints/ and
+        logs/ (a SIGKILL never reaches their clean-up); returns them. Only for the process holding the run's
+        claim: a live writer of these files would be that process itself."""
+        removed = []
+        for sub, pattern in _PARTIAL.items():
+            try:
+                entries = list(os.scandir(self.path / sub))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed.append(Path(entry.path))
+        if removed:
+            log.info("removed %d partial file(s) of an interrupted attempt: %s", len(removed),
+                     ", ".join(str(p.relative_to(self.path)) for p in removed))
+        return removed
 
     def resume_checkpoint(self) -> Path | None:
         """The newest readable of preempt.ckpt (saved on a signal), last.ckpt (end of epoch) and

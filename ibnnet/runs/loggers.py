@@ -6,6 +6,7 @@ must never end a training run.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import netrc
 import os
@@ -17,6 +18,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import DummyExperiment
 
+from ..files import atomic_write_text
 from .folder import RunFolder, sanitize
 
 log = logging.getLogger("ibnnet")
@@ -108,29 +110,42 @@ class FailSafeWandbLogger(WandbLogger):
 class _ResumingWriter(ExperimentWriter):
     """Appends to an existing metrics.csv instead of deleting it (Lightning's default on restart).
 
-    Rows logged after the checkpoint we resume from are dropped: those steps are trained again and
-    would otherwise appear twice.
+    Rows logged at or after the step of the checkpoint we resume from are dropped: those steps are trained
+    again and would otherwise appear twice (an epoch's rows carry its last batch's step, below the next
+    checkpoint's). The file is only ever replaced whole, never rewritten in place: a kill while the kept rows
+    are written would otherwise leave a truncated log.
     """
 
     def __init__(self, log_dir: str, resume_step: int | None):
         self._resume_step = resume_step
         super().__init__(log_dir)
 
+    def _read(self) -> tuple[list[str], list[dict[str, str]]]:
+        with open(self.metrics_file_path, newline="") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
+
+    def _replace(self, header: list[str], rows: list[dict[str, str]]) -> None:
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.metrics_file_path, text.getvalue())
+
     def _check_log_dir_exists(self) -> None:
         if not os.path.isfile(self.metrics_file_path):
             return
-        with open(self.metrics_file_path, newline="") as f:
-            reader = csv.DictReader(f)
-            header, rows = list(reader.fieldnames or []), list(reader)
+        header, rows = self._read()
         if self._resume_step is None:
             rows = []  # a fresh start: the old log belongs to a run that is being redone
         else:
-            rows = [r for r in rows if r.get("step", "") == "" or int(float(r["step"])) <= self._resume_step]
-        with open(self.metrics_file_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
+            rows = [r for r in rows if r.get("step", "") == "" or int(float(r["step"])) < self._resume_step]
+        self._replace(header, rows)
         self.metrics_keys = sorted(header)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # Lightning rewrites the file in place when a new key appears (the first validation, the final evaluation)
+        self._replace(fieldnames, self._read()[1])
 
 
 class ResumingCSVLogger(CSVLogger):

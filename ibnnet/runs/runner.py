@@ -119,6 +119,7 @@ def _execute_claimed(cfg, folder: RunFolder, flag: SignalFlag) -> dict[str, Any]
     handler = _file_logging(folder)
     try:
         folder.start_attempt({"host": host(), "pid": os.getpid(), **slurm_job()})
+        folder.remove_partial_files()   # we hold the claim: whoever wrote these was killed mid-write
         try:
             resume = folder.resume_checkpoint()
             attempts = folder.state()["attempts"]
