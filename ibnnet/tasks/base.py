@@ -40,6 +40,8 @@ class TaskBase(pl.LightningModule):
         self.last_val: dict[str, dict[str, Any]] = {}
         self.last_val_epoch = -1
         self.best_state: dict[str, Any] = {}
+        self._restored = False                                  # a checkpoint was loaded; no batch has run since
+        self._resumed_sums: dict[str, Any] | None = None        # its running epoch sums (see _epoch_sums)
 
     @property
     def network(self) -> torch.nn.Module:
@@ -146,9 +148,68 @@ class TaskBase(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ibnnet_best"] = self.best_state
+        sums = self._epoch_sums()
+        if sums is not None:
+            checkpoint["ibnnet_epoch_sums"] = sums
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_state = dict(checkpoint.get("ibnnet_best") or {})
+        self._restored = True
+        self._resumed_sums = checkpoint.get("ibnnet_epoch_sums")
+
+    # --- the epoch values of training metrics across a resume in the middle of an epoch ---------------------------
+    # Lightning accumulates what is logged with on_epoch=True (train/loss_epoch, train/top1_acc) in its result
+    # collection, which no checkpoint holds: an epoch resumed in its middle reported the mean of the batches after
+    # the resume. A checkpoint saved between two batches (preempt.ckpt) therefore carries every process's running
+    # sums; the resumed process adds its own back once its first batch has logged, and as a + b == b + a in floats,
+    # the epoch's value is the uninterrupted run's to the bit.
+
+    def _epoch_sums(self) -> dict[str, Any] | None:
+        """{"position": [epoch, batches done], "sums": {key: {"value", "count"}: one entry per process}}, or None
+        where no epoch is under way (its start, its end: a resume starts the next epoch afresh)."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.state.fn != "fit" or trainer.sanity_checking:
+            return None
+        loop = trainer.fit_loop.epoch_loop
+        position = [int(trainer.current_epoch), int(loop.batch_progress.current.completed)]
+        if not 0 < position[1] < trainer.num_training_batches:
+            return None
+        pending = self._resumed_sums   # saved again before the resumed epoch's first batch has run
+        if pending is not None and list(pending["position"]) == position:
+            return pending
+        sums = {}
+        for key, m in sorted(loop._results.items()):
+            if m.meta.fx != "training_step" or not (m.is_tensor and m.meta.on_epoch) or m.has_reset:
+                continue
+            if m.meta.is_mean_reduction:
+                sums[key] = {"value": m.value.detach(), "count": m.cumulated_batch_size.detach()}
+            elif m.meta.is_sum_reduction:
+                sums[key] = {"value": m.value.detach()}
+        # every process reaches this together (Lightning saves checkpoints on all ranks); only rank 0 writes the file
+        sums = self.all_gather(sums) if trainer.world_size > 1 else \
+            {k: {n: t.unsqueeze(0) for n, t in v.items()} for k, v in sums.items()}
+        return {"position": position, "sums": {k: {n: t.cpu() for n, t in v.items()} for k, v in sums.items()}}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._restored:
+            self._restored = False
+            # Lightning adds one to its logger step on a restart, right for a checkpoint saved at a batch's end; ours
+            # are saved between two batches (preempt.ckpt) or at an epoch's end, where it already counted every
+            # optimizer step. Rows logged after a mid-epoch resume were one step ahead of the uninterrupted run's.
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        pending, self._resumed_sums = self._resumed_sums, None
+        if pending is None or list(pending["position"]) != [self.current_epoch, batch_idx]:
+            return
+        rank, results = self.trainer.global_rank, self.trainer.fit_loop.epoch_loop._results
+        for key, saved in pending["sums"].items():
+            m = results.get(key)
+            if m is None or saved["value"].shape[0] != self.trainer.world_size:
+                continue
+            m.value = m.value + saved["value"][rank].to(m.value.device)
+            if "count" in saved:
+                m.cumulated_batch_size = m.cumulated_batch_size + saved["count"][rank].to(m.value.device)
 
     def log_loss(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
         """``<name>_step``: this process's value, logged every step without ``sync_dist`` (a per-step all-reduce
@@ -157,7 +218,8 @@ class TaskBase(pl.LightningModule):
         self.log(f"{name}_step", value, prog_bar=prog_bar, on_step=True, on_epoch=False)
         self.log(f"{name}_epoch", value, on_step=False, on_epoch=True, sync_dist=True)
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_epoch_end(self) -> None:
+        # in the epoch's row; not logged at the epoch's start, which Lightning skips when it resumes mid-epoch
         self.log("epoch_float", float(self.current_epoch), on_step=False, on_epoch=True)
 
     @staticmethod
