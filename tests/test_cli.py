@@ -190,7 +190,8 @@ def launches(monkeypatch):
 
     def run_local(folders, **kwargs):
         started.extend(f.path.name for f in folders)
-        return {"done": list(folders), "skipped": [], "failed": [], "failed_before": []}
+        return {"done": list(folders), "skipped": [], "failed": [], "failed_before": [], "interrupted": [],
+                "signal": None}
 
     def sbatch(script):
         started.append(script.name)
