@@ -100,9 +100,21 @@ def test_a_sweep_survives_kills_signals_and_nfs_errors_exactly(tmp_path):
                                 env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     workers = [start_worker() for _ in range(3)]
+
+    def first_cell(log):   # the first cell a worker began, or None
+        return next((line.split(") ", 1)[1].strip() for line in open(log) if line.startswith("[ibnnet] (")), None)
+    # the faults begin once the three workers, started together, have each begun a cell
+    deadline = time.monotonic() + 120
+    while not all(first_cell(p) for p in logs):
+        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), \
+            "\n".join(open(p).read()[-2000:] for p in logs)
+        time.sleep(0.2)
+    first = [first_cell(p) for p in logs]
+    # ... three different cells: no worker lost a race for one after seconds of its run's start-up
+    assert len(set(first)) == 3, first
     faults = ["worker SIGKILL", "worker SIGTERM", "worker SIGINT", "run SIGKILL", "run SIGKILL", "worker SIGINT"]
     rng.shuffle(faults)
-    next_fault = time.monotonic() + rng.uniform(3, 6)
+    next_fault = time.monotonic() + rng.uniform(0.5, 3)
     done_seen = set()
     deadline = time.monotonic() + 240
     try:
@@ -149,11 +161,6 @@ def test_a_sweep_survives_kills_signals_and_nfs_errors_exactly(tmp_path):
         w = _weights(f)                                         # ... to the uninterrupted run's weights, bit for bit
         assert w.keys() == reference[cell.name].keys()
         assert all(torch.equal(w[k], reference[cell.name][k]) for k in w), f.path.name
-    # the three workers started together began three different cells: none lost a race after its run's start-up
-    first = [next((line.split(") ", 1)[1] for line in open(p) if line.startswith("[ibnnet] (")), None)
-             for p in logs[:3]]
-    first = [cell for cell in first if cell is not None]   # a worker killed before it began one has none
-    assert len(first) >= 2 and len(set(first)) == len(first), first
     # nothing half-written left anywhere
     leftovers = [p for p in (tmp_path / "runs").rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name]
     assert not leftovers, leftovers

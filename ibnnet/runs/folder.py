@@ -23,8 +23,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
-from .claims import fence
 from ..files import atomic_write_json, atomic_write_text, read_json, sanitize
+from .claims import fence
 
 log = logging.getLogger("ibnnet")
 
