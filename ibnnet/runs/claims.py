@@ -245,6 +245,17 @@ class Claim:
         """One heartbeat: rewrite the record with the next beat count."""
         self._write()
 
+    def first_write(self) -> None:
+        """The record, written at once (retried a few times); should it still fail (ESTALE, EIO), the heartbeat
+        goes on trying, and the lease, counted from now, still stops this process in time."""
+        for attempt in range(3):
+            try:
+                return self.renew()
+            except OSError as e:
+                error = e
+                time.sleep(0.05 * (attempt + 1))
+        log.warning("%s: could not write the claim record yet (%s); the heartbeat retries it", self.run_path, error)
+
     def check(self) -> None:
         """Raise :class:`ClaimLost` unless this process still holds the run: its generation is the newest, not
         released, carries its token, and was renewed within the lease."""
@@ -349,7 +360,7 @@ def adopt(run_path: Path, heartbeat_s: float, timeout_s: float) -> Claim | None:
         return None
     record = ClaimRecord(newest.generation, newest.path, False, _record(None, None) | {"adopted_from": newest.info.get("pid")})
     claim = Claim(record, heartbeat_s, timeout_s, token=handed["token"])
-    claim.renew()
+    claim.first_write()
     return claim
 
 
@@ -393,7 +404,7 @@ def try_claim(run_path: Path, heartbeat_s: float, timeout_s: float, info: dict |
             continue
         os.close(fd)
         claim = Claim(ClaimRecord(generation, path, False, _record(info, c)), heartbeat_s, timeout_s)
-        claim.renew()   # the record, written at once: an empty claim file is judged by its (unchanging) content
+        claim.first_write()   # an empty claim file is judged by its (unchanging) content, like any other
         if c is not None and not c.released:
             log.warning("%s: took over the stale claim of %s", run_path, c.describe())
         return claim
