@@ -133,8 +133,12 @@ def test_srun_is_given_the_cpus_per_task(tmp_path):
 class _FakeTrainer:
     def __init__(self, world_size):
         import torch
+        from pytorch_lightning.trainer.states import TrainerFn
         self.world_size = world_size
         self.global_step = 0
+        self.accumulate_grad_batches = 1
+        self.state = type("State", (), {"fn": TrainerFn.FITTING})()
+        self.sanity_checking = self.validating = False
         self.strategy = type("S", (), {"root_device": torch.device("cpu")})()
         self.saved = []
 
@@ -185,11 +189,11 @@ def test_preemption_flag_is_all_reduced_every_n_batches_under_ddp_and_never_alon
     assert reduces == [0, 0, 0] and len(tensors) == 3 and trainer.saved == []
     # this rank's flag, set between two checks: acted on at the next check, on every rank alike
     assert _batches_until_stop(cb, trainer, 2 * K, flag_at=1, reason=TIME_LIMIT) == (K, TIME_LIMIT)
-    assert reduces[3:] == [0, 2]
+    assert reduces[3:] == [0, preemption._CODES[TIME_LIMIT]]
     # only the other rank got the signal: this one stops at the same batch
     cb, trainer = PreemptionCheckpoint(SignalFlag(), tmp_path), _FakeTrainer(2)
     cb.on_train_start(trainer, None)
-    other_rank["code"] = 2
+    other_rank["code"] = preemption._CODES[TIME_LIMIT]
     assert _batches_until_stop(cb, trainer, 2 * K) == (0, TIME_LIMIT)
     assert preemption.PREEMPT_CHECKPOINT in trainer.saved[0]
 

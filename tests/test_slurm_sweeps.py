@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CLS, REPO, assert_same_training, cli, config
+from helpers import CLS, REPO, TINY, assert_same_training, cli, config
 
 from ibnnet.experiments.grid import load_experiment
 from ibnnet.runs import claims
@@ -140,6 +140,33 @@ def test_requeue_on_the_time_limit_signal_resumes_bit_identically(slurm_cluster,
     assert not (folder.checkpoint_dir / "preempt.ckpt").exists()  # removed once the run finished
     log = "".join(p.read_text() for p in folder.path.glob("slurm-*.out"))
     assert "saved" in log and "preempt.ckpt" in log and "requeued job" in log
+
+
+def test_a_time_limit_signal_in_the_final_evaluation_requeues_and_finishes(slurm_cluster, tmp_path):
+    """SIGUSR1 after training, in the evaluation: the job requeues itself (no new checkpoint); the restarted
+    job resumes from the last epoch's last.ckpt, evaluates again and finishes."""
+    env = env_for(slurm_cluster)
+    # one epoch of 2 batches, evaluated only after training (check_val_every_n_epoch: 2): 800 images, seconds
+    # for the signal to land in
+    body = TINY.replace("max_epochs: 2,", "max_epochs: 1, check_val_every_n_epoch: 2,").replace(
+        "domain: synthetic, num_samples: 8}", "domain: synthetic, num_samples: 800}")
+    base = config(tmp_path, body + SLURM, "base.yaml")
+    path = make_experiment(tmp_path, "final_eval", base, "{model: {key: model.name, values: {BN: resnet18_bn}}}")
+    cli("sweep", path, "--launcher", "slurm", env=env)
+    (_, _, folder), = load_experiment(path).folders()
+    deadline = time.time() + 300
+    while not (folder.checkpoint_dir / "last.ckpt").is_file():   # the one epoch's end: the evaluation comes next
+        assert time.time() < deadline and not folder.is_done(), folder.log_tail(40)
+        time.sleep(0.05)
+    slurm_cluster.run("scancel", "--signal=USR1", folder.state()["slurm_job"])
+    wait_done(path, [folder], env)
+    assert folder.is_done(), folder.log_tail(60)
+    attempts = folder.state()["attempts"]
+    assert [a["status"] for a in attempts] == ["requeued", "done"], attempts
+    assert attempts[1]["resume_from"] == "last.ckpt" and attempts[1].get("SLURM_RESTART_COUNT") == "1"
+    assert not (folder.checkpoint_dir / "preempt.ckpt").exists()
+    log = "".join(p.read_text() for p in folder.path.glob("slurm-*.out"))
+    assert "stopping (time limit) in the evaluation" in log and "requeued job" in log, log[-3000:]
 
 
 def test_a_failing_cell_is_reported_and_retried_alone(slurm_cluster, tmp_path):

@@ -41,8 +41,7 @@ def cmd_train(args) -> int:
     try:
         metrics = execute(folder.path)
     except RequeueRequested as e:
-        print(f"[ibnnet] stopped for requeue: {e}")
-        return 0
+        return _stopped(e)
     except RunClaimed as e:
         print(f"ibnnet: {e}; not started", file=sys.stderr)
         return EXIT_CLAIMED
@@ -393,14 +392,25 @@ def _cpu_kernels_line(exp: Experiment, overrides: tuple[str, ...]) -> str | None
             f"numbers may differ from them (see metrics.json 'reproducibility')")
 
 
+def _stopped(e) -> int:
+    """A run stopped by a signal at a safe point (:class:`ibnnet.runs.runner.RequeueRequested`): Ctrl-C exits 130
+    (interrupted: a plain rerun resumes it), a scheduler's signal or SIGTERM 0 (stopped as asked, to be resumed)."""
+    from ..runs.preemption import INTERRUPT
+    from ..runs.runner import EXIT_INTERRUPTED
+    if e.reason == INTERRUPT:
+        print(f"[ibnnet] {e}; run it again to resume", flush=True)
+        return EXIT_INTERRUPTED
+    print(f"[ibnnet] stopped for requeue: {e}", flush=True)
+    return 0
+
+
 def cmd_run(args) -> int:
     from ..runs.claims import EXIT_CLAIMED
     from ..runs.runner import RequeueRequested, RunClaimed, execute
     try:
         execute(args.run_dir)
     except RequeueRequested as e:
-        print(f"[ibnnet] stopped for requeue: {e}", flush=True)
-        return 0
+        return _stopped(e)
     except RunClaimed as e:
         print(f"[ibnnet] {e}; skipping", flush=True)
         return EXIT_CLAIMED

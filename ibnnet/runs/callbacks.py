@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..layers import estimate_batch_average_stats
 from .claims import ClaimLost, fence
 from .folder import RunFolder
+from .preemption import safe_point
 
 log = logging.getLogger("ibnnet")
 
@@ -186,7 +187,12 @@ class BatchAverageStats(Callback):
             # the loader hands over uint8 images: normalise as the task does after a batch transfer
             return module(normalize_batch(batch[0].to(device, non_blocking=True)))
 
-        used = estimate_batch_average_stats(pl_module, loader, self.num_batches, forward_fn=forward)
+        def batches():   # each batch a safe point: a stop signal need not wait for the (long) estimate to end
+            for batch in loader:
+                safe_point(trainer)
+                yield batch
+
+        used = estimate_batch_average_stats(pl_module, batches(), self.num_batches, forward_fn=forward)
         if trainer.world_size > 1 and torch.distributed.is_initialized():
             # Each process saw different batches; average so that every process evaluates the same model.
             for buf_name, buf in pl_module.named_buffers():
@@ -209,6 +215,18 @@ class BatchAverageStats(Callback):
             for name, value in self._saved.items():
                 buffers[name].copy_(value)
             self._saved = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.on_validation_end(trainer, pl_module)   # stopped mid-validation: the model keeps its moving averages
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # Saved during a batch-average validation (a stop signal there): the moving averages, which training
+        # continues from, not the estimate in the model now.
+        if self._saved is not None:
+            state = checkpoint["state_dict"]
+            for name, value in self._saved.items():
+                if name in state:
+                    state[name] = value.clone()
 
 
 def evaluate_both_inference_modes(trainer: pl.Trainer, task, datamodule) -> dict[str, Any]:

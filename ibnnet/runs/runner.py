@@ -31,6 +31,8 @@ from .folder import (
     config_hash,
 )
 from .preemption import (
+    INTERRUPT,
+    PREEMPTED,
     TIME_LIMIT,
     Preempted,
     PreemptionCheckpoint,
@@ -46,8 +48,14 @@ class RunClaimed(Exception):
     """Another live process (worker, SLURM task) holds the run folder's claim."""
 
 
+# The exit code of a run stopped by Ctrl-C (SIGINT), as a shell reports a process SIGINT ended (128 + 2). A run stopped
+# by a scheduler's signal (or SIGTERM outside SLURM) exits 0: it stopped as planned, to be resumed.
+EXIT_INTERRUPTED = 130
+
+
 class RequeueRequested(Exception):
-    """Training stopped to be requeued (SLURM time limit or preemption); the run is not finished."""
+    """Training stopped to be requeued or rerun (a signal: SLURM time limit, preemption, SIGTERM, Ctrl-C); the run
+    is not finished."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -198,15 +206,16 @@ def _finish(cfg, folder: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _handle_requeue(cfg, folder: RunFolder, e: RequeueRequested) -> None:
-    """Rank 0 after a scheduler signal: record the state first, then (time limit) requeue ourselves."""
+    """Rank 0 after a stop signal: record the state first, then (time limit) requeue ourselves. Ctrl-C, and SIGTERM
+    outside SLURM, leave the run interrupted: a plain rerun resumes it."""
     if e.reason != TIME_LIMIT:
-        if under_slurm_step():
-            folder.end_attempt(REQUEUED, error=f"{e.reason}: checkpointed; the scheduler requeues the job")
+        if e.reason == PREEMPTED and under_slurm_step():
+            folder.end_attempt(REQUEUED, error=f"{e}; the scheduler requeues the job")
         else:
-            folder.end_attempt(INTERRUPTED, error=f"{e.reason}: checkpointed; run the sweep (or `ibnnet run "
-                                                  f"{folder.path}`) again to resume exactly where it stopped")
+            folder.end_attempt(INTERRUPTED, error=f"{e}; run the sweep (or `ibnnet run {folder.path}`) again to "
+                                                  f"resume exactly where it stopped")
         return
-    folder.end_attempt(REQUEUED, error="time limit: checkpointed, requeueing")
+    folder.end_attempt(REQUEUED, error=f"{e}, requeueing")
     requeued, detail = requeue_self(cfg.launcher.slurm.max_requeues)
     log.warning(detail)
     if not requeued:
@@ -219,8 +228,21 @@ def train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None = None,
     """Train (from ``resume`` if given) and evaluate; every DDP rank runs this.
 
     ``trainer.max_epochs=0`` (without max_steps): evaluation only, of the starting weights (``model.pretrained``
-    or ``model.pretrained_file``), e.g. the official ImageNet weights on the robustness sets.
+    or ``model.pretrained_file``), e.g. the official ImageNet weights on the robustness sets. Raises
+    :class:`RequeueRequested` when a signal stopped it at a safe point (:mod:`.preemption`).
     """
+    if flag is not None:
+        flag.abortable = True   # from here on a second Ctrl-C stops at once, leaving the last checkpoint to resume
+    try:
+        return _train_and_evaluate(cfg, folder, flag, resume)
+    except Preempted as e:
+        raise RequeueRequested(e.reason, e.detail) from None
+    finally:
+        if flag is not None:
+            flag.abortable = False
+
+
+def _train_and_evaluate(cfg, folder: RunFolder, flag: SignalFlag | None, resume: Path | None) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     from ..config.emulation import physical_config
@@ -393,16 +415,15 @@ def _fit_and_evaluate(trainer, task, dm, t, resume: Path | None) -> dict[str, An
         inference = evaluate_both_inference_modes(trainer, task, dm)
         return {"metrics": task.last_val, "best": None, "epoch": 0, "global_step": 0, "loggers": trainer.loggers,
                 "world_size": trainer.world_size, "inference": {**inference, "evaluation_only": True}}
-    try:
-        with warnings.catch_warnings():
-            # Our loader does resume mid-epoch, through the data module's checkpointed position
-            # (ibnnet.data.sampling); Lightning only knows about loaders with their own state_dict.
-            warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-            trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
-    except Preempted as e:
-        raise RequeueRequested(e.reason) from None
-    if trainer.interrupted:
-        raise KeyboardInterrupt("training was interrupted")
+    with warnings.catch_warnings():
+        # Our loader does resume mid-epoch, through the data module's checkpointed position
+        # (ibnnet.data.sampling); Lightning only knows about loaders with their own state_dict.
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    # The final evaluation: a signal stops it without a checkpoint (last.ckpt holds this model), and the resumed
+    # run, whose fit ends at once, evaluates again.
+    if dm.val_names:
+        log.info("trained to step %d: final evaluation", trainer.global_step)
     if dm.val_names and task.last_val_epoch != trainer.current_epoch - 1:
         trainer.validate(task, datamodule=dm, verbose=False)
     inference = evaluate_both_inference_modes(trainer, task, dm) if dm.val_names else {}
@@ -578,8 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         execute(args[0])
-    except RequeueRequested:
-        return 0
+    except RequeueRequested as e:
+        return EXIT_INTERRUPTED if e.reason == INTERRUPT else 0
     return 0  # errors propagate as exceptions (non-zero exit)
 
 
