@@ -201,28 +201,6 @@ def test_a_failing_cell_is_reported_and_retried_alone(slurm_cluster, tmp_path):
     assert ok.metrics_path.stat().st_mtime == ok_mtime  # the finished cell was not run again
 
 
-def test_two_workers_inside_one_allocation_finish_every_cell_without_a_takeover(slurm_cluster, tmp_path):
-    # `ibnnet sweep --workers 2` in one sbatch job: both workers and their runs share SLURM_JOB_ID. A claim of
-    # "this job, another pid" was once taken for a dead earlier incarnation: the workers took each other's runs.
-    from helpers import TINY
-    env = env_for(slurm_cluster)
-    base = config(tmp_path, TINY + "launcher: {heartbeat_s: 0.5, claim_timeout_s: 10}\n", "base.yaml")
-    path = make_experiment(tmp_path, "allocation", base,
-                           "{model: {key: model.name, values: {BN: resnet18_bn, IBN-a: resnet18_ibn_a}}}")
-    folders = [f for _, _, f in load_experiment(path).folders()]
-    script = (f"#!/bin/bash\ncd {REPO}\n"
-              f"{sys.executable} -m ibnnet sweep {path} --workers 2 --no-table --yes > {tmp_path}/out.txt 2>&1\n")
-    job = slurm_cluster.sbatch(script, "--cpus-per-task=2", "-o", str(tmp_path / "job.out"), cwd=tmp_path)
-    assert slurm_cluster.wait(job, timeout=300) == "COMPLETED", (tmp_path / "out.txt").read_text()[-3000:]
-    out = (tmp_path / "out.txt").read_text()
-    for f in folders:
-        assert f.is_done(), out[-3000:]
-        attempts = f.state()["attempts"]
-        assert len(attempts) == 1 and attempts[0]["SLURM_JOB_ID"] == job, attempts
-        assert claims.current(f.path).generation == 1   # claimed once: nobody took it over
-    assert "took over" not in out and "taken over" not in out
-
-
 def test_a_job_the_partition_cannot_run_is_refused_and_a_pending_job_shows_why(slurm_cluster, tmp_path):
     env = env_for(slurm_cluster)
     overrides = [f"paths.runs={tmp_path / 'runs'}", f"paths.results={tmp_path / 'results'}",
@@ -246,3 +224,24 @@ def test_a_job_the_partition_cannot_run_is_refused_and_a_pending_job_shows_why(s
         assert " pending " in line and f"job {job} (PENDING, reason JobHeldUser)" in line, status
     finally:
         slurm_cluster.run("scancel", job.split("_")[0])
+
+
+def test_two_workers_inside_one_allocation_finish_every_cell_without_a_takeover(slurm_cluster, tmp_path):
+    # `ibnnet sweep --workers 2` in one sbatch job: both workers and their runs share SLURM_JOB_ID. A claim of
+    # "this job, another pid" was once taken for a dead earlier incarnation: the workers took each other's runs.
+    from helpers import TINY
+    base = config(tmp_path, TINY + "launcher: {heartbeat_s: 0.5, claim_timeout_s: 10}\n", "base.yaml")
+    path = make_experiment(tmp_path, "allocation", base,
+                           "{model: {key: model.name, values: {BN: resnet18_bn, IBN-a: resnet18_ibn_a}}}")
+    folders = [f for _, _, f in load_experiment(path).folders()]
+    script = (f"#!/bin/bash\ncd {REPO}\n"
+              f"{sys.executable} -m ibnnet sweep {path} --workers 2 --no-table --yes > {tmp_path}/out.txt 2>&1\n")
+    job = slurm_cluster.sbatch(script, "--cpus-per-task=2", "-o", str(tmp_path / "job.out"), cwd=tmp_path)
+    assert slurm_cluster.wait(job, timeout=300) == "COMPLETED", (tmp_path / "out.txt").read_text()[-3000:]
+    out = (tmp_path / "out.txt").read_text()
+    for f in folders:
+        assert f.is_done(), out[-3000:]
+        attempts = f.state()["attempts"]
+        assert len(attempts) == 1 and attempts[0]["SLURM_JOB_ID"] == job, attempts
+        assert claims.current(f.path).generation == 1   # claimed once: nobody took it over
+    assert "took over" not in out and "taken over" not in out
