@@ -245,16 +245,17 @@ class Claim:
         """One heartbeat: rewrite the record with the next beat count."""
         self._write()
 
-    def first_write(self) -> None:
-        """The record, written at once (retried a few times); should it still fail (ESTALE, EIO), the heartbeat
-        goes on trying, and the lease, counted from now, still stops this process in time."""
-        for attempt in range(3):
+    def first_write(self) -> bool:
+        """The record, written at once (retried a few times); False if it could not be (ESTALE, EIO)."""
+        for attempt in range(5):
             try:
-                return self.renew()
+                self.renew()
+                return True
             except OSError as e:
                 error = e
                 time.sleep(0.05 * (attempt + 1))
-        log.warning("%s: could not write the claim record yet (%s); the heartbeat retries it", self.run_path, error)
+        log.warning("%s: could not write the claim record (%s)", self.run_path, error)
+        return False
 
     def check(self) -> None:
         """Raise :class:`ClaimLost` unless this process still holds the run: its generation is the newest, not
@@ -360,7 +361,11 @@ def adopt(run_path: Path, heartbeat_s: float, timeout_s: float) -> Claim | None:
         return None
     record = ClaimRecord(newest.generation, newest.path, False, _record(None, None) | {"adopted_from": newest.info.get("pid")})
     claim = Claim(record, heartbeat_s, timeout_s, token=handed["token"])
-    claim.first_write()
+    if not claim.first_write():
+        # The record still names the worker: were it to die now, its claim would look dead and be taken over while
+        # this process trains. Not adopted: the worker keeps it, and this process asks like anyone else.
+        _HELD.pop(str(claim.run_path), None)
+        return None
     return claim
 
 
@@ -404,7 +409,9 @@ def try_claim(run_path: Path, heartbeat_s: float, timeout_s: float, info: dict |
             continue
         os.close(fd)
         claim = Claim(ClaimRecord(generation, path, False, _record(info, c)), heartbeat_s, timeout_s)
-        claim.first_write()   # an empty claim file is judged by its (unchanging) content, like any other
+        # If this fails, the heartbeat goes on trying and the lease, counted from now, stops this process in time;
+        # meanwhile the empty file is judged by its (unchanging) content, like any other.
+        claim.first_write()
         if c is not None and not c.released:
             log.warning("%s: took over the stale claim of %s", run_path, c.describe())
         return claim

@@ -192,6 +192,9 @@ def _finish(cfg, folder: RunFolder, result: dict[str, Any]) -> dict[str, Any]:
         **({"train_data": result["train_data"]} if "train_data" in result else {}),
         **result.get("inference", {}),   # inference mode of "metrics"; moving-average metrics beside batch-average
     }
+    # Temporary files a writer left when it stopped mid-write: one killed before this attempt (removed when it
+    # started), or one stopped since by losing its claim to this process.
+    folder.remove_partial_files()
     fence(folder.metrics_path)
     atomic_write_json(folder.metrics_path, metrics)
     folder.end_attempt(DONE)
