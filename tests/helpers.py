@@ -155,3 +155,10 @@ def saved_tensor_bytes(layer, x, kind: str) -> int:
         y = layer(x)
     y.float().sum().backward()
     return sum(storages.values())
+
+
+def logged_rows(folder) -> list[dict[str, str]]:
+    """A run's logs/metrics.csv rows, each without its empty cells."""
+    import csv
+    with open(Path(folder.path) / "logs" / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]

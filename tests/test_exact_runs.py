@@ -1,7 +1,6 @@
 """Exact runs: a run interrupted anywhere and resumed ends bit-identical to an uninterrupted one, and the
 same command gives the same numbers. Compared: every tensor of last.ckpt (weights, buffers, optimizer
 state), the step count, metrics.json's metrics and the sample indices of every trained batch."""
-import csv
 import json
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ENV, REPO, assert_same_training, cli, config
+from helpers import ENV, REPO, assert_same_training, cli, config, logged_rows
 
 from ibnnet.config import compose
 from ibnnet.runs.folder import RunFolder, run_dir
@@ -36,17 +35,11 @@ trainer: {max_epochs: 3, enable_progress_bar: false, log_every_n_steps: 1, num_t
 STEPS_PER_EPOCH = 96 // 16
 
 
-def _logged_rows(folder: RunFolder) -> list[dict[str, str]]:
-    """logs/metrics.csv's rows, each without its empty cells."""
-    with open(folder.path / "logs" / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
 def assert_same_run(a: RunFolder, b: RunFolder) -> None:
     assert_same_training(a, b, epochs=3, steps_per_epoch=STEPS_PER_EPOCH, num_samples=96)
     # the log as well: every step's and every epoch's values (train/loss_epoch and train/top1_acc of an epoch
     # resumed in its middle cover all its batches), no row twice, none missing
-    rows_a, rows_b = _logged_rows(a), _logged_rows(b)
+    rows_a, rows_b = logged_rows(a), logged_rows(b)
     assert len([r for r in rows_a if "train/loss_epoch" in r]) == 3
     assert rows_a == rows_b, [(x, y) for x, y in zip(rows_a, rows_b) if x != y][:3]
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from helpers import ENV, REPO, _tensors, cli, config
+from helpers import ENV, REPO, _tensors, cli, config, logged_rows
 from pytorch_lightning.callbacks import Callback
 
 from ibnnet.config import compose
@@ -193,6 +193,10 @@ def test_a_run_stopped_at_every_kind_of_safe_point_resumes_bit_identically(refer
     assert [a["status"] for a in attempts] == ["interrupted"] * 5 + ["done"], attempts
     assert [a["resume_from"] for a in attempts] == [None, None] + ["preempt.ckpt"] * 3 + ["last.ckpt"]
     assert_same_result(reference[1], folder)
+    # and the log: every epoch's training values, also of the epochs resumed into their validation
+    rows, expected = logged_rows(folder), logged_rows(reference[1])
+    assert len([r for r in expected if "train/loss_epoch" in r]) == 2
+    assert rows == expected, [(x, y) for x, y in zip(rows, expected) if x != y][:3]
 
 
 def test_ctrl_c_checkpoints_exits_130_and_a_plain_rerun_resumes(reference, tmp_path):

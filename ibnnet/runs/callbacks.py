@@ -219,6 +219,14 @@ class BatchAverageStats(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.on_validation_end(trainer, pl_module)   # stopped mid-validation: the model keeps its moving averages
 
+    def state_dict(self) -> dict[str, Any]:
+        # The batches of the last estimate, reported with the evaluation it made: a run resumed from the last
+        # epoch's last.ckpt reports that epoch's evaluation (saved with the model) without estimating again.
+        return {"batches_used": self.batches_used}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batches_used = int(state_dict.get("batches_used", self.batches_used))
+
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         # Saved during a batch-average validation (a stop signal there): the moving averages, which training
         # continues from, not the estimate in the model now.

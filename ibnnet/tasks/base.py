@@ -10,7 +10,9 @@ whenever ``is_best = test_acc > best_acc``, where ``test_loss, test_acc1, test_a
 best_prec1``) and the default choose by top-1 error (classification), mIoU (segmentation). So ``best``
 holds the whole evaluation of the epoch where the first evaluation set's ``trainer.best_metric`` was best
 (the first such epoch on ties, as ``>``), plus the best of every metric of every set with its epoch. Epochs
-are 0-based indices of finished training epochs. The record is saved in checkpoints, so resumed runs keep it.
+are 0-based indices of finished training epochs. The record is saved in checkpoints, so resumed runs keep it;
+so is ``last_val`` with its epoch: a run resumed from the last epoch's ``last.ckpt`` (stopped in the evaluation
+after training) then does not evaluate that epoch's model again, which the uninterrupted run did not either.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class TaskBase(pl.LightningModule):
         self.best_state: dict[str, Any] = {}
         self._restored = False                                  # a checkpoint was loaded; no batch has run since
         self._resumed_sums: dict[str, Any] | None = None        # its running epoch sums (see _epoch_sums)
+        self._saved_logger_step: int | None = None              # its loops' logger step (see on_validation_start)
 
     @property
     def network(self) -> torch.nn.Module:
@@ -148,21 +151,31 @@ class TaskBase(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ibnnet_best"] = self.best_state
+        checkpoint["ibnnet_last_val"] = {"epoch": self.last_val_epoch, "results": self.last_val}
         sums = self._epoch_sums()
         if sums is not None:
             checkpoint["ibnnet_epoch_sums"] = sums
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_state = dict(checkpoint.get("ibnnet_best") or {})
+        # Without it, a resume whose fit ends at once (from the last epoch's last.ckpt) found no evaluation of the
+        # last epoch and ran it again after fit: the same numbers, but a row in metrics.csv (and wandb) that the
+        # uninterrupted run, whose last in-fit validation is that evaluation, does not have.
+        last = checkpoint.get("ibnnet_last_val") or {}
+        self.last_val = dict(last.get("results") or {})
+        self.last_val_epoch = int(last.get("epoch", -1))
         self._restored = True
         self._resumed_sums = checkpoint.get("ibnnet_epoch_sums")
+        step = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_loop.state_dict", {})
+        self._saved_logger_step = step.get("_batches_that_stepped")
 
     # --- the epoch values of training metrics across a resume in the middle of an epoch ---------------------------
     # Lightning accumulates what is logged with on_epoch=True (train/loss_epoch, train/top1_acc) in its result
     # collection, which no checkpoint holds: an epoch resumed in its middle reported the mean of the batches after
-    # the resume. A checkpoint saved between two batches (preempt.ckpt) therefore carries every process's running
-    # sums; the resumed process adds its own back once its first batch has logged, and as a + b == b + a in floats,
-    # the epoch's value is the uninterrupted run's to the bit.
+    # the resume. A checkpoint saved between two batches or in the epoch-end validation (preempt.ckpt) therefore
+    # carries every process's running sums; the resumed process adds its own back once its first batch has logged
+    # (or, resumed into the validation, puts them back at the epoch's end), and as a + b == b + a in floats, the
+    # epoch's value is the uninterrupted run's to the bit.
 
     def _epoch_sums(self) -> dict[str, Any] | None:
         """{"position": [epoch, batches done], "sums": {key: {"value", "count"}: one entry per process}}, or None
@@ -172,7 +185,11 @@ class TaskBase(pl.LightningModule):
             return None
         loop = trainer.fit_loop.epoch_loop
         position = [int(trainer.current_epoch), int(loop.batch_progress.current.completed)]
-        if not 0 < position[1] < trainer.num_training_batches:
+        # every batch done but the epoch not ended: a stop in the epoch-end validation (or its batch-average
+        # estimate), whose checkpoint resumes into that validation and then the epoch's end. Not last.ckpt, saved
+        # at the epoch's end, after its values were logged.
+        done = position[1] == trainer.num_training_batches
+        if not 0 < position[1] <= trainer.num_training_batches or (done and not trainer.validating):
             return None
         pending = self._resumed_sums   # saved again before the resumed epoch's first batch has run
         if pending is not None and list(pending["position"]) == position:
@@ -198,6 +215,17 @@ class TaskBase(pl.LightningModule):
             # optimizer step. Rows logged after a mid-epoch resume were one step ahead of the uninterrupted run's.
             self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
 
+    def on_validation_start(self) -> None:
+        trainer = self.trainer
+        if self._restored and self.fitting() and not trainer.sanity_checking:
+            self._restored = False
+            # Resumed into this validation (stopped in it: Lightning's "restarted mid-evaluation"), no training batch
+            # first. Lightning added one to its logger step at the restart, as above, though the checkpoint was saved
+            # in this very validation, with the step it logs at: the uninterrupted run's, one below global_step at an
+            # epoch's end (the last batch's step is counted after its validation). Its rows were one step ahead.
+            if self._saved_logger_step is not None:
+                trainer.fit_loop.epoch_loop._batches_that_stepped = int(self._saved_logger_step)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         pending, self._resumed_sums = self._resumed_sums, None
         if pending is None or list(pending["position"]) != [self.current_epoch, batch_idx]:
@@ -221,6 +249,28 @@ class TaskBase(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         # in the epoch's row; not logged at the epoch's start, which Lightning skips when it resumes mid-epoch
         self.log("epoch_float", float(self.current_epoch), on_step=False, on_epoch=True)
+        self._restore_sums_of_a_finished_epoch()
+
+    def _restore_sums_of_a_finished_epoch(self) -> None:
+        """Resumed into an epoch's end (stopped in its validation): no training batch runs before the epoch's
+        values are logged, so the saved sums go into entries made here, under the names training_step logs."""
+        pending = self._resumed_sums
+        if pending is None or list(pending["position"]) != [self.current_epoch, self.trainer.num_training_batches]:
+            return
+        self._resumed_sums = None
+        rank, results = self.trainer.global_rank, self.trainer.fit_loop.epoch_loop._results
+        for key, saved in pending["sums"].items():
+            if saved["value"].shape[0] != self.trainer.world_size:
+                continue
+            name = key.split(".", 1)[1]   # "training_step.train/loss_epoch": the logged name after the hook's
+            value = saved["value"][rank].to(self.device)
+            # as training_step logs it (epoch only, synced over processes), then its sums put in place
+            self.log(name, torch.zeros_like(value), on_step=False, on_epoch=True, sync_dist=True, batch_size=1,
+                     reduce_fx="mean" if "count" in saved else "sum")
+            m = results[f"on_train_epoch_end.{name}"]
+            m.value = value
+            if "count" in saved:
+                m.cumulated_batch_size = saved["count"][rank].to(self.device)
 
     @staticmethod
     def as_float(t: torch.Tensor) -> float:
