@@ -3,6 +3,7 @@ that disagree, frozen holders that come back, generation numbers, and the order 
 import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -111,13 +112,13 @@ def test_the_heartbeat_survives_nfs_errors_and_stops_the_holder_when_it_cannot_r
             time.sleep(0.05)
         print("still running")
     """)
-    t = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run2")], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
-    took = time.monotonic() - t
     assert proc.returncode == claims.EXIT_CLAIMED, proc.stdout + proc.stderr
-    assert "still running" not in proc.stdout and "could not renew the claim" in proc.stderr
-    assert took < 8
+    assert "still running" not in proc.stdout
+    # it stopped after half the timeout without a renewal, by its own clock: before any reader could take over
+    idle = float(re.search(r"could not renew the claim for ([\d.]+) s", proc.stderr).group(1))
+    assert idle < 2, proc.stderr
 
 
 @pytest.mark.parametrize("content", [b"[]", b"\xff\xfe\x00garbage", b"", b'{"host": "x", "pid": '])

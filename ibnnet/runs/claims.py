@@ -300,7 +300,7 @@ class Claim:
                                 type(e).__name__, e, self.heartbeat_s)
             idle = time.monotonic() - self._last_renewal
             if idle > self.lease_s:
-                self._exit(f"could not renew the claim for {idle:.0f} s (half of launcher.claim_timeout_s)")
+                self._exit(f"could not renew the claim for {idle:.1f} s (half of launcher.claim_timeout_s)")
 
     def _exit(self, why: str) -> None:
         log.error("%s: %s; stopping at once without writing anything more (the run resumes from its last "
