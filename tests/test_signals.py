@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from helpers import ENV, REPO, _tensors, cli, config, logged_rows
+from helpers import ENV, REPO, TINY, _tensors, cli, config, logged_rows
 from pytorch_lightning.callbacks import Callback
 
 from ibnnet.config import compose
@@ -18,22 +18,10 @@ from ibnnet.runs.folder import RunFolder, run_dir
 
 # 4 training batches an epoch in 2 accumulation windows; 2 validation batches; batch-average statistics (BN
 # re-estimated from 2 training batches) before every validation, so a stop inside one must save the moving averages.
-SIGNALS = """
-defaults: [{optim: demo}, {trainer: cpu_demo}, {logger: disabled}, {launcher: local}]
-task: classification
-model: {name: resnet18_bn}
-data:
-  train: {dataset: builtin_cls, split: train, domain: synthetic, num_samples: 64}
-  val:
-    - {name: synthetic, dataset: builtin_cls, split: val, domain: synthetic, num_samples: 16}
-  batch_size: 16
-  eval_batch_size: 8
-  num_workers: 0
-  augment: {image_size: 32, eval_resize: 32}
-optim: {name: sgd, lr: 0.01, schedule: constant, warmup_epochs: 0}
-trainer: {max_epochs: 2, enable_progress_bar: false, log_every_n_steps: 1, num_threads: 1, log_sample_indices: true,
-          accumulate_grad_batches: 2, batch_average_batches: 2, batch_average_every_eval: true}
-"""
+SIGNALS = (TINY.replace("num_samples: 32}", "num_samples: 64}").replace("num_samples: 8}", "num_samples: 16}")
+           .replace("  batch_size: 16\n", "  batch_size: 16\n  eval_batch_size: 8\n")
+           .replace("num_threads: 1}", "num_threads: 1, log_sample_indices: true,\n"
+                    "          accumulate_grad_batches: 2, batch_average_batches: 2, batch_average_every_eval: true}"))
 RESULT_KEYS = ("metrics", "best", "metrics_moving_average", "batch_average", "inference", "epochs", "global_step")
 
 
