@@ -1,6 +1,7 @@
 """What a cluster feeds the suite that one quiet machine does not: array tasks starting together on one folder,
 names that reach the shell and the file system, run references that could match more than one run, a
 scheduler that does not answer."""
+import json
 import threading
 from pathlib import Path
 import time
@@ -248,3 +249,17 @@ def test_a_job_no_node_of_its_partition_can_run_is_refused_naming_what_fits(tmp_
         assert expected in err, (expected, err)
     assert (tmp_path / "sbatch.calls").read_text().count("\n") == 1   # the test only: nothing submitted
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_that_recorded_its_error_is_failed_while_its_job_is_still_ending(tmp_path):
+    # srun and the batch script take a moment to exit after the run wrote its error: squeue still says RUNNING
+    from ibnnet.runs.folder import RunFolder
+    from ibnnet.runs.status import live_status
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    (folder.path / "state.json").write_text(json.dumps({"status": "failed", "slurm_job": "7_0", "error": "boom",
+                                                        "attempts": []}))
+    status, info = live_status(folder, {"7_0": "RUNNING"})
+    assert status == "failed" and "still ending" in info["note"]
+    (folder.path / "state.json").write_text(json.dumps({"status": "submitted", "slurm_job": "8_0", "attempts": []}))
+    assert live_status(folder, {"8_0": "RUNNING"})[0] == "running"   # resubmitted: its new job runs it

@@ -71,6 +71,9 @@ def live_status(folder: RunFolder, scheduler: dict[str, str] | None = None,
         if reason and sched not in _RUNNING:
             info["scheduler"] += f", reason {reason}"
         if sched in _ACTIVE:
+            if status == FAILED:   # the run recorded its error (a resubmission would have made it "submitted")
+                info["note"] = "its job is still ending"
+                return FAILED, info
             if sched in _RUNNING:
                 return RUNNING, info
             return (REQUEUED if status == REQUEUED or "REQUEUE" in sched else PENDING), info
