@@ -107,6 +107,7 @@ def run_local(folders: list[RunFolder], stop_on_error: bool = False, retry_faile
         summary["failed_before"] = [f for f in folders if f.failed_before()]
     tried: set[str] = set()        # cells this worker ran to an error or an interruption: not again
     killed: dict[str, int] = {}    # cells whose run process was killed by a signal, and how often
+    lost: dict[str, int] = {}      # cells whose run process exited without (or after losing) the claim
     observer = claims.Observer()   # claims seen over time: stale only when seen unchanged for the timeout
     stop = StopSignals().install()
     waiting_note = 0.0
@@ -129,8 +130,8 @@ def run_local(folders: list[RunFolder], stop_on_error: bool = False, retry_faile
             start = time.time()
             claim.start_heartbeat()   # until the run process adopts the claim
             try:
-                proc = subprocess.Popen(run_command(folder), env={**run_environment(folder, env), **claim.handoff_env()},
-                                        process_group=0)
+                proc = subprocess.Popen(run_command(folder), process_group=0,
+                                        env={**run_environment(folder, env), **claim.handoff_env()})
                 stop.child = proc
                 if stop.signum is not None:   # a signal came while it started
                     os.killpg(proc.pid, stop.signum)
@@ -139,8 +140,13 @@ def run_local(folders: list[RunFolder], stop_on_error: bool = False, retry_faile
                 stop.child = None
                 claim.release()   # if the run process died without releasing it
             took = time.time() - start
-            if returncode == claims.EXIT_CLAIMED:
-                continue                      # it lost the claim (taken over): pick again
+            if returncode == claims.EXIT_CLAIMED:   # it lost the claim (taken over) or could not adopt it
+                lost[str(folder.path)] = lost.get(str(folder.path), 0) + 1
+                if lost[str(folder.path)] >= 3:   # something keeps it from its claim (an unwritable claims/ ...)
+                    tried.add(str(folder.path))
+                    print(f"[ibnnet] {folder.path}: its run process could not keep the claim 3 times; leaving it "
+                          f"(see its train.log and {folder.path / claims.CLAIM_DIR})", flush=True)
+                continue                      # pick again
             if folder.is_done():
                 summary["done"].append(folder)
                 print(f"[ibnnet] finished in {took:.0f} s", flush=True)
