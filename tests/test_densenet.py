@@ -194,6 +194,8 @@ def test_configuration_errors_are_clear():
         DenseNetIBN(in_ratio="full")
     with pytest.raises(ValueError, match="ibn_groups"):
         DenseNetIBN(ibn_groups=(5,))
+    with pytest.raises(ValueError, match="takes no layers or channels"):
+        DenseNetIBN(layers=(1, 1, 1, 1), channels=(8, 8, 8, 8))
     with torch.device("meta"):
         only1 = DenseNetIBN(ibn_groups=(1,), in_ratio=0.5)
     ibn = [n for n, m in only1.named_modules() if isinstance(m, IBN)]

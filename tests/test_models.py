@@ -163,6 +163,28 @@ def test_adaptive_pool_equals_fixed_pool_at_224_and_accepts_other_sizes():
         assert model(torch.randn(1, 3, 97, 131)).shape == (1, 1000)
 
 
+def test_depth_and_widths_follow_timms_resnet_arguments():
+    # layers / channels mean what they mean in timm's ResNet: same layout, same outputs.
+    kw = dict(layers=(2, 2, 2, 1), channels=(32, 64, 128, 256), num_classes=10)
+    theirs = timm.models.resnet.ResNet(block=timm.models.resnet.BasicBlock, **kw).eval()
+    ours = timm.create_model("resnet18_bn", **kw).eval()
+    ours.load_state_dict(theirs.state_dict())   # strict: every key and shape equal
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    assert [f["num_chs"] for f in ours.feature_info] == [64, 32, 64, 128, 256] and len(ours.layer4) == 1
+    # The IBN variants keep their placements in a narrower, shallower network.
+    ibn_a = meta_model("resnet18_ibn_a", **kw)
+    assert [n for n, m in ibn_a.named_modules() if isinstance(m, IBN)] == [
+        f"layer{g}.{b}.bn1" for g in (1, 2, 3) for b in (0, 1)]
+    assert ibn_a.layer1[0].bn1.IN.num_features == 16
+    assert meta_model("resnet18_ibn_b", **kw).layer2[1].IN.num_features == 64
+    with pytest.raises(ValueError, match="channels must be four positive widths"):
+        ResNet(channels=(32, 64, 128))
+    with pytest.raises(ValueError, match="layers must be four positive block counts"):
+        ResNet(layers=(2, 2, 0, 2))
+
+
 def test_configuration_errors_are_clear():
     with pytest.raises(ValueError, match="unknown IBN variant"):
         ResNet(ibn="e")

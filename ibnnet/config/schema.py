@@ -25,6 +25,8 @@ class ModelConfig:
     in_ratio: Optional[Union[float, str]] = None  # [0, 1] or "full" (every norm is IN)
     ibn_groups: Optional[List[int]] = None       # residual groups with IN, e.g. [1, 2, 3]
     norm: Optional[str] = None                   # bn | syncbn | gn | in | ln | sn | ghost_bn
+    layers: Optional[List[int]] = None           # ResNets: blocks per residual group (ResNet-18: [2, 2, 2, 2])
+    channels: Optional[List[int]] = None         # ResNets: the four groups' widths ([64, 128, 256, 512]; stem: 64)
     gn_groups: int = 32
     ghost_batch_size: int = 0                    # ghost_bn / sn: statistics over sub-batches of this size
     sn_momentum: float = 0.1                     # PyTorch convention (official 0.9 = 0.1 here)

@@ -75,6 +75,10 @@ class DenseNetIBN(DenseNet):
         proj_drop_rate: float = 0.0,
         **kwargs,
     ):
+        resnet_only = [k for k in ("layers", "channels") if k in kwargs]
+        if resnet_only:
+            raise ValueError(f"DenseNet-IBN takes no {' or '.join(resnet_only)} (ResNet arguments): its depth and "
+                             f"widths are block_config and growth_rate")
         variant = canonical_ibn(ibn)
         if variant not in ("a", "none"):
             raise ValueError(f"DenseNet-IBN has IBN-a only (the official densenet_ibn.py), got ibn={ibn!r}")

@@ -206,6 +206,8 @@ class ResNet(nn.Module):
     Args:
         block: ``"basic"`` (ResNet-18/34) or ``"bottleneck"``.
         layers: blocks per residual group.
+        channels: the four residual groups' widths (``planes``; a bottleneck outputs 4x), as in timm's ResNet;
+            the 7x7 stem keeps 64 channels, as timm's does.
         ibn: IBN variant: none | a | b | c | d | ad (a&d) | a2 (a x2).
         in_ratio: fraction of channels through IN in IBN layers, or ``"full"`` (every norm is IN).
         ibn_groups: residual groups (1-4) that get IN; ``None`` = the variant's default.
@@ -225,6 +227,7 @@ class ResNet(nn.Module):
         cardinality: int = 1,
         base_width: int = 64,
         se_reduction: int = 0,
+        channels: Sequence[int] = (64, 128, 256, 512),
         ibn: str = "none",
         in_ratio: float | str = 0.5,
         ibn_groups: Sequence[int] | None = None,
@@ -241,6 +244,8 @@ class ResNet(nn.Module):
             raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ValueError(f"layers must be four positive block counts, got {tuple(layers)}")
+        if len(channels) != 4 or any(int(c) < 1 for c in channels):
+            raise ValueError(f"channels must be four positive widths, got {tuple(channels)}")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         variant = canonical_ibn(ibn)
@@ -269,7 +274,7 @@ class ResNet(nn.Module):
         self.feature_info = [dict(num_chs=64, reduction=2, module="act1")]
 
         inplanes, net_stride, dilation, prev_dilation = 64, 4, 1, 1
-        for gi, (planes, n_blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+        for gi, (planes, n_blocks) in enumerate(zip((int(c) for c in channels), layers)):
             stride = 1 if gi == 0 else 2
             if net_stride >= output_stride:
                 dilation *= stride

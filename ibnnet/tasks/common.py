@@ -31,6 +31,9 @@ def model_kwargs(m) -> dict[str, Any]:
             kw[key] = m[key]
     if m.ibn_groups is not None:
         kw["ibn_groups"] = tuple(m.ibn_groups)
+    for key in ("layers", "channels"):
+        if m[key] is not None:
+            kw[key] = tuple(m[key])
     kw["norm_kwargs"] = dict(gn_groups=m.gn_groups, ghost_batch_size=m.ghost_batch_size, sn_momentum=m.sn_momentum,
                              sn_using_bn=m.sn_using_bn, sn_using_moving_average=m.sn_using_moving_average)
     return kw
