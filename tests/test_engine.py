@@ -10,7 +10,9 @@ from ibnnet.config import ConfigError, compose
 from ibnnet.experiments.grid import load_experiment
 from ibnnet.results.table import write_table
 from ibnnet.runs.folder import config_hash, run_id
+from ibnnet.tasks.common import build_model
 from ibnnet.tasks.metrics import ConfusionMatrix, segmentation_scores
+from ibnnet.tasks.optim import build_optimizer, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -30,6 +32,30 @@ def test_demo_config_composes_from_parts():
     assert [v.name for v in cfg.data.val] == ["in-domain", "cross-domain"]   # the demo names them by their role
     assert cfg.optim.schedule == "cosine" and cfg.trainer.accelerator == "cpu"
     assert cfg.data.eval_batch_size == cfg.data.batch_size  # filled default
+
+
+def test_depth_and_width_overrides_and_the_fused_adamw_reach_the_run():
+    cfg = compose(DEMO, ["model.layers=[2,2,2,1]", "model.channels=[32,64,128,256]"])
+    model = build_model(cfg.model, num_classes=10)
+    assert [len(model.layer1), len(model.layer2), len(model.layer3), len(model.layer4)] == [2, 2, 2, 1]
+    assert [model.layer1[0].conv1.out_channels, model.layer4[0].conv2.out_channels] == [32, 256]
+    with pytest.raises(ConfigError, match="model.channels"):
+        compose(DEMO, ["model.channels=[wide]"])
+    # AdamW is PyTorch's fused kernel; its first step is the AdamW update computed in float64, to float32 rounding.
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(1000))
+    p.grad = torch.randn(1000)
+    start, g = p.detach().double().clone(), p.grad.double()
+    o = cfg.optim
+    opt = build_optimizer(o, param_groups([("w", p)], o.weight_decay, False), 1e-2, 10, 100)["optimizer"]
+    assert opt.defaults["fused"] is True
+    opt.step()
+    (b1, b2), eps = opt.defaults["betas"], opt.defaults["eps"]
+    lr = 1e-2 / 3   # the warm-up's first step: (0 + 1) / (0.3 epochs * 10 steps)
+    m, v = (1 - b1) * g / (1 - b1), (1 - b2) * g * g / (1 - b2)
+    expected = start * (1 - lr * o.weight_decay) - lr * m / (v.sqrt() + eps)
+    err = (p.detach().double() - expected).abs()
+    assert (err <= 4 * torch.finfo(torch.float32).eps * (start.abs() + lr)).all(), err.max()
 
 
 def test_unknown_key_in_file_names_file_and_key(tmp_path):
