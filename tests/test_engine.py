@@ -51,7 +51,7 @@ def test_depth_and_width_overrides_and_the_fused_adamw_reach_the_run():
     assert opt.defaults["fused"] is True
     opt.step()
     (b1, b2), eps = opt.defaults["betas"], opt.defaults["eps"]
-    lr = 1e-2 / 3   # the warm-up's first step: (0 + 1) / (0.3 epochs * 10 steps)
+    lr = 1e-2 / (o.warmup_epochs * 10)   # the warm-up's first step: (0 + 1) / (warm-up epochs * 10 steps)
     m, v = (1 - b1) * g / (1 - b1), (1 - b2) * g * g / (1 - b2)
     expected = start * (1 - lr * o.weight_decay) - lr * m / (v.sqrt() + eps)
     err = (p.detach().double() - expected).abs()
