@@ -7,8 +7,8 @@ the ratio of their median step times. The children train the same model on the s
 also says whether the two settings end with the same weights (on a CPU with more than AVX2 they do not: that is
 why deterministic runs pin it).
 
-    uv run python bench/portable_cpu.py                    # the demo's step: resnet18_ibn_a, batch 64, 48 px
-    uv run python bench/portable_cpu.py --model resnet50_ibn_a --batch 16 --size 128
+    uv run python bench/portable_cpu.py                    # the demo's step (configs/demo.yaml's network), batch 64, 48 px
+    uv run python bench/portable_cpu.py --model resnet50_ibn_a --channels "" --batch 16 --size 128
 """
 from __future__ import annotations
 
@@ -18,16 +18,18 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 CHILD = r"""
 import hashlib, json, sys, time
 import timm, torch
 import ibnnet  # noqa: F401
 model_name, batch, size, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+channels = json.loads(sys.argv[5])
 torch.set_num_threads(threads)
 torch.use_deterministic_algorithms(True)
 torch.manual_seed(0)
-model = timm.create_model(model_name, num_classes=10).train()
+model = timm.create_model(model_name, num_classes=10, **({"channels": channels} if channels else {})).train()
 opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 g = torch.Generator().manual_seed(1)
 batches = [(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g))
@@ -51,10 +53,19 @@ for line in sys.stdin:
 """
 
 
+def demo_channels() -> str:
+    """The demo's ResNet widths (``model.channels`` of configs/demo.yaml), comma-separated."""
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    return ",".join(str(c) for c in cfg.model.channels)
+
+
 def main() -> None:
     from ibnnet.runs.env import PORTABLE_CPU_ENV
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="resnet18_ibn_a")
+    ap.add_argument("--channels", default=demo_channels(),
+                    help="the ResNet's group widths, comma-separated (default: the demo's); '' keeps the model's")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
@@ -67,7 +78,8 @@ def main() -> None:
     procs = {}
     for name, env in settings.items():
         procs[name] = subprocess.Popen(
-            [sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.size), str(args.threads)],
+            [sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.size), str(args.threads),
+             json.dumps([int(c) for c in args.channels.split(",") if c.strip()])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     capability = {name: json.loads(p.stdout.readline())["ready"] for name, p in procs.items()}
 
@@ -88,7 +100,8 @@ def main() -> None:
         p.wait()
 
     base = statistics.median(times["native"])
-    print(f"{args.model}, batch {args.batch} at {args.size} px, {args.threads} threads, "
+    widths = f" (channels {args.channels})" if args.channels else ""
+    print(f"{args.model}{widths}, batch {args.batch} at {args.size} px, {args.threads} threads, "
           f"{args.rounds} rounds of {args.steps} steps")
     print(f"{'setting':15s} {'ATen dispatch':14s} {'s/step':>8s} {'ratio':>6s} weights after "
           f"{final['native']['steps']} steps")
