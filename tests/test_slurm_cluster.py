@@ -136,7 +136,9 @@ def _signal_job(tmp_path: Path, name: str, extra: str = "") -> tuple[str, Path]:
         #!/bin/bash
         OUT={out}
         trap 'echo "batch got USR1 ${{SLURM_RESTART_COUNT:-0}}" >> $OUT; {extra}' USR1
-        trap 'echo "batch got TERM ${{SLURM_RESTART_COUNT:-0}}" >> $OUT; exit 0' TERM
+        # On TERM the batch shell waits for its child and step before it exits, as a job script that checkpoints
+        # would: exiting at once let slurmd SIGKILL the child before it had written what it got.
+        trap 'echo "batch got TERM ${{SLURM_RESTART_COUNT:-0}}" >> $OUT; wait; exit 0' TERM
         if [ "${{SLURM_RESTART_COUNT:-0}}" -ge 1 ]; then
             srun -n1 bash -c 'echo "step restart $SLURM_RESTART_COUNT" >> '$OUT
             exit 0
@@ -175,8 +177,11 @@ def test_scancel_signal_targets(slurm_cluster, tmp_path, mode, expected):
 
 def test_time_limit_signal_and_requeue(slurm_cluster, tmp_path):
     """--signal=[B:]USR1@50 with --time=1; the B: job requeues itself on USR1."""
+    # The job requeues itself once its child and its step are both up: the warning can come seconds after the
+    # start (the limit check runs every 30 s), before a loaded machine has started the srun step.
     requeue_script, requeue_out = _signal_job(
-        tmp_path, "b", extra='scontrol requeue $SLURM_JOB_ID >> $OUT 2>&1')
+        tmp_path, "b", extra='until [ $(grep -c " ready" $OUT) -ge 2 ]; do sleep 0.2; done; '
+                             'scontrol requeue $SLURM_JOB_ID >> $OUT 2>&1')
     steps_script, steps_out = _signal_job(tmp_path, "steps")
     t0 = time.monotonic()
     jb = slurm_cluster.sbatch(requeue_script, "-n1", "--time=1", "--signal=B:USR1@50",
