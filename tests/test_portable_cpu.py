@@ -83,7 +83,7 @@ def test_in_process_runs_record_what_they_ran():
 
 @pytest.mark.parametrize("model", ["resnet18_ibn_a", "resnet18_ibn_b", "resnet18_sn"])
 def test_deterministic_runs_drop_pytorchs_nan_fill_and_no_number_changes(model):
-    """Deterministic runs turn off PyTorch's NaN fill of new tensors (8 % of the demo's step): a training step of
+    """Deterministic runs turn off PyTorch's NaN fill of new tensors (3 % of the demo's step): a training step of
     each kind of norm layer gives bit-identical gradients and running statistics with and without the fill, so no
     kernel of ours reads memory it did not write; non-deterministic runs get PyTorch's default back."""
     import copy

@@ -554,7 +554,7 @@ def apply_numerics(t) -> None:
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     # Deterministic mode (torch.use_deterministic_algorithms, set by Lightning) also fills every new tensor with
-    # NaN by default, a debugging aid against kernels that read memory they never wrote; those fills were 8 % of
+    # NaN by default, a debugging aid against kernels that read memory they never wrote; those fills cost 3 % of
     # the demo's training step. Our kernels read no uninitialized memory (the bit-identical resume and rerun
     # tests would see it), and PyTorch's docs say a valid program stays deterministic without the fill.
     torch.utils.deterministic.fill_uninitialized_memory = not t.deterministic
