@@ -20,7 +20,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from ibnnet.runs.env import needs_portable_restart
 
@@ -33,13 +32,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import ibnnet  # noqa: E402,F401  (registers the models)
-
-
-def demo_channels() -> str:
-    """The demo's ResNet widths (``model.channels`` of configs/demo.yaml), comma-separated."""
-    from omegaconf import OmegaConf
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-    return ",".join(str(c) for c in cfg.model.channels)
+from portable_cpu import demo_channels  # noqa: E402  (bench/ is the script's folder, first on sys.path)
 
 
 def main() -> None:
