@@ -7,6 +7,11 @@ import os as _os
 
 for _k, _v in {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2,STRICT"}.items():
     _os.environ.setdefault(_k, _v)
+# The two xdist workers and their run subprocesses each compute with up to 2 threads on 2 cores. OpenMP threads
+# that wait for work spin by default, and spinning threads of one process steal the cores the other's are
+# computing on; passive waiting changes no result (the thread counts stay) and took tests/test_training.py,
+# test_demo.py and test_exact_runs.py from 176 to 142 s.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # =============================================================================
 # BEGIN SLURM local-cluster fixture (owner: slurm/local-cluster.sh).
@@ -269,15 +274,16 @@ def slurm_cluster():
 @pytest.fixture(autouse=True)
 def _restore_torch_numerics():
     """A run executed in the test process (``ibnnet train`` through ``cli.main``) sets process-wide numerics
-    (threads, deterministic algorithms, matmul precision), as it should in its own process; later tests in
+    (threads, deterministic algorithms and their NaN fill, matmul precision), as it should in its own process; later tests in
     this process must not inherit them (float sums, and so tight tolerances, depend on the thread count)."""
     import torch
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_float32_matmul_precision(),
-             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.utils.deterministic.fill_uninitialized_memory)
     yield
-    threads, det, warn_only, precision, cublas = saved
+    threads, det, warn_only, precision, cublas, fill = saved
     torch.set_num_threads(threads)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
     torch.use_deterministic_algorithms(det, warn_only=warn_only)
     torch.set_float32_matmul_precision(precision)
     if cublas is None:
