@@ -274,8 +274,9 @@ def slurm_cluster():
 @pytest.fixture(autouse=True)
 def _restore_torch_numerics():
     """A run executed in the test process (``ibnnet train`` through ``cli.main``) sets process-wide numerics
-    (threads, deterministic algorithms and their NaN fill, matmul precision), as it should in its own process; later tests in
-    this process must not inherit them (float sums, and so tight tolerances, depend on the thread count)."""
+    (threads, deterministic algorithms and their NaN fill, matmul precision), as it should in its own process;
+    later tests in this process must not inherit them (float sums, and so tight tolerances, depend on the thread
+    count)."""
     import torch
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_float32_matmul_precision(),
