@@ -93,24 +93,20 @@ def test_deterministic_runs_drop_pytorchs_nan_fill_and_no_number_changes(model):
     from omegaconf import OmegaConf
 
     from ibnnet.runs.runner import apply_numerics
-    was = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
-    try:
-        torch.use_deterministic_algorithms(True)
-        apply_numerics(OmegaConf.create({"num_threads": 0, "deterministic": True, "accelerator": "cpu"}))
-        assert torch.utils.deterministic.fill_uninitialized_memory is False
-        torch.manual_seed(0)
-        start = timm.create_model(model, num_classes=10, channels=[16, 32, 32, 32]).train()
-        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-        results = []
-        for fill in (True, False):
-            torch.utils.deterministic.fill_uninitialized_memory = fill
-            net = copy.deepcopy(start)
-            torch.manual_seed(1)   # the SN ResNets' dropout
-            torch.nn.functional.cross_entropy(net(x), y).backward()
-            results.append([p.grad for p in net.parameters()] + list(net.buffers()))
-        assert all(torch.equal(a, b) and not a.isnan().any() for a, b in zip(*results))
-        apply_numerics(OmegaConf.create({"num_threads": 0, "deterministic": False, "accelerator": "cpu"}))
-        assert torch.utils.deterministic.fill_uninitialized_memory is True
-    finally:
-        torch.use_deterministic_algorithms(was[0])
-        torch.utils.deterministic.fill_uninitialized_memory = was[1]
+    # (conftest's _restore_torch_numerics puts the deterministic flag and the fill back afterwards)
+    torch.use_deterministic_algorithms(True)
+    apply_numerics(OmegaConf.create({"num_threads": 0, "deterministic": True, "accelerator": "cpu"}))
+    assert torch.utils.deterministic.fill_uninitialized_memory is False
+    torch.manual_seed(0)
+    start = timm.create_model(model, num_classes=10, channels=[16, 32, 32, 32]).train()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    results = []
+    for fill in (True, False):
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        net = copy.deepcopy(start)
+        torch.manual_seed(1)   # the SN ResNets' dropout
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        results.append([p.grad for p in net.parameters()] + list(net.buffers()))
+    assert all(torch.equal(a, b) and not a.isnan().any() for a, b in zip(*results))
+    apply_numerics(OmegaConf.create({"num_threads": 0, "deterministic": False, "accelerator": "cpu"}))
+    assert torch.utils.deterministic.fill_uninitialized_memory is True
