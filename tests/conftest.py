@@ -293,10 +293,14 @@ def _restore_torch_numerics():
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """The suite runs on two xdist workers (pyproject's addopts; `-n 0` runs it in one process). Each test file
     goes to one worker whole, so module-scoped fixtures (reference runs) are computed once; every test of the
-    real SLURM cluster goes to the same worker, which alone starts (and talks to) the one-node cluster."""
+    real SLURM cluster goes to the same worker, which alone starts (and talks to) the one-node cluster.
+    tryfirst: xdist turns the xdist_group marks into groups in its own hook of this name, which pluggy would
+    otherwise call first (it is registered later), before the marks exist; without it (and with pytest 9.2,
+    see pyproject) no test was grouped, and two workers submitted jobs to the one-node cluster at once."""
     for item in items:
         uses_cluster = "slurm_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("slurm")
         item.add_marker(pytest.mark.xdist_group("slurm-cluster" if uses_cluster else item.module.__name__))
